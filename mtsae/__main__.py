@@ -1,0 +1,3 @@
+from mtsae.cli import main
+
+main()
