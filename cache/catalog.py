@@ -1,0 +1,68 @@
+"""Describe one cache (`mtsae cache info`) or every cache below a folder (`mtsae cache ls`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from mtsae.cache import format as fmt
+from mtsae.cache.reader import read_attrs
+
+
+def disk_bytes(path: str | os.PathLike) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def find_caches(root: str | os.PathLike) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every mtsae cache at or below ``root`` (not descending into a cache once found)."""
+    root = Path(root)
+    attrs = read_attrs(root)
+    if attrs is not None:
+        yield root, attrs
+        return
+    if not root.is_dir():
+        return
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        yield from find_caches(child)
+
+
+def summary_row(path: Path, attrs: dict[str, Any]) -> dict[str, Any]:
+    counts = attrs.get("counts", {})
+    return {
+        "path": str(path),
+        "status": attrs.get("status"),
+        "fingerprint": attrs.get("fingerprint", "")[:12],
+        "model": attrs.get("model", {}).get("id"),
+        "layers": ",".join(str(x) for x in attrs.get("layers", [])),
+        "tokens": counts.get("tokens"),
+        "size_mb": round(disk_bytes(path) / 2**20, 1),
+    }
+
+
+def info_lines(path: str | os.PathLike, attrs: dict[str, Any]) -> list[str]:
+    """Human-readable summary of one cache's manifest."""
+    counts = attrs.get("counts", {})
+    model, data = attrs.get("model", {}), attrs.get("dataset", {})
+    lines = [
+        f"cache        {path}",
+        f"status       {attrs.get('status')}  (format {attrs.get('format')} v{attrs.get('format_version')})",
+        f"fingerprint  {attrs.get('fingerprint')}",
+        f"model        {model.get('id')}  revision={model.get('revision')}  d_model={attrs.get('d_model')}",
+        f"dataset      {data.get('id')}  split={data.get('split')}  column={data.get('text_column')}",
+        f"layers       {', '.join(fmt.hook_name(layer) for layer in attrs.get('layers', []))}",
+        f"context      {attrs.get('context_len')} tokens, dtype {attrs.get('dtype')}",
+    ]
+    if attrs.get("status") == fmt.STATUS_COMPLETE:
+        chunking = attrs.get("storage", {})
+        lines += [
+            f"counts       {counts.get('tokens'):,} tokens, {counts.get('sequences'):,} sequences, "
+            f"{counts.get('documents'):,} documents",
+            f"storage      {chunking.get('chunk_tokens')} tokens/chunk, compression {chunking.get('compression')}, "
+            f"{disk_bytes(path) / 2**20:.1f} MiB on disk",
+            f"harvested    {attrs.get('completed_at')} by mtsae {attrs.get('mtsae_version')} "
+            f"at {attrs.get('harvest', {}).get('tokens_per_second', 0):,.0f} tokens/s",
+        ]
+    else:
+        lines.append("             the harvest did not finish: this cache must not be used")
+    return lines

@@ -1,0 +1,200 @@
+"""Read API of an activation cache: what training and evaluation use.
+
+`open_cache(path)` checks the format and completeness; `ActivationCache`
+exposes the manifest, the token/sequence/document index and the activations
+of each layer, zero-copy through ``np.memmap`` of the raw chunk files where
+the store is local and uncompressed, through zarr reads otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+import zarr.codecs
+from zarr.storage import LocalStore
+
+from mtsae.cache import format as fmt
+from mtsae.errors import MtsaeError
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``mtsae`` root attributes of the store at ``path``; None when it is not an mtsae cache."""
+    path = str(path)
+    if "://" not in path and not Path(path, "zarr.json").is_file():
+        return None
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception:
+        return None
+    attrs = group.attrs.get(fmt.ATTRS_KEY)
+    if not isinstance(attrs, dict) or attrs.get("format") != fmt.FORMAT_NAME:
+        return None
+    return dict(attrs)
+
+
+def open_cache(path: str | os.PathLike, *, require_complete: bool = True) -> "ActivationCache":
+    """Open a cache, refusing what is not one, a newer format, or (by default) an unfinished harvest."""
+    attrs = read_attrs(path)
+    if attrs is None:
+        raise MtsaeError(f"no mtsae cache at {path} (expected a Zarr group written by `mtsae harvest`)")
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or version > fmt.FORMAT_VERSION:
+        raise MtsaeError(
+            f"cache at {path} has format version {version}, this mtsae reads up to {fmt.FORMAT_VERSION}; upgrade mtsae"
+        )
+    if require_complete and attrs.get("status") != fmt.STATUS_COMPLETE:
+        raise MtsaeError(f"cache at {path} is incomplete (its harvest did not finish); re-run the same `mtsae harvest`")
+    return ActivationCache(str(path), attrs)
+
+
+class ActivationCache:
+    """A harvested cache. Index arrays are loaded eagerly (they are small); activations lazily."""
+
+    def __init__(self, path: str, attrs: dict[str, Any]):
+        self.path = path
+        self.manifest = attrs
+        self.group = zarr.open_group(path, mode="r")
+        self._memmap_cache: dict[int, list[np.memmap] | None] = {}
+
+    # --- manifest --------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return self.manifest.get("status") == fmt.STATUS_COMPLETE
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["layers"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["d_model"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.manifest["dtype"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.group[fmt.TOKENS].shape[0])
+
+    # --- index -------------------------------------------------------------------------------
+    @functools.cached_property
+    def tokens(self) -> np.ndarray:
+        return self.group[fmt.TOKENS][:]
+
+    @functools.cached_property
+    def special_mask(self) -> np.ndarray:
+        return self.group[fmt.SPECIAL_MASK][:]
+
+    @functools.cached_property
+    def seq_offsets(self) -> np.ndarray:
+        """[n_seq + 1]: sequence i occupies rows ``seq_offsets[i] : seq_offsets[i + 1]``."""
+        return self.group[fmt.SEQ_OFFSETS][:]
+
+    @functools.cached_property
+    def doc_seq_offsets(self) -> np.ndarray:
+        """[n_doc + 1]: document j is made of sequences ``doc_seq_offsets[j] : doc_seq_offsets[j + 1]``."""
+        return self.group[fmt.DOC_SEQ_OFFSETS][:]
+
+    @functools.cached_property
+    def doc_row(self) -> np.ndarray:
+        """[n_doc]: the row of each document in the source dataset."""
+        return self.group[fmt.DOC_ROW][:]
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.seq_offsets) - 1
+
+    @property
+    def n_documents(self) -> int:
+        return len(self.doc_row)
+
+    @functools.cached_property
+    def seq_doc(self) -> np.ndarray:
+        """[n_seq]: the document index of each sequence."""
+        counts = np.diff(self.doc_seq_offsets)
+        return np.repeat(np.arange(self.n_documents, dtype=np.int64), counts)
+
+    def sequence_tokens(self, i: int) -> np.ndarray:
+        return self.tokens[self.seq_offsets[i] : self.seq_offsets[i + 1]]
+
+    def document_tokens(self, j: int) -> np.ndarray:
+        """A document's token ids as tokenized: its sequences joined, each without its leading BOS."""
+        first, last = self.doc_seq_offsets[j], self.doc_seq_offsets[j + 1]
+        starts = self.seq_offsets[first:last]
+        ends = self.seq_offsets[first + 1 : last + 1]
+        return np.concatenate([self.tokens[s + 1 : e] for s, e in zip(starts, ends)])
+
+    # --- activations --------------------------------------------------------------------------
+    def layer_array(self, layer: int) -> zarr.Array:
+        if layer not in self.layers:
+            raise MtsaeError(f"layer {layer} is not in cache {self.path} (it holds layers {self.layers})")
+        return self.group[fmt.activation_path(layer)]
+
+    def chunk_memmaps(self, layer: int) -> list[np.memmap] | None:
+        """Read-only memory maps of every raw chunk of ``layer``; None if the store is compressed or not local."""
+        arr = self.layer_array(layer)
+        store = arr.store_path.store
+        if not isinstance(store, LocalStore) or not _is_raw_little_endian(arr):
+            return None
+        chunk_rows = arr.chunks[0]
+        n_chunks = -(-arr.shape[0] // chunk_rows)
+        base = Path(store.root) / arr.store_path.path
+        return [
+            np.memmap(base / arr.metadata.encode_chunk_key((i, 0)), dtype=arr.dtype, mode="r", shape=(chunk_rows, arr.shape[1]))
+            for i in range(n_chunks)
+        ]
+
+    def rows(self, layer: int, start: int, stop: int) -> np.ndarray:
+        """Activation rows ``[start, stop)`` in the stored dtype (uint16 bits for bfloat16).
+
+        Zero-copy when the rows lie in one raw local chunk; otherwise a copy.
+        """
+        maps = self._memmaps(layer)
+        if maps is None:
+            return self.layer_array(layer)[start:stop]
+        chunk_rows = maps[0].shape[0]
+        first, last = start // chunk_rows, (stop - 1) // chunk_rows
+        if first == last:
+            return maps[first][start - first * chunk_rows : stop - first * chunk_rows]
+        parts = []
+        for c in range(first, last + 1):
+            lo = max(start, c * chunk_rows) - c * chunk_rows
+            hi = min(stop, (c + 1) * chunk_rows) - c * chunk_rows
+            parts.append(maps[c][lo:hi])
+        return np.concatenate(parts)
+
+    def activations(self, layer: int, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` as a torch tensor of the true dtype (a copy, safe to modify)."""
+        return as_torch(np.array(self.rows(layer, start, stop)), self.manifest["dtype"])
+
+    def _memmaps(self, layer: int) -> list[np.memmap] | None:
+        if layer not in self._memmap_cache:
+            self._memmap_cache[layer] = self.chunk_memmaps(layer)
+        return self._memmap_cache[layer]
+
+
+def as_torch(stored: np.ndarray, dtype_name: str) -> torch.Tensor:
+    """Reinterpret stored rows as their true dtype without changing a bit."""
+    tensor = torch.from_numpy(stored)
+    return tensor.view(torch.bfloat16) if dtype_name == "bfloat16" else tensor
+
+
+def _is_raw_little_endian(arr: zarr.Array) -> bool:
+    """True when chunk files are headerless C-order arrays that np.memmap can read as they are."""
+    if arr.compressors or arr.filters:
+        return False
+    serializer = arr.serializer
+    if not isinstance(serializer, zarr.codecs.BytesCodec):
+        return False  # e.g. sharding: chunks are not separate files
+    return serializer.endian is None or serializer.endian.value == "little"

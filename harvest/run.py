@@ -1,0 +1,236 @@
+"""`mtsae harvest`: model + text -> a complete, fingerprinted activation cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+import mtsae
+from mtsae.cache import CacheWriter, read_attrs
+from mtsae.cache import format as fmt
+from mtsae.errors import MtsaeError
+from mtsae.harvest import sources
+from mtsae.harvest.capture import ResidualCapture, check_finite, to_storage
+from mtsae.harvest.config import HarvestConfig, default_context_len
+from mtsae.harvest.sequences import batched, iter_sequences, pad_batch
+
+SEQUENCE_POLICY = "one document per sequence; BOS prefixed to every sequence; long documents continue after a new BOS"
+
+
+@dataclass
+class HarvestOutcome:
+    path: str
+    attrs: dict[str, Any]
+    skipped: bool  # True when an identical complete cache was already there
+
+
+def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, log: Callable[[str], None] = print,
+            progress: bool = True) -> HarvestOutcome:
+    cfg.validate()
+    model_source = sources.resolve_model(cfg.model, cfg.model_revision)
+    sources.check_layers(model_source.config, cfg.layers, cfg.model)
+    max_positions = getattr(sources.text_config(model_source.config), "max_position_embeddings", None)
+    if cfg.context_len is None:
+        cfg.context_len = default_context_len(max_positions)
+    elif max_positions and cfg.context_len > max_positions:
+        raise MtsaeError(f"--context-len {cfg.context_len} exceeds the model's {max_positions} positions; lower it")
+    text_source = sources.resolve_dataset(
+        cfg.dataset, config_name=cfg.dataset_config, split=cfg.split, text_column=cfg.text_column, revision=cfg.dataset_revision
+    )
+    content = content_spec(cfg, model_source, text_source)
+    fingerprint = fmt.fingerprint(content)
+    out = out or str(Path("caches") / fingerprint[:12])
+    existing = prepare_target(out, fingerprint, force, log)
+    if existing is not None:
+        return HarvestOutcome(out, existing, skipped=True)
+
+    device = resolve_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
+    tokenizer = sources.load_tokenizer(model_source)
+    model = sources.load_truncated_model(model_source, max(cfg.layers), dtype, device, cfg.attn_implementation)
+    header = {
+        "fingerprint": fingerprint,
+        "content": content,
+        "description": "Residual-stream activations harvested by mtsae; see docs/cache-format.md of the mtsae project.",
+        "model": model_source.identity,
+        "dataset": text_source.identity,
+        "layers": cfg.layers,
+        "hook_names": [fmt.hook_name(layer) for layer in cfg.layers],
+        "context_len": cfg.context_len,
+        "dtype": cfg.dtype,
+        "d_model": sources.text_config(model_source.config).hidden_size,
+        "storage": {"chunk_tokens": cfg.chunk_tokens, "compression": cfg.compression,
+                    "storage_dtype": str(fmt.storage_dtype(cfg.dtype))},
+        "mtsae_version": mtsae.__version__,
+        "config": dataclasses.asdict(cfg),
+    }
+    return HarvestOutcome(out, _run(cfg, out, header, model, tokenizer, text_source, device, log, progress), skipped=False)
+
+
+def _run(cfg, out, header, model, tokenizer, text_source, device, log, progress) -> dict[str, Any]:
+    capture = ResidualCapture(model, cfg.layers)
+    special_ids = set(tokenizer.all_special_ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id
+    ledger = _DocumentLedger()
+    sequences = iter_sequences(
+        ledger.track(sources.iter_documents(text_source, tokenizer)),
+        context_len=cfg.context_len, bos_id=tokenizer.bos_token_id, special_ids=special_ids, max_tokens=cfg.max_tokens,
+    )
+    writer: CacheWriter | None = None
+    started = time.perf_counter()
+    bar = tqdm(total=cfg.max_tokens, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
+    try:
+        for batch in batched(sequences, cfg.batch_size):
+            if writer is None:  # created only once there is something to write
+                writer = CacheWriter(out, layers=cfg.layers, d_model=header["d_model"], dtype_name=cfg.dtype,
+                                     capacity_tokens=cfg.max_tokens, chunk_tokens=cfg.chunk_tokens,
+                                     compression=cfg.compression, header=header)
+            ids, mask = pad_batch(batch, pad_id)
+            ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+            acts = capture(ids_t, mask_t)
+            for layer, tensor in acts.items():
+                check_finite(tensor, mask_t, layer, writer.n_sequences)
+            stored = {layer: to_storage(tensor) for layer, tensor in acts.items()}
+            for b, seq in enumerate(batch):
+                n = len(seq.tokens)
+                writer.add_sequence(seq.doc_row, seq.tokens, seq.special, {layer: a[b, :n] for layer, a in stored.items()})
+                ledger.count(seq.doc_row, len(seq.tokens) - 1)  # all but the BOS
+            bar.update(int(mask.sum()))
+        if writer is None:
+            raise MtsaeError(f"dataset {text_source.identity['id']} yielded no tokens in column {cfg.text_column!r}")
+        seconds = time.perf_counter() - started
+        manifest = {
+            "counts": {"tokens": writer.n_tokens, "sequences": writer.n_sequences, "documents": writer.n_documents},
+            "dataset_exhausted": ledger.exhausted,
+            "last_document_truncated": ledger.last_truncated,
+            "sequence_policy": SEQUENCE_POLICY,
+            "special_tokens": {"bos_id": tokenizer.bos_token_id, "pad_id": tokenizer.pad_token_id,
+                               "eos_id": tokenizer.eos_token_id, "special_ids": sorted(special_ids)},
+            "harvest": {
+                "seconds": round(seconds, 3),
+                "tokens_per_second": round(writer.n_tokens / seconds, 1),
+                "batch_size": cfg.batch_size,
+                "device": str(device),
+                "attn_implementation": cfg.attn_implementation,
+                "torch": torch.__version__,
+                "transformers": _version("transformers"),
+                "zarr": _version("zarr"),
+                "python": platform.python_version(),
+            },
+        }
+        attrs = writer.finish(manifest)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+        capture.remove()
+    log(f"harvested {attrs['counts']['tokens']:,} tokens ({attrs['counts']['sequences']:,} sequences, "
+        f"{attrs['counts']['documents']:,} documents) at {attrs['harvest']['tokens_per_second']:,.0f} tokens/s into {out}")
+    return attrs
+
+
+class _DocumentLedger:
+    """Tells, after the run, whether the dataset ran out and whether the budget cut the last stored document."""
+
+    def __init__(self):
+        self.lengths: dict[int, int] = {}  # recent documents only: row -> token count
+        self.stored: dict[int, int] = {}
+        self.last_row: int | None = None
+        self.exhausted = False
+
+    def track(self, documents: Iterator[tuple[int, list[int]]]) -> Iterator[tuple[int, list[int]]]:
+        for row, ids in documents:
+            self.lengths = {r: n for r, n in self.lengths.items() if r == self.last_row}
+            self.lengths[row] = len(ids)
+            yield row, ids
+        self.exhausted = True
+
+    def count(self, doc_row: int, body_tokens: int) -> None:
+        if doc_row != self.last_row:
+            self.stored = {}
+            self.last_row = doc_row
+        self.stored[doc_row] = self.stored.get(doc_row, 0) + body_tokens
+
+    @property
+    def last_truncated(self) -> bool:
+        return self.last_row is not None and self.stored[self.last_row] < self.lengths[self.last_row]
+
+
+def content_spec(cfg: HarvestConfig, model_source, text_source) -> dict[str, Any]:
+    """Everything that determines the cache's bytes up to floating-point order (not layout, device or batch size)."""
+    return {
+        "model": model_source.identity,
+        "dataset": text_source.identity,
+        "hook_names": [fmt.hook_name(layer) for layer in cfg.layers],
+        "context_len": cfg.context_len,
+        "max_tokens": cfg.max_tokens,
+        "dtype": cfg.dtype,
+        "sequence_policy": SEQUENCE_POLICY,
+    }
+
+
+def prepare_target(out: str, fingerprint: str, force: bool, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Decide what to do with ``out``: returns the attrs of an identical complete cache (nothing to do), else clears the way.
+
+    Only an mtsae cache is ever deleted, and only an unfinished one or with --force:
+    anything else at the target is refused, so no user data can be lost.
+    """
+    path = Path(out)
+    attrs = read_attrs(path) if path.exists() else None
+    if attrs is not None:
+        same = attrs.get("fingerprint") == fingerprint
+        complete = attrs.get("status") == fmt.STATUS_COMPLETE
+        if same and complete and not force:
+            log(f"cache {out} already holds this harvest (fingerprint {fingerprint[:12]}); nothing to do")
+            return attrs
+        if not same and complete and not force:
+            raise MtsaeError(
+                f"{out} holds a different cache (fingerprint {str(attrs.get('fingerprint'))[:12]}, model "
+                f"{attrs.get('model', {}).get('id')}); choose another --out or pass --force to replace it"
+            )
+        if not same and not force:
+            raise MtsaeError(f"{out} holds an unfinished harvest of different settings; choose another --out or pass --force")
+        log(f"replacing {'unfinished' if not complete else 'existing'} cache at {out}")
+        shutil.rmtree(path)
+    elif path.exists() and (path.is_file() or any(path.iterdir())):
+        raise MtsaeError(f"{out} exists and is not an mtsae cache; refusing to overwrite it, choose another --out")
+    check_writable(path)
+    return None
+
+
+def check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".mtsae-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MtsaeError(f"cannot write the cache to {path}: {exc.strerror or exc}; choose a writable --out") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise MtsaeError(f"--device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise MtsaeError(f"--device {device} asked for CUDA, but this machine has no usable GPU; use --device cpu")
+    return resolved
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)

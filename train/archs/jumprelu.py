@@ -1,0 +1,81 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024) with an L0 penalty.
+
+::
+
+    pre   = (x - b_dec) @ W_enc + b_enc
+    codes = pre · H(pre - θ)                 (θ ≥ 0 per feature, so codes ≥ 0)
+    loss  = mean_tokens ‖recon - x‖² + l0_coefficient · s · mean_tokens Σ_f H(pre_f - θ_f)
+
+``H`` is the Heaviside step; ``s`` the trainer's ``sparsity_scale``. Gradients
+w.r.t. θ use straight-through estimators with a rectangle kernel
+``K(u) = 1[|u| < 1/2]`` of width ε = ``bandwidth``:
+
+    ∂codes/∂θ  = -(θ/ε)·K((pre-θ)/ε)         ∂H(pre-θ)/∂θ = -(1/ε)·K((pre-θ)/ε)
+
+and the L0 term sends no gradient to ``pre`` (DeepMind's variant), so the
+encoder feels sparsity only through θ. θ is a plain parameter (not log θ, so a
+small init can move within a typical ``lr · steps`` budget, as SAELens found);
+``constrain_parameters_()`` clamps it at 0 after each step. A token position
+with ``pre == θ`` is off, matching SAELens's ``pre > threshold``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from mtsae.train.activations import heaviside_ste, jumprelu
+from mtsae.train.base import Encoded, SAEConfig, SparseAutoencoder, Term, require
+from mtsae.train.registry import register
+
+
+@dataclasses.dataclass(frozen=True)
+class JumpReLUSAEConfig(SAEConfig):
+    l0_coefficient: float = 1.0
+    """Weight of the L0 penalty (expected active features per token)."""
+    bandwidth: float = 0.001
+    """Width ε of the rectangle kernel in the straight-through estimators (activation units)."""
+    threshold_init: float = 0.001
+    """Initial θ for every feature."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.l0_coefficient >= 0, f"l0_coefficient must be >= 0, got {self.l0_coefficient}")
+        require(self.bandwidth > 0, f"bandwidth must be positive, got {self.bandwidth}")
+        require(self.threshold_init >= 0, f"threshold_init must be >= 0, got {self.threshold_init}")
+
+
+@register("jumprelu")
+class JumpReLUSAE(SparseAutoencoder):
+    """JumpReLU SAE; loads in SAELens as ``architecture="jumprelu"``."""
+
+    config_class = JumpReLUSAEConfig
+    saelens_architecture = "jumprelu"
+    cfg: JumpReLUSAEConfig
+
+    def __init__(self, cfg: JumpReLUSAEConfig) -> None:
+        super().__init__(cfg)
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.threshold_init))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if "threshold" in self._parameters:  # absent while the base __init__ runs
+            self.threshold.fill_(self.cfg.threshold_init)
+
+    def encode_full(self, x: torch.Tensor) -> Encoded:
+        self.check_input(x)
+        pre = self.pre_activations(x)
+        return Encoded(jumprelu(pre, self.threshold, self.cfg.bandwidth), pre)
+
+    def penalties(self, x, enc, recon, sparsity_scale, dead_mask) -> dict[str, Term]:
+        active = heaviside_ste(enc.pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        return {"l0_penalty": Term(active, self.cfg.l0_coefficient * sparsity_scale)}
+
+    @torch.no_grad()
+    def constrain_parameters_(self) -> None:
+        super().constrain_parameters_()
+        # A negative threshold would let negative pre-activations through.
+        self.threshold.clamp_(min=0.0)

@@ -1,0 +1,113 @@
+"""Named training presets reproducing the seed experiment's runs.
+
+A :class:`Preset` is plain data a trainer consumes::
+
+    preset = get_preset("run2")
+    sae = build_sae(preset, d_in=2304)        # registry class + config overrides
+    # the trainer also uses preset.layer / preset.lr / preset.window;
+    # dataclasses.asdict(preset) gives a JSON-friendly record for logging.
+
+All seed runs use layer 19, ``d_sae = 2304`` and ``lr = 3e-4``.
+``window`` is the number of contiguous tokens per training sequence (T); it
+matters only for temporal architectures (the per-token ``relu`` baseline sees
+the same tokens whatever T is, so run0 keeps the default 128).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from mtsae.errors import MtsaeError
+from mtsae.train.base import SparseAutoencoder
+from mtsae.train.registry import get_architecture
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One named run recipe."""
+
+    name: str
+    """Preset name (``run0`` …)."""
+    architecture: str
+    """Registry name of the SAE class (``relu``, ``mtsae``, …)."""
+    arch_config: dict[str, Any]
+    """Overrides for the architecture's config dataclass (not ``d_in``/``d_sae``)."""
+    layer: int = 19
+    """Residual-stream layer whose activations are trained on."""
+    d_sae: int = 2304
+    """Dictionary size."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    window: int = 128
+    """Tokens per contiguous training sequence (T of ``[B, T, d_in]``)."""
+    description: str = ""
+    """One line for humans."""
+
+    def config_dict(self, d_in: int) -> dict[str, Any]:
+        """Full architecture-config dict: ``d_in``, ``d_sae`` and the overrides."""
+        return {"d_in": d_in, "d_sae": self.d_sae, **self.arch_config}
+
+    def training_dict(self) -> dict[str, Any]:
+        """The training overrides as a plain dict (``layer``, ``d_sae``, ``lr``, ``window``)."""
+        return {"layer": self.layer, "d_sae": self.d_sae, "lr": self.lr, "window": self.window}
+
+
+PRESETS: Mapping[str, Preset] = MappingProxyType(
+    {
+        p.name: p
+        for p in (
+            Preset(
+                "run0",
+                "relu",
+                {"l1_coefficient": 0.04},
+                description="per-token ReLU SAE baseline, L1 0.04",
+            ),
+            Preset(
+                "run1",
+                "mtsae",
+                {"dilations": (1, 2, 4), "cos_coefficient": 0.1, "l1_coefficient": 0.04, "padding": "circular"},
+                window=8,
+                description="MTSAE dilations (1,2,4), circular padding over 8-token windows",
+            ),
+            Preset(
+                "run2",
+                "mtsae",
+                {"dilations": (1, 3, 9), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate"},
+                description="MTSAE dilations (1,3,9), replicate padding, 128-token windows",
+            ),
+            Preset(
+                "run3",
+                "mtsae",
+                {"dilations": (1, 4, 16), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate"},
+                description="MTSAE dilations (1,4,16), replicate padding, 128-token windows",
+            ),
+        )
+    }
+)
+
+
+def preset_names() -> tuple[str, ...]:
+    return tuple(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """A copy of the preset called ``name``; ``MtsaeError`` listing the valid names otherwise.
+
+    The copy has its own ``arch_config`` dict, so a consumer that edits it
+    cannot change the preset for everyone else.
+    """
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise MtsaeError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+    return dataclasses.replace(preset, arch_config=dict(preset.arch_config))
+
+
+def build_sae(preset: Preset | str, d_in: int, **config_overrides: Any) -> SparseAutoencoder:
+    """A freshly initialised SAE for ``preset``; ``config_overrides`` win over the preset's."""
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    cls = get_architecture(preset.architecture)
+    return cls(cls.config_class.from_dict({**preset.config_dict(d_in), **config_overrides}))
