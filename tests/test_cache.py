@@ -1,0 +1,114 @@
+"""Cache format: writer/reader round trips, bit-exact bfloat16, memmap == zarr, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtsae.cache import CacheWriter, as_torch, open_cache, read_attrs
+from mtsae.cache import format as fmt
+from mtsae.errors import MtsaeError
+
+
+def _write(path, seqs, *, layers=(0, 2), d=6, dtype="bfloat16", chunk=16, compression="none", finish=True):
+    """Write ``seqs`` = [(doc_row, n_tokens)] with random data; returns (tokens, {layer: stored rows})."""
+    rng = np.random.default_rng(len(seqs))
+    total = sum(n for _, n in seqs)
+    w = CacheWriter(str(path), layers=list(layers), d_model=d, dtype_name=dtype, capacity_tokens=max(total, 1),
+                    chunk_tokens=chunk, compression=compression,
+                    header={"fingerprint": "f" * 64, "layers": list(layers), "d_model": d, "dtype": dtype})
+    tokens, acts = [], {layer: [] for layer in layers}
+    for doc_row, n in seqs:
+        t = rng.integers(0, 1000, n).astype(np.int32)
+        special = np.zeros(n, bool)
+        special[0] = True
+        values = {layer: torch.randn(n, d).to(getattr(torch, dtype)) for layer in layers}
+        stored = {layer: (v.view(torch.uint16) if dtype == "bfloat16" else v).numpy() for layer, v in values.items()}
+        w.add_sequence(doc_row, t, special, stored)
+        tokens.append(t)
+        for layer in layers:
+            acts[layer].append(stored[layer])
+    if finish:
+        w.finish({"counts": {"tokens": total}})
+    else:
+        w.abort()
+    return np.concatenate(tokens), {layer: np.concatenate(a) for layer, a in acts.items()}
+
+
+sequences = st.lists(st.tuples(st.integers(0, 3), st.integers(1, 40)), min_size=1, max_size=12).map(
+    lambda pairs: [(sum(p[0] for p in pairs[: i + 1]), n) for i, (_, n) in enumerate(pairs)]  # doc rows non-decreasing
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seqs=sequences, chunk=st.integers(1, 50), compression=st.sampled_from(["none", "zstd"]))
+def test_round_trip_is_bit_exact_through_every_reader(tmp_path_factory, seqs, chunk, compression):
+    path = tmp_path_factory.mktemp("rt") / "c.zarr"
+    tokens, acts = _write(path, seqs, chunk=chunk, compression=compression)
+    cache = open_cache(path)
+    assert np.array_equal(cache.tokens, tokens)
+    assert cache.n_sequences == len(seqs)
+    assert np.array_equal(np.diff(cache.seq_offsets), [n for _, n in seqs])
+    # documents: consecutive sequences with the same doc row
+    doc_rows = [r for i, (r, _) in enumerate(seqs) if i == 0 or seqs[i - 1][0] != r]
+    assert list(cache.doc_row) == doc_rows
+    plain = zarr.open_group(str(path), mode="r")
+    for layer, expected in acts.items():
+        assert np.array_equal(cache.rows(layer, 0, cache.n_tokens), expected)
+        assert np.array_equal(plain[fmt.activation_path(layer)][:], expected)  # plain zarr sees the same bytes
+        lo, hi = len(expected) // 3, max(len(expected) // 3 + 1, 2 * len(expected) // 3)
+        assert np.array_equal(cache.rows(layer, lo, hi), expected[lo:hi])  # arbitrary slices across chunks
+    assert (cache.chunk_memmaps(layers := cache.layers[0]) is None) == (compression != "none"), layers
+
+
+def test_bfloat16_special_values_survive(tmp_path):
+    path = tmp_path / "c.zarr"
+    values = torch.tensor([[0.0, -0.0, 1e-40, -3.3895e38, float("inf"), 7.5]], dtype=torch.bfloat16)
+    w = CacheWriter(str(path), layers=[0], d_model=6, dtype_name="bfloat16", capacity_tokens=1, chunk_tokens=4,
+                    header={"fingerprint": "x", "layers": [0], "d_model": 6, "dtype": "bfloat16"})
+    w.add_sequence(0, np.array([2], np.int32), np.array([True]), {0: values.view(torch.uint16).numpy()})
+    w.finish({})
+    back = open_cache(path).activations(0, 0, 1)
+    assert back.dtype == torch.bfloat16
+    assert torch.equal(back.view(torch.uint16), values.view(torch.uint16))
+
+
+def test_memmap_is_zero_copy_within_a_chunk(tmp_path):
+    path = tmp_path / "c.zarr"
+    _write(path, [(0, 40)], chunk=16)
+    cache = open_cache(path)
+    rows = cache.rows(0, 17, 30)
+    assert isinstance(rows.base, np.memmap) or isinstance(rows, np.memmap)
+    assert as_torch(np.array(rows), "bfloat16").dtype == torch.bfloat16
+
+
+def test_unfinished_store_is_refused_and_says_so(tmp_path):
+    path = tmp_path / "c.zarr"
+    _write(path, [(0, 10), (1, 5)], finish=False)
+    assert read_attrs(path)["status"] == fmt.STATUS_INCOMPLETE
+    with pytest.raises(MtsaeError, match="incomplete"):
+        open_cache(path)
+    assert open_cache(path, require_complete=False).complete is False
+
+
+def test_not_a_cache_and_future_versions_are_refused(tmp_path):
+    with pytest.raises(MtsaeError, match="no mtsae cache"):
+        open_cache(tmp_path)
+    path = tmp_path / "c.zarr"
+    _write(path, [(0, 3)])
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs[fmt.ATTRS_KEY])
+    attrs["format_version"] = fmt.FORMAT_VERSION + 1
+    group.attrs[fmt.ATTRS_KEY] = attrs
+    with pytest.raises(MtsaeError, match="upgrade mtsae"):
+        open_cache(path)
+
+
+def test_fingerprint_is_order_independent_and_content_sensitive():
+    a = fmt.fingerprint({"x": 1, "y": [1, 2]})
+    assert a == fmt.fingerprint({"y": [1, 2], "x": 1})
+    assert a != fmt.fingerprint({"x": 1, "y": [2, 1]})
