@@ -1,0 +1,296 @@
+"""Windows of cached activations as ``[B, T, d]`` float32 batches.
+
+:class:`WindowDataset` turns the windows of one layer and one split (see
+:mod:`mtsae.train.windows` for the index math and the special-token policy)
+into batches:
+
+* Reads are zero-copy ``np.memmap`` slices of the raw chunk files when the
+  store is local and uncompressed; otherwise (compressed or remote stores) the
+  rows come from zarr, one decoded chunk at a time through a small LRU cache.
+  Both paths yield bit-identical windows.
+* Each batch is assembled into one preallocated buffer in the stored dtype
+  (bfloat16 stays as its uint16 bits until then), cast once to float32 into
+  a second preallocated buffer (pinned when the target is CUDA), and rows
+  flagged in ``special_mask`` are zeroed.
+* :class:`Prefetcher` runs the assembly in a background thread with a bounded
+  queue, so the accelerator does not wait on I/O; the consumer moves each
+  batch to the device with ``non_blocking=True``. An error in the thread is
+  re-raised in the consumer.
+
+Every architecture gets the same windows; per-token baselines flatten them to
+tokens in the trainer.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from mtsae.cache import ActivationCache, open_cache
+from mtsae.errors import MtsaeError
+from mtsae.train import windows as W
+
+SPLITS = ("train", "heldout")
+
+
+class WindowDataset:
+    """The windows of ``layer`` in one split of a cache.
+
+    Args:
+        cache: an opened :class:`~mtsae.cache.ActivationCache` or a cache path.
+        layer: residual-stream layer; must be one the cache holds.
+        window: tokens per window (T).
+        stride: distance between window starts in a sequence; default ``window``.
+        split: ``"train"`` or ``"heldout"`` (sequences split by
+            :func:`mtsae.train.windows.split_sequences`).
+        holdout_fraction, seed: the split's parameters (the same for both splits
+            of one run, or they would overlap).
+    """
+
+    def __init__(
+        self,
+        cache: ActivationCache | str | os.PathLike,
+        layer: int,
+        window: int = 128,
+        stride: int | None = None,
+        split: str = "train",
+        holdout_fraction: float = 0.05,
+        seed: int = 0,
+        *,
+        zarr_chunk_cache: int = 4,
+    ) -> None:
+        if split not in SPLITS:
+            raise MtsaeError(f"split must be one of {SPLITS}, got {split!r}")
+        self.cache = cache if isinstance(cache, ActivationCache) else open_cache(cache)
+        self.layer = layer
+        self.array = self.cache.layer_array(layer)  # refuses a layer the cache lacks
+        self.window = window
+        self.stride = W.check_window_args(window, stride)
+        self.split = split
+        self.seed = seed
+        self.d_model = self.cache.d_model
+        self.dtype_name: str = self.cache.manifest["dtype"]
+        self.storage_dtype = self.array.dtype
+        offsets = self.cache.seq_offsets
+        train_seqs, heldout_seqs = W.split_sequences(len(offsets) - 1, holdout_fraction, seed)
+        self.sequences = train_seqs if split == "train" else heldout_seqs
+        self.starts = W.window_starts(offsets, window, self.stride, self.sequences)
+        self.special_mask = self.cache.special_mask
+        self.memmaps = self.cache.chunk_memmaps(layer)
+        self.chunk_rows = int(self.memmaps[0].shape[0]) if self.memmaps else int(self.array.chunks[0])
+        self._zarr_chunks: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._zarr_chunk_cache = max(1, zarr_chunk_cache)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ info
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def uses_memmap(self) -> bool:
+        """True when windows are read from memory-mapped raw chunks (else through zarr)."""
+        return self.memmaps is not None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self) * self.window
+
+    def batches_per_epoch(self, batch_windows: int, drop_last: bool = True) -> int:
+        return len(self) // batch_windows if drop_last else -(-len(self) // batch_windows)
+
+    # ------------------------------------------------------------- reading
+    def read_rows(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Copy cache rows ``[start, stop)`` of the layer (stored dtype) into ``out``."""
+        first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
+        filled = 0
+        for c in range(first, last + 1):
+            lo = max(start, c * self.chunk_rows) - c * self.chunk_rows
+            hi = min(stop, (c + 1) * self.chunk_rows) - c * self.chunk_rows
+            out[filled : filled + hi - lo] = self._chunk(c)[lo:hi]
+            filled += hi - lo
+
+    def _chunk(self, c: int) -> np.ndarray:
+        if self.memmaps is not None:
+            return self.memmaps[c]
+        with self._lock:  # the prefetch thread and the caller may both read
+            chunk = self._zarr_chunks.get(c)
+            if chunk is None:
+                chunk = self.array[c * self.chunk_rows : (c + 1) * self.chunk_rows]
+                self._zarr_chunks[c] = chunk
+                while len(self._zarr_chunks) > self._zarr_chunk_cache:
+                    self._zarr_chunks.popitem(last=False)
+            else:
+                self._zarr_chunks.move_to_end(c)
+            return chunk
+
+    def raw_window(self, i: int) -> np.ndarray:
+        """Window ``i`` as stored (uint16 bits for bfloat16), ``[T, d]``, specials *not* zeroed; a copy."""
+        out = np.empty((self.window, self.d_model), dtype=self.storage_dtype)
+        start = int(self.starts[i])
+        self.read_rows(start, start + self.window, out)
+        return out
+
+    def window_special(self, i: int) -> np.ndarray:
+        """``[T]`` bool: which rows of window ``i`` are special tokens (zeroed in batches)."""
+        start = int(self.starts[i])
+        return self.special_mask[start : start + self.window]
+
+    def window_tensor(self, i: int) -> torch.Tensor:
+        """Window ``i`` as the SAE sees it: ``[T, d]`` float32, special rows zeroed."""
+        return self.assemble(np.array([i]))[0][0]
+
+    def assemble(self, indices: np.ndarray, pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x [B, T, d] float32, special [B, T] bool)`` for windows ``indices``, specials zeroed.
+
+        One buffer in the stored dtype receives the rows, one float32 buffer
+        (pinned if asked) receives the single cast.
+        """
+        B, T = len(indices), self.window
+        raw = np.empty((B, T, self.d_model), dtype=self.storage_dtype)
+        special = np.empty((B, T), dtype=bool)
+        for b, i in enumerate(indices):
+            start = int(self.starts[i])
+            self.read_rows(start, start + T, raw[b])
+            special[b] = self.special_mask[start : start + T]
+        x = torch.empty((B, T, self.d_model), dtype=torch.float32, pin_memory=pin_memory)
+        stored = torch.from_numpy(raw)
+        x.copy_(stored.view(torch.bfloat16) if self.dtype_name == "bfloat16" else stored)
+        special_t = torch.from_numpy(special)
+        if special.any():
+            x.masked_fill_(special_t.unsqueeze(-1), 0.0)
+        return x, special_t
+
+    # ------------------------------------------------------------- batches
+    def batch_indices(
+        self,
+        batch_windows: int,
+        epoch: int = 0,
+        shuffle: bool = True,
+        *,
+        start_batch: int = 0,
+        drop_last: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Window indices of each batch of one epoch, from batch ``start_batch`` on.
+
+        ``limit`` keeps only the first ``limit`` windows of the epoch order.
+        """
+        if batch_windows < 1:
+            raise MtsaeError(f"batch_windows must be at least 1, got {batch_windows}")
+        order = W.epoch_order(len(self), self.seed, epoch, shuffle)
+        if limit is not None:
+            order = order[:limit]
+        n_batches = len(order) // batch_windows if drop_last else -(-len(order) // batch_windows)
+        for b in range(start_batch, n_batches):
+            yield order[b * batch_windows : (b + 1) * batch_windows]
+
+    def batches(
+        self,
+        batch_windows: int,
+        epoch: int = 0,
+        shuffle: bool = True,
+        *,
+        epochs: int | None = 1,
+        start_batch: int = 0,
+        drop_last: bool = False,
+        limit: int | None = None,
+        device: torch.device | str | None = None,
+        prefetch: int = 2,
+        with_special: bool = False,
+    ) -> Iterator[Any]:
+        """``[B, T, d]`` float32 batches (specials zeroed) of epochs ``epoch, epoch+1, …``.
+
+        ``epochs`` consecutive epochs (``None``: endless), the first one
+        starting at batch ``start_batch``; each epoch in its own seeded order
+        (:func:`mtsae.train.windows.epoch_order`). ``prefetch`` batches are
+        assembled ahead in a background thread (0: in the caller's thread).
+        ``device``: where batches are delivered (CUDA batches are built in
+        pinned memory and copied with ``non_blocking=True``).
+        ``with_special``: yield ``(x, special [B, T] bool)`` pairs instead.
+        """
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        pin = device.type == "cuda"
+
+        def produce() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            e, first = epoch, start_batch
+            while epochs is None or e < epoch + epochs:
+                for idx in self.batch_indices(batch_windows, e, shuffle, start_batch=first, drop_last=drop_last, limit=limit):
+                    yield self.assemble(idx, pin_memory=pin)
+                e, first = e + 1, 0
+
+        source: Iterable[tuple[torch.Tensor, torch.Tensor]] = Prefetcher(produce, prefetch) if prefetch > 0 else produce()
+        for x, special in source:
+            if device.type != "cpu":
+                x = x.to(device, non_blocking=True)
+                special = special.to(device, non_blocking=True)
+            yield (x, special) if with_special else x
+
+
+class _Raised:
+    """Wraps an exception raised in the producer thread."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+class Prefetcher:
+    """Iterate ``make_iterator()`` in a background thread, ``depth`` items ahead.
+
+    Items come out in the producer's order. An exception in the producer is
+    re-raised in the consumer at the point it would have occurred. Closing
+    the consumer (``break``, garbage collection, an error) stops the thread.
+    """
+
+    def __init__(self, make_iterator: Callable[[], Iterator[Any]], depth: int = 2) -> None:
+        self._make_iterator = make_iterator
+        self._depth = max(1, depth)
+
+    def __iter__(self) -> Iterator[Any]:
+        q: queue.Queue = queue.Queue(maxsize=self._depth)
+        stop = threading.Event()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def run() -> None:
+            try:
+                for item in self._make_iterator():
+                    if not put(item):
+                        return
+            except BaseException as exc:  # re-raised in the consumer
+                put(_Raised(exc))
+                return
+            put(_END)
+
+        thread = threading.Thread(target=run, name="mtsae-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Raised):
+                    raise item.exc
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
