@@ -112,3 +112,21 @@ def test_fingerprint_is_order_independent_and_content_sensitive():
     a = fmt.fingerprint({"x": 1, "y": [1, 2]})
     assert a == fmt.fingerprint({"y": [1, 2], "x": 1})
     assert a != fmt.fingerprint({"x": 1, "y": [2, 1]})
+
+
+def test_the_committed_version_1_cache_still_opens():
+    """A cache written by format version 1 (tests/data/cache-v1): every later reader must read it."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    expected = json.loads((data / "cache-v1.expected.json").read_text())
+    cache = open_cache(data / "cache-v1")
+    assert cache.manifest["format_version"] == 1 and cache.fingerprint == expected["fingerprint"]
+    assert (cache.n_tokens, cache.n_sequences, cache.n_documents) == (
+        expected["n_tokens"], expected["n_sequences"], expected["n_documents"])
+    assert hashlib.sha256(cache.tokens.tobytes()).hexdigest() == expected["tokens_sha256"]
+    for layer in cache.layers:
+        assert cache.chunk_memmaps(layer) is not None
+        assert hashlib.sha256(cache.rows(layer, 0, cache.n_tokens).tobytes()).hexdigest() == expected["sha256"][str(layer)]
