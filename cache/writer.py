@@ -1,9 +1,17 @@
-"""Streams sequences into a new cache; only `finish` makes it complete.
+"""Streams sequences into a cache; only `finish` makes it complete; a crash can be resumed.
 
 Rows are staged one chunk at a time and handed whole to a background thread,
 so every chunk is written once (no read-modify-write) and compute overlaps
-I/O. Memory is bounded by ``queue_chunks`` staged chunks per array,
-whatever the number of tokens harvested.
+I/O. Memory is bounded by ``queue_chunks`` staged chunks, whatever the
+number of tokens harvested.
+
+Resumability: the producer calls `mark()` after each batch. Once every row
+of a marked point is on disk, the writer thread records it as
+``attrs["mtsae"]["progress"] = {"sequences": S, "tokens": N}``. A resumed
+harvest replays the first S sequences of the (deterministic) sequence stream
+into the index without running the model, reloads the rows of the partial
+chunk from disk and continues with the same batches, so the finished store
+is byte-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -32,12 +41,23 @@ def compressors_for(compression: str) -> Any:
     raise ValueError(f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}")
 
 
-class _ChunkWriterThread:
-    """Writes (array, chunk_index, rows) jobs in order; re-raises its errors on the caller's side."""
+def crc32(values: np.ndarray) -> int:
+    """Checksum of an array's logical bytes (C order), the unit `mtsae cache verify` compares."""
+    return zlib.crc32(np.ascontiguousarray(values).view(np.uint8))
 
-    def __init__(self, queue_chunks: int):
+
+class _ChunkWriterThread:
+    """Writes chunks in order, checksums them and records durable progress marks.
+
+    Errors are kept and re-raised on the producer's side at its next call.
+    """
+
+    def __init__(self, writer: "CacheWriter", queue_chunks: int):
+        self._writer = writer
         self._jobs: queue.Queue = queue.Queue(maxsize=queue_chunks)
         self._error: BaseException | None = None
+        self._pending_marks: list[tuple[int, int]] = []  # (sequences, tokens) not yet durable
+        self._durable_rows = writer.durable_rows
         self._thread = threading.Thread(target=self._run, name="mtsae-chunk-writer", daemon=True)
         self._thread.start()
 
@@ -46,16 +66,34 @@ class _ChunkWriterThread:
             job = self._jobs.get()
             if job is None:
                 return
-            array, start, rows = job
-            if self._error is None:
-                try:
-                    array[start : start + len(rows)] = rows
-                except BaseException as exc:  # surfaced in submit()/close()
-                    self._error = exc
+            if self._error is not None:
+                continue
+            try:
+                if job[0] == "chunk":
+                    self._write_chunk(*job[1:])
+                else:
+                    self._pending_marks.append(job[1:])
+                self._record_progress()
+            except BaseException as exc:  # surfaced in submit()/close()
+                self._error = exc
 
-    def submit(self, array: zarr.Array, start: int, rows: np.ndarray) -> None:
+    def _write_chunk(self, index: int, columns: dict[str, np.ndarray]) -> None:
+        start = index * self._writer.chunk_tokens
+        for name, rows in columns.items():
+            self._writer.arrays[name][start : start + len(rows)] = rows
+            self._writer.checksums[name][index] = crc32(rows)
+        self._durable_rows = start + len(next(iter(columns.values())))
+
+    def _record_progress(self) -> None:
+        durable = [mark for mark in self._pending_marks if mark[1] <= self._durable_rows]
+        if durable:
+            self._pending_marks = [mark for mark in self._pending_marks if mark[1] > self._durable_rows]
+            sequences, tokens = durable[-1]
+            self._writer.write_progress(sequences, tokens)
+
+    def submit(self, job: tuple) -> None:
         self._raise_if_failed()
-        self._jobs.put((array, start, rows))
+        self._jobs.put(job)
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -68,69 +106,77 @@ class _ChunkWriterThread:
 
 
 class CacheWriter:
-    """Create a cache at ``path`` (the caller has checked the target may be replaced).
+    """Write a cache at ``path``: `create` a new one or `resume` an unfinished one.
 
-    ``header`` is stored in the root attributes right away (with status
+    The header is stored in the root attributes at creation (status
     "incomplete"); ``finish(manifest)`` writes the index, shrinks the arrays to
-    the tokens actually written and stores the manifest with status "complete"
-    as the very last write.
+    the tokens written and stores the manifest with status "complete" as the
+    very last write.
     """
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        layers: list[int],
-        d_model: int,
-        dtype_name: str,
-        capacity_tokens: int,
-        chunk_tokens: int,
-        compression: str = "none",
-        header: dict[str, Any],
-        queue_chunks: int = 4,
-    ):
-        self.path = path
-        self.layers = list(layers)
-        self.chunk_tokens = chunk_tokens
-        self._root = zarr.open_group(path, mode="w", zarr_format=3)
-        self._root.attrs[fmt.ATTRS_KEY] = {
-            "format": fmt.FORMAT_NAME,
-            "format_version": fmt.FORMAT_VERSION,
-            "status": fmt.STATUS_INCOMPLETE,
-            **header,
+    def __init__(self, root: zarr.Group, attrs: dict[str, Any], queue_chunks: int = 4):
+        self.root = root
+        self.attrs = attrs
+        self.layers: list[int] = list(attrs["layers"])
+        self.chunk_tokens: int = attrs["storage"]["chunk_tokens"]
+        self.arrays: dict[str, zarr.Array] = {
+            name: root[name] for name in [fmt.activation_path(layer) for layer in self.layers] + [fmt.TOKENS, fmt.SPECIAL_MASK]
         }
-        compressors = compressors_for(compression)
-        # write_empty_chunks: every chunk file exists, so readers can memory-map all of them.
-        config = {"write_empty_chunks": True}
-        self._arrays: dict[str, zarr.Array] = {}
-        for layer in self.layers:
-            arr = self._root.create_array(
-                fmt.activation_path(layer),
-                shape=(capacity_tokens, d_model),
-                chunks=(chunk_tokens, d_model),
-                dtype=fmt.storage_dtype(dtype_name),
-                compressors=compressors,
-                config=config,
-            )
-            arr.attrs.update({"mtsae_dtype": dtype_name, "hook_name": fmt.hook_name(layer), "layer": layer})
-            self._arrays[fmt.activation_path(layer)] = arr
-        for name, dtype in ((fmt.TOKENS, "int32"), (fmt.SPECIAL_MASK, "bool")):
-            self._arrays[name] = self._root.create_array(
-                name, shape=(capacity_tokens,), chunks=(chunk_tokens,), dtype=dtype,
-                compressors=compressors, config=config,
-            )
-        self._staging = {name: self._new_buffer(arr) for name, arr in self._arrays.items()}
+        self.checksums: dict[str, dict[int, int]] = {name: {} for name in self.arrays}
+        self._staging = {name: self._new_buffer(arr) for name, arr in self.arrays.items()}
         self._fill = 0  # rows staged in the current chunk
         self._chunk = 0  # index of the chunk being staged
         self._seq_offsets = [0]
         self._doc_seq_offsets: list[int] = []
         self._doc_rows: list[int] = []
-        self._thread = _ChunkWriterThread(queue_chunks)
-        self._closed = False
+        self._queue_chunks = queue_chunks
+        self._thread: _ChunkWriterThread | None = None
+        self._attrs_lock = threading.Lock()
+
+    # --- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str, *, layers: list[int], d_model: int, dtype_name: str, capacity_tokens: int,
+               chunk_tokens: int, compression: str = "none", header: dict[str, Any]) -> "CacheWriter":
+        # mode "a", not "w": the directory is empty but for the harvest's lock file, which must survive.
+        root = zarr.open_group(path, mode="a", zarr_format=3)
+        attrs = {
+            "format": fmt.FORMAT_NAME,
+            "format_version": fmt.FORMAT_VERSION,
+            "status": fmt.STATUS_INCOMPLETE,
+            **header,
+            "layers": list(layers),
+            "storage": {**header.get("storage", {}), "chunk_tokens": chunk_tokens, "compression": compression,
+                        "storage_dtype": str(fmt.storage_dtype(dtype_name)), "capacity_tokens": capacity_tokens},
+        }
+        root.attrs[fmt.ATTRS_KEY] = attrs
+        compressors = compressors_for(compression)
+        # write_empty_chunks: every chunk file exists, so readers can memory-map all of them.
+        config = {"write_empty_chunks": True}
+        for layer in layers:
+            arr = root.create_array(fmt.activation_path(layer), shape=(capacity_tokens, d_model),
+                                    chunks=(chunk_tokens, d_model), dtype=fmt.storage_dtype(dtype_name),
+                                    compressors=compressors, config=config)
+            arr.attrs.update({"mtsae_dtype": dtype_name, "hook_name": fmt.hook_name(layer), "layer": layer})
+        for name, dtype in ((fmt.TOKENS, "int32"), (fmt.SPECIAL_MASK, "bool")):
+            root.create_array(name, shape=(capacity_tokens,), chunks=(chunk_tokens,), dtype=dtype,
+                              compressors=compressors, config=config)
+        return cls(root, attrs)
+
+    @classmethod
+    def resume(cls, path: str) -> "CacheWriter":
+        """Reopen an unfinished store; call `replay` for its first ``progress["sequences"]`` sequences, then `resume_staging`."""
+        root = zarr.open_group(path, mode="r+")
+        return cls(root, dict(root.attrs[fmt.ATTRS_KEY]))
+
+    @property
+    def progress(self) -> dict[str, int]:
+        """Durable point to resume from: the first ``sequences`` sequences (``tokens`` rows) are on disk."""
+        return dict(self.attrs.get("progress", {"sequences": 0, "tokens": 0}))
 
     def _new_buffer(self, arr: zarr.Array) -> np.ndarray:
         return np.empty((self.chunk_tokens, *arr.shape[1:]), dtype=arr.dtype)
 
+    # --- counts --------------------------------------------------------------------------------------
     @property
     def n_tokens(self) -> int:
         return self._seq_offsets[-1]
@@ -143,12 +189,39 @@ class CacheWriter:
     def n_documents(self) -> int:
         return len(self._doc_rows)
 
-    def add_sequence(self, doc_row: int, tokens: np.ndarray, special: np.ndarray, activations: dict[int, np.ndarray]) -> None:
-        """Append one sequence; a new ``doc_row`` starts a new document."""
-        n = len(tokens)
+    @property
+    def durable_rows(self) -> int:
+        """Rows of complete chunks already handed to the writer thread (all of them on disk once it drains)."""
+        return self._chunk * self.chunk_tokens
+
+    # --- writing ---------------------------------------------------------------------------------
+    def _index_sequence(self, doc_row: int, n: int) -> None:
         if not self._doc_rows or self._doc_rows[-1] != doc_row:
             self._doc_rows.append(doc_row)
             self._doc_seq_offsets.append(self.n_sequences)
+        self._seq_offsets.append(self.n_tokens + n)
+
+    def replay(self, doc_row: int, n_tokens: int) -> None:
+        """Account for a sequence that a previous run already wrote (index only, no data)."""
+        self._index_sequence(doc_row, n_tokens)
+        self._chunk, self._fill = divmod(self.n_tokens, self.chunk_tokens)
+
+    def resume_staging(self) -> None:
+        """After `replay`: reload the partial chunk's rows from disk, then start the writer thread."""
+        start = self._chunk * self.chunk_tokens
+        if self._fill:
+            for name, arr in self.arrays.items():
+                self._staging[name][: self._fill] = arr[start : start + self._fill]
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = _ChunkWriterThread(self, self._queue_chunks)
+
+    def add_sequence(self, doc_row: int, tokens: np.ndarray, special: np.ndarray, activations: dict[int, np.ndarray]) -> None:
+        """Append one sequence; a new ``doc_row`` starts a new document."""
+        self._start_thread()
+        n = len(tokens)
         columns = {fmt.TOKENS: tokens, fmt.SPECIAL_MASK: special}
         for layer in self.layers:
             columns[fmt.activation_path(layer)] = activations[layer]
@@ -161,24 +234,34 @@ class CacheWriter:
             done += take
             if self._fill == self.chunk_tokens:
                 self._flush_chunk()
-        self._seq_offsets.append(self.n_tokens + n)
+        self._index_sequence(doc_row, n)
+
+    def mark(self) -> None:
+        """A resumable point (the end of a batch): recorded once all its rows are on disk."""
+        self._start_thread()
+        self._thread.submit(("mark", self.n_sequences, self.n_tokens))
 
     def _flush_chunk(self) -> None:
-        start = self._chunk * self.chunk_tokens
-        for name, arr in self._arrays.items():
-            rows = self._staging[name][: self._fill]
-            self._thread.submit(arr, start, rows)
-            self._staging[name] = self._new_buffer(arr)
+        columns = {name: self._staging[name][: self._fill] for name in self.arrays}
+        self._thread.submit(("chunk", self._chunk, columns))
+        self._staging = {name: self._new_buffer(arr) for name, arr in self.arrays.items()}
         self._chunk += 1
         self._fill = 0
 
+    def write_progress(self, sequences: int, tokens: int) -> None:
+        with self._attrs_lock:
+            self.attrs["progress"] = {"sequences": sequences, "tokens": tokens}
+            self.root.attrs[fmt.ATTRS_KEY] = self.attrs
+
+    # --- committing --------------------------------------------------------------------------------
     def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Write the tail, the index and, last, the manifest. Returns the stored attributes."""
+        """Write the tail, the index, the checksums and, last, the manifest. Returns the stored attributes."""
+        self._start_thread()
         if self._fill:
             self._flush_chunk()
         self._close_thread()
         n = self.n_tokens
-        for arr in self._arrays.values():
+        for arr in self.arrays.values():
             arr.resize((n, *arr.shape[1:]))
         index = {
             fmt.SEQ_OFFSETS: np.asarray(self._seq_offsets, dtype=np.int64),
@@ -186,22 +269,36 @@ class CacheWriter:
             fmt.DOC_ROW: np.asarray(self._doc_rows, dtype=np.int64),
         }
         for name, values in index.items():
-            self._root.create_array(name, data=values, chunks=(max(len(values), 1),), compressors=None)
-        attrs = dict(self._root.attrs[fmt.ATTRS_KEY])
+            self.root.create_array(name, data=values, chunks=(max(len(values), 1),), compressors=None, overwrite=True)
+        attrs = dict(self.attrs)
+        attrs.pop("progress", None)
         attrs.update(manifest)
+        attrs["checksums"] = {
+            "algorithm": "crc32",
+            "chunks": {name: self._chunk_checksums(name) for name in self.arrays},
+            "arrays": {name: crc32(values) for name, values in index.items()},
+        }
         attrs["status"] = fmt.STATUS_COMPLETE
         attrs["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self._root.attrs[fmt.ATTRS_KEY] = attrs  # zarr.json is replaced atomically: this is the commit point
+        with self._attrs_lock:
+            self.root.attrs[fmt.ATTRS_KEY] = attrs  # zarr.json is replaced atomically: the commit point
         return attrs
 
+    def _chunk_checksums(self, name: str) -> list[int]:
+        """One crc32 per chunk; chunks written by an earlier (resumed) run are read back once."""
+        arr, known = self.arrays[name], self.checksums[name]
+        n_chunks = -(-self.n_tokens // self.chunk_tokens)
+        return [known[i] if i in known else crc32(arr[i * self.chunk_tokens : (i + 1) * self.chunk_tokens])
+                for i in range(n_chunks)]
+
     def abort(self) -> None:
-        """Stop the writer thread; the store stays marked incomplete."""
+        """Stop the writer thread; the store stays marked incomplete (and resumable)."""
         try:
             self._close_thread()
         except BaseException:
             pass
 
     def _close_thread(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._thread.close()
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.close()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +14,14 @@ import torch
 from tqdm.auto import tqdm
 
 import mtsae
-from mtsae.cache import CacheWriter, read_attrs
+from mtsae.cache import CacheWriter
 from mtsae.cache import format as fmt
 from mtsae.errors import MtsaeError
 from mtsae.harvest import sources
 from mtsae.harvest.capture import ResidualCapture, check_finite, to_storage
 from mtsae.harvest.config import HarvestConfig, default_context_len
 from mtsae.harvest.sequences import batched, iter_sequences, pad_batch
+from mtsae.harvest.target import Action, prepare_target
 
 SEQUENCE_POLICY = "one document per sequence; BOS prefixed to every sequence; long documents continue after a new BOS"
 
@@ -48,10 +49,20 @@ def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, 
     content = content_spec(cfg, model_source, text_source)
     fingerprint = fmt.fingerprint(content)
     out = out or str(Path("caches") / fingerprint[:12])
-    existing = prepare_target(out, fingerprint, force, log)
-    if existing is not None:
-        return HarvestOutcome(out, existing, skipped=True)
+    target = prepare_target(out, fingerprint, force, log)
+    try:
+        if target.action is Action.SKIP:
+            return HarvestOutcome(out, target.attrs, skipped=True)
+        if target.action is Action.RESUME:
+            cfg.batch_size = target.attrs["config"]["batch_size"]  # the same batches give the same bytes
+        attrs = _load_and_run(cfg, out, target.action is Action.RESUME, fingerprint, content, model_source, text_source,
+                              log, progress)
+        return HarvestOutcome(out, attrs, skipped=False)
+    finally:
+        target.release()
 
+
+def _load_and_run(cfg, out, resume, fingerprint, content, model_source, text_source, log, progress) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
     tokenizer = sources.load_tokenizer(model_source)
@@ -67,15 +78,13 @@ def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, 
         "context_len": cfg.context_len,
         "dtype": cfg.dtype,
         "d_model": sources.text_config(model_source.config).hidden_size,
-        "storage": {"chunk_tokens": cfg.chunk_tokens, "compression": cfg.compression,
-                    "storage_dtype": str(fmt.storage_dtype(cfg.dtype))},
         "mtsae_version": mtsae.__version__,
         "config": dataclasses.asdict(cfg),
     }
-    return HarvestOutcome(out, _run(cfg, out, header, model, tokenizer, text_source, device, log, progress), skipped=False)
+    return _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, progress)
 
 
-def _run(cfg, out, header, model, tokenizer, text_source, device, log, progress) -> dict[str, Any]:
+def _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, progress) -> dict[str, Any]:
     capture = ResidualCapture(model, cfg.layers)
     special_ids = set(tokenizer.all_special_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id
@@ -84,15 +93,17 @@ def _run(cfg, out, header, model, tokenizer, text_source, device, log, progress)
         ledger.track(sources.iter_documents(text_source, tokenizer)),
         context_len=cfg.context_len, bos_id=tokenizer.bos_token_id, special_ids=special_ids, max_tokens=cfg.max_tokens,
     )
-    writer: CacheWriter | None = None
+    writer = _resume(out, sequences, ledger, log) if resume else None
+    resumed_tokens = writer.n_tokens if writer else 0
     started = time.perf_counter()
-    bar = tqdm(total=cfg.max_tokens, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
+    bar = tqdm(total=cfg.max_tokens, initial=writer.n_tokens if writer else 0, unit="tok", unit_scale=True,
+               desc="harvest", disable=not progress)
     try:
         for batch in batched(sequences, cfg.batch_size):
             if writer is None:  # created only once there is something to write
-                writer = CacheWriter(out, layers=cfg.layers, d_model=header["d_model"], dtype_name=cfg.dtype,
-                                     capacity_tokens=cfg.max_tokens, chunk_tokens=cfg.chunk_tokens,
-                                     compression=cfg.compression, header=header)
+                writer = CacheWriter.create(out, layers=cfg.layers, d_model=header["d_model"], dtype_name=cfg.dtype,
+                                            capacity_tokens=cfg.max_tokens, chunk_tokens=cfg.chunk_tokens,
+                                            compression=cfg.compression, header=header)
             ids, mask = pad_batch(batch, pad_id)
             ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
             acts = capture(ids_t, mask_t)
@@ -102,7 +113,8 @@ def _run(cfg, out, header, model, tokenizer, text_source, device, log, progress)
             for b, seq in enumerate(batch):
                 n = len(seq.tokens)
                 writer.add_sequence(seq.doc_row, seq.tokens, seq.special, {layer: a[b, :n] for layer, a in stored.items()})
-                ledger.count(seq.doc_row, len(seq.tokens) - 1)  # all but the BOS
+                ledger.count(seq.doc_row, n - 1)  # all but the BOS
+            writer.mark()  # a batch boundary: a resumed run restarts with the very same batches
             bar.update(int(mask.sum()))
         if writer is None:
             raise MtsaeError(f"dataset {text_source.identity['id']} yielded no tokens in column {cfg.text_column!r}")
@@ -116,7 +128,8 @@ def _run(cfg, out, header, model, tokenizer, text_source, device, log, progress)
                                "eos_id": tokenizer.eos_token_id, "special_ids": sorted(special_ids)},
             "harvest": {
                 "seconds": round(seconds, 3),
-                "tokens_per_second": round(writer.n_tokens / seconds, 1),
+                "tokens_per_second": round((writer.n_tokens - resumed_tokens) / seconds, 1),
+                "resumed_at_tokens": resumed_tokens,
                 "batch_size": cfg.batch_size,
                 "device": str(device),
                 "attn_implementation": cfg.attn_implementation,
@@ -166,6 +179,20 @@ class _DocumentLedger:
         return self.last_row is not None and self.stored[self.last_row] < self.lengths[self.last_row]
 
 
+def _resume(out: str, sequences: Iterator, ledger: "_DocumentLedger", log: Callable[[str], None]) -> CacheWriter:
+    """Reopen an unfinished store and fast-forward the sequence stream past what it holds."""
+    writer = CacheWriter.resume(out)
+    done = writer.progress["sequences"]
+    for seq in itertools.islice(sequences, done):
+        writer.replay(seq.doc_row, len(seq.tokens))
+        ledger.count(seq.doc_row, len(seq.tokens) - 1)
+    if writer.n_sequences != done or writer.n_tokens != writer.progress["tokens"]:
+        raise MtsaeError(f"cannot resume {out}: its recorded progress does not match the input; pass --force to start over")
+    writer.resume_staging()
+    log(f"resuming the unfinished harvest in {out}: {writer.n_tokens:,} tokens already on disk")
+    return writer
+
+
 def content_spec(cfg: HarvestConfig, model_source, text_source) -> dict[str, Any]:
     """Everything that determines the cache's bytes up to floating-point order (not layout, device or batch size)."""
     return {
@@ -177,45 +204,6 @@ def content_spec(cfg: HarvestConfig, model_source, text_source) -> dict[str, Any
         "dtype": cfg.dtype,
         "sequence_policy": SEQUENCE_POLICY,
     }
-
-
-def prepare_target(out: str, fingerprint: str, force: bool, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """Decide what to do with ``out``: returns the attrs of an identical complete cache (nothing to do), else clears the way.
-
-    Only an mtsae cache is ever deleted, and only an unfinished one or with --force:
-    anything else at the target is refused, so no user data can be lost.
-    """
-    path = Path(out)
-    attrs = read_attrs(path) if path.exists() else None
-    if attrs is not None:
-        same = attrs.get("fingerprint") == fingerprint
-        complete = attrs.get("status") == fmt.STATUS_COMPLETE
-        if same and complete and not force:
-            log(f"cache {out} already holds this harvest (fingerprint {fingerprint[:12]}); nothing to do")
-            return attrs
-        if not same and complete and not force:
-            raise MtsaeError(
-                f"{out} holds a different cache (fingerprint {str(attrs.get('fingerprint'))[:12]}, model "
-                f"{attrs.get('model', {}).get('id')}); choose another --out or pass --force to replace it"
-            )
-        if not same and not force:
-            raise MtsaeError(f"{out} holds an unfinished harvest of different settings; choose another --out or pass --force")
-        log(f"replacing {'unfinished' if not complete else 'existing'} cache at {out}")
-        shutil.rmtree(path)
-    elif path.exists() and (path.is_file() or any(path.iterdir())):
-        raise MtsaeError(f"{out} exists and is not an mtsae cache; refusing to overwrite it, choose another --out")
-    check_writable(path)
-    return None
-
-
-def check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".mtsae-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise MtsaeError(f"cannot write the cache to {path}: {exc.strerror or exc}; choose a writable --out") from None
 
 
 def resolve_device(device: str) -> torch.device:

@@ -114,6 +114,26 @@ def cache_info(
         typer.echo("\n".join(info_lines(path, attrs)))
 
 
+@cache_app.command("verify", epilog="Example:\n\n  mtsae cache verify caches/demo")
+@user_errors
+def cache_verify(
+    path: Annotated[str, typer.Argument(help="Cache path.")],
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Check every chunk and index array against the manifest's checksums; exit 1 if any is missing, truncated or altered."""
+    from tqdm.auto import tqdm
+
+    from mtsae.cache.verify import n_chunks_to_check, verify_cache
+
+    with tqdm(total=n_chunks_to_check(path), unit="chunk", desc="verify", disable=not progress) as bar:
+        problems = verify_cache(path, progress=bar.update)
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        raise MtsaeError(f"cache {path} failed verification: {len(problems)} problem(s) listed above")
+    typer.echo(f"ok: every chunk of {path} matches its checksum")
+
+
 @cache_app.command("ls", epilog="Example:\n\n  mtsae cache ls caches/")
 @user_errors
 def cache_ls(root: Annotated[str, typer.Argument(help="Folder to search for caches.")] = "caches"):
@@ -131,6 +151,103 @@ def cache_ls(root: Annotated[str, typer.Argument(help="Folder to search for cach
     typer.echo("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         typer.echo("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
+
+
+# --- mtsae train ---------------------------------------------------------------------------------
+from mtsae.train import config as train_config  # noqa: E402  (the train command's option docs)
+from mtsae.train.presets import preset_names  # noqa: E402
+from mtsae.train.registry import architecture_names  # noqa: E402
+
+
+def _train_help(name: str, extra: str = "") -> str:
+    """A TrainConfig field's documentation, plus its default when the text does not state one."""
+    text = train_config.help_text(name) + extra
+    if "Default:" not in text and "(required)" not in text:
+        default = train_config.field_default(name)
+        text += " Default: not set." if default is None else f" Default: {default}."
+    return text
+
+
+def _arch_help(text: str) -> str:
+    return f"Architecture option: {text} Default: the preset's, else the architecture's (see docs/architectures.md)."
+
+
+@app.command(
+    epilog=(
+        "Options given on the command line override --config; a --preset fills arch, arch options, layer, "
+        "d-sae, lr and window unless given.\n\n"
+        "Examples:\n\n"
+        "  mtsae train --cache caches/demo --preset run0 --d-sae 512 --out runs/demo-run0\n\n"
+        "  mtsae train --cache caches/demo --layer 19 --arch mtsae --preset run2 --d-sae 512 --out runs/demo-run2\n\n"
+        "  mtsae train --config train.toml --out runs/big --resume          # continue after an interruption\n\n"
+        "  mtsae train --cache caches/demo --arch topk --k 32 --steps 2000 --out runs/topk --force"
+    )
+)
+@user_errors
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="TOML file of training options: the names below "
+                                                       "with _ for -, plus an arch_config table.")] = None,
+    cache: Annotated[Optional[str], typer.Option(help=_train_help("cache"))] = None,
+    out: Annotated[Optional[str], typer.Option(help=_train_help("out"))] = None,
+    preset: Annotated[Optional[str], typer.Option(help=_train_help("preset", f" One of: {', '.join(preset_names())}."))] = None,
+    arch: Annotated[Optional[str], typer.Option(help=_train_help("arch", f" One of: {', '.join(architecture_names())}."))] = None,
+    layer: Annotated[Optional[int], typer.Option(help=_train_help("layer"))] = None,
+    d_sae: Annotated[Optional[int], typer.Option(help=_train_help("d_sae"))] = None,
+    l1_coefficient: Annotated[Optional[float], typer.Option(help=_arch_help("L1 penalty weight (relu, mtsae)."))] = None,
+    k: Annotated[Optional[int], typer.Option(help=_arch_help("active latents per token (topk, batchtopk, mtsae with activation=topk)."))] = None,
+    dilations: Annotated[Optional[str], typer.Option(help=_arch_help("comma-separated dilation rates, e.g. 1,3,9 (mtsae)."))] = None,
+    cos_coefficient: Annotated[Optional[float], typer.Option(help=_arch_help("adjacent-step cosine separation weight (mtsae)."))] = None,
+    padding: Annotated[Optional[str], typer.Option(help=_arch_help("temporal padding: circular, replicate, zeros or causal (mtsae)."))] = None,
+    kernel_size: Annotated[Optional[int], typer.Option(help=_arch_help("taps per temporal kernel (mtsae)."))] = None,
+    dead_tokens_threshold: Annotated[Optional[int], typer.Option(help=_arch_help("training tokens without firing after which a feature counts as dead (all)."))] = None,
+    arch_option: Annotated[Optional[list[str]], typer.Option(help="Any other architecture option as KEY=VALUE (JSON value), repeatable, e.g. --arch-option activation=topk.")] = None,
+    window: Annotated[Optional[int], typer.Option(help=_train_help("window"))] = None,
+    stride: Annotated[Optional[int], typer.Option(help=_train_help("stride"))] = None,
+    batch_windows: Annotated[Optional[int], typer.Option(help=_train_help("batch_windows"))] = None,
+    train_tokens: Annotated[Optional[int], typer.Option(help=_train_help("train_tokens"))] = None,
+    steps: Annotated[Optional[int], typer.Option(help=_train_help("steps"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help=_train_help("lr"))] = None,
+    lr_warmup_steps: Annotated[Optional[int], typer.Option(help=_train_help("lr_warmup_steps"))] = None,
+    lr_decay: Annotated[Optional[str], typer.Option(help=_train_help("lr_decay"))] = None,
+    lr_decay_fraction: Annotated[Optional[float], typer.Option(help=_train_help("lr_decay_fraction"))] = None,
+    sparsity_warmup_steps: Annotated[Optional[int], typer.Option(help=_train_help("sparsity_warmup_steps"))] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help=_train_help("grad_clip"))] = None,
+    normalize_activations: Annotated[Optional[str], typer.Option(help=_train_help("normalize_activations"))] = None,
+    holdout_fraction: Annotated[Optional[float], typer.Option(help=_train_help("holdout_fraction"))] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=_train_help("eval_every"))] = None,
+    eval_tokens: Annotated[Optional[int], typer.Option(help=_train_help("eval_tokens"))] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help=_train_help("checkpoint_every"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_train_help("seed"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=_train_help("device"))] = None,
+    dtype: Annotated[Optional[str], typer.Option(help=_train_help("dtype"))] = None,
+    prefetch_batches: Annotated[Optional[int], typer.Option(help=_train_help("prefetch_batches"))] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint (same options).")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing run in --out (never a folder that is not an mtsae run).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Train an SAE on a cache's activations; prints the final held-out metrics and checkpoint path."""
+    from mtsae.train.trainer import train as run_train
+
+    arch_config = {
+        "l1_coefficient": l1_coefficient, "k": k, "dilations": train_config.parse_int_list(dilations, "--dilations"),
+        "cos_coefficient": cos_coefficient, "padding": padding, "kernel_size": kernel_size,
+        "dead_tokens_threshold": dead_tokens_threshold,
+    }
+    arch_config = {key: value for key, value in arch_config.items() if value is not None}
+    arch_config.update(train_config.parse_assignments(arch_option))
+    overrides = dict(
+        cache=cache, out=out, preset=preset, arch=arch, layer=layer, d_sae=d_sae, arch_config=arch_config or None,
+        window=window, stride=stride, batch_windows=batch_windows, train_tokens=train_tokens, steps=steps, lr=lr,
+        lr_warmup_steps=lr_warmup_steps, lr_decay=lr_decay, lr_decay_fraction=lr_decay_fraction,
+        sparsity_warmup_steps=sparsity_warmup_steps, grad_clip=grad_clip, normalize_activations=normalize_activations,
+        holdout_fraction=holdout_fraction, eval_every=eval_every, eval_tokens=eval_tokens,
+        checkpoint_every=checkpoint_every, seed=seed, device=device, dtype=dtype, prefetch_batches=prefetch_batches,
+    )
+    cfg = train_config.load_config(config, overrides)
+    result = run_train(cfg, resume=resume, force=force, progress=progress, log=lambda line: typer.echo(line, err=True))
+    metrics = " ".join(f"{name}={result.metrics[name]:.4g}" for name in ("mse", "fve", "l0", "dead_fraction", "sep"))
+    typer.echo(f"held-out after {result.steps:,} steps ({result.tokens:,} tokens): {metrics}")
+    typer.echo(result.checkpoint)
 
 
 def main() -> None:

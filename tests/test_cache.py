@@ -18,7 +18,7 @@ def _write(path, seqs, *, layers=(0, 2), d=6, dtype="bfloat16", chunk=16, compre
     """Write ``seqs`` = [(doc_row, n_tokens)] with random data; returns (tokens, {layer: stored rows})."""
     rng = np.random.default_rng(len(seqs))
     total = sum(n for _, n in seqs)
-    w = CacheWriter(str(path), layers=list(layers), d_model=d, dtype_name=dtype, capacity_tokens=max(total, 1),
+    w = CacheWriter.create(str(path), layers=list(layers), d_model=d, dtype_name=dtype, capacity_tokens=max(total, 1),
                     chunk_tokens=chunk, compression=compression,
                     header={"fingerprint": "f" * 64, "layers": list(layers), "d_model": d, "dtype": dtype})
     tokens, acts = [], {layer: [] for layer in layers}
@@ -68,7 +68,7 @@ def test_round_trip_is_bit_exact_through_every_reader(tmp_path_factory, seqs, ch
 def test_bfloat16_special_values_survive(tmp_path):
     path = tmp_path / "c.zarr"
     values = torch.tensor([[0.0, -0.0, 1e-40, -3.3895e38, float("inf"), 7.5]], dtype=torch.bfloat16)
-    w = CacheWriter(str(path), layers=[0], d_model=6, dtype_name="bfloat16", capacity_tokens=1, chunk_tokens=4,
+    w = CacheWriter.create(str(path), layers=[0], d_model=6, dtype_name="bfloat16", capacity_tokens=1, chunk_tokens=4,
                     header={"fingerprint": "x", "layers": [0], "d_model": 6, "dtype": "bfloat16"})
     w.add_sequence(0, np.array([2], np.int32), np.array([True]), {0: values.view(torch.uint16).numpy()})
     w.finish({})
@@ -130,3 +130,6 @@ def test_the_committed_version_1_cache_still_opens():
     for layer in cache.layers:
         assert cache.chunk_memmaps(layer) is not None
         assert hashlib.sha256(cache.rows(layer, 0, cache.n_tokens).tobytes()).hexdigest() == expected["sha256"][str(layer)]
+    from mtsae.cache.verify import verify_cache
+
+    assert verify_cache(data / "cache-v1") == []

@@ -1,0 +1,109 @@
+"""What to do with the output path of a harvest, decided under a lock.
+
+Only an mtsae cache is ever deleted, and only with --force: anything else at
+the target is refused, so no user data can be lost. An unfinished harvest of
+the same settings is resumed. One harvest at a time may write a store.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from mtsae.cache import format as fmt
+from mtsae.cache.reader import read_attrs
+from mtsae.errors import MtsaeError
+
+LOCK_NAME = ".mtsae-harvest.lock"
+
+
+class Action(enum.Enum):
+    SKIP = "skip"  # an identical complete cache is there
+    RESUME = "resume"  # an unfinished harvest of the same settings is there
+    CREATE = "create"  # nothing (or nothing left) there
+
+
+@dataclass
+class Target:
+    path: Path
+    action: Action
+    attrs: dict[str, Any] | None
+    lock: IO | None
+
+    def release(self) -> None:
+        """Drop the lock; a complete cache loses the lock file too (plain zarr would warn about it)."""
+        if self.lock is None:
+            return
+        if (read_attrs(self.path) or {}).get("status") == fmt.STATUS_COMPLETE:
+            # Safe while held: a harvest that grabs a fresh lock now finds a complete cache and stops.
+            (self.path / LOCK_NAME).unlink(missing_ok=True)
+        self.lock.close()  # closing the descriptor drops the flock
+        self.lock = None
+
+
+def prepare_target(out: str, fingerprint: str, force: bool, log: Callable[[str], None]) -> Target:
+    path = Path(out)
+    if path.exists() and read_attrs(path) is None and (path.is_file() or _foreign_entries(path)):
+        raise MtsaeError(f"{out} exists and is not an mtsae cache; refusing to overwrite it, choose another --out")
+    lock = _acquire_lock(path)
+    try:
+        action, attrs = _decide(path, fingerprint, force, log)
+    except BaseException:
+        lock.close()
+        raise
+    return Target(path, action, attrs, lock)
+
+
+def _decide(path: Path, fingerprint: str, force: bool, log: Callable[[str], None]) -> tuple[Action, dict | None]:
+    attrs = read_attrs(path)
+    if attrs is None:
+        return Action.CREATE, None
+    same = attrs.get("fingerprint") == fingerprint
+    complete = attrs.get("status") == fmt.STATUS_COMPLETE
+    if force:
+        log(f"--force: replacing the cache at {path}")
+        _clear(path)
+        return Action.CREATE, None
+    if same and complete:
+        log(f"cache {path} already holds this harvest (fingerprint {fingerprint[:12]}); nothing to do")
+        return Action.SKIP, attrs
+    if same and attrs.get("progress", {}).get("tokens", 0) > 0:
+        return Action.RESUME, attrs
+    if same:  # unfinished before anything was durable: nothing to keep
+        _clear(path)
+        return Action.CREATE, None
+    state = "a different cache" if complete else "an unfinished harvest of different settings"
+    raise MtsaeError(
+        f"{path} holds {state} (fingerprint {str(attrs.get('fingerprint'))[:12]}, model "
+        f"{attrs.get('model', {}).get('id')}); choose another --out or pass --force to replace it"
+    )
+
+
+def _foreign_entries(path: Path) -> list[Path]:
+    return [p for p in path.iterdir() if p.name != LOCK_NAME]
+
+
+def _acquire_lock(path: Path) -> IO:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock = open(path / LOCK_NAME, "a+")
+    except OSError as exc:
+        raise MtsaeError(f"cannot write the cache to {path}: {exc.strerror or exc}; choose a writable --out") from None
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise MtsaeError(f"another harvest is writing {path}; wait for it to finish or choose another --out") from None
+    return lock
+
+
+def _clear(path: Path) -> None:
+    """Empty a cache directory, keeping the lock file we hold."""
+    import shutil
+
+    for entry in _foreign_entries(path):
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else os.unlink(entry)
