@@ -1,0 +1,90 @@
+"""Feature disentanglement statistics of a trained SAE (`mtsae analyze`).
+
+- Temporal: per-feature activation autocorrelation over lags on held-out
+  windows, and a time scale per feature: the lag at which it first falls below
+  1/e (linearly interpolated; capped at the largest lag measured).
+- Decoder geometry: max and mean off-diagonal cosine similarity of decoder
+  rows, and near-duplicate pairs (cosine >= 0.95).
+- The adjacent-step separation statistic the MTSAE loss targets:
+  mean over windows and t of cos(codes[t], codes[t+1]), for every architecture.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+INV_E = 1.0 / math.e
+
+
+def autocorrelation(codes_BTF: np.ndarray, max_lag: int) -> np.ndarray:
+    """[max_lag + 1, F]: autocorrelation of each feature's activation, pooled over windows; NaN for constant features."""
+    x = np.asarray(codes_BTF, dtype=np.float64)
+    x = x - x.mean(axis=(0, 1), keepdims=True)
+    var = (x * x).mean(axis=(0, 1))
+    lags = min(max_lag, x.shape[1] - 1)
+    acf = np.stack([(x[:, : x.shape[1] - k] * x[:, k:]).mean(axis=(0, 1)) for k in range(lags + 1)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(var > 0, acf / var, np.nan)
+
+
+def time_scales(acf_LF: np.ndarray) -> np.ndarray:
+    """[F]: first lag where the autocorrelation drops below 1/e (interpolated); NaN for dead features."""
+    lags = acf_LF.shape[0] - 1
+    out = np.full(acf_LF.shape[1], np.nan)
+    for f in range(acf_LF.shape[1]):
+        a = acf_LF[:, f]
+        if np.isnan(a[0]):
+            continue
+        below = np.flatnonzero(a < INV_E)
+        if len(below) == 0:
+            out[f] = float(lags)  # slower than we can see: report the cap
+            continue
+        k = below[0]
+        out[f] = k - 1 + (a[k - 1] - INV_E) / (a[k - 1] - a[k])  # a[0] == 1 > 1/e, so k >= 1
+    return out
+
+
+def adjacent_separation(codes_BTF: torch.Tensor, eps: float = 1e-8) -> float:
+    """Mean cosine similarity of the code vectors at t and t+1 (the quantity the MTSAE loss penalises)."""
+    a, b = codes_BTF[:, :-1], codes_BTF[:, 1:]
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
+    return float(cos.mean())
+
+
+def decoder_geometry(W_dec_FD: torch.Tensor, duplicate_threshold: float = 0.95, block: int = 4096) -> dict[str, Any]:
+    """Off-diagonal cosine statistics of decoder rows, computed in blocks (d_sae² may not fit at once)."""
+    W = torch.nn.functional.normalize(W_dec_FD.detach().float(), dim=1)
+    n = W.shape[0]
+    max_cos, total, duplicates = -1.0, 0.0, 0
+    for start in range(0, n, block):
+        sims = W[start : start + block] @ W.T
+        rows = torch.arange(start, min(start + block, n))
+        sims[rows - start, rows] = float("nan")  # the diagonal
+        valid = sims[~torch.isnan(sims)]
+        max_cos = max(max_cos, float(valid.max())) if len(valid) else max_cos
+        total += float(valid.sum())
+        duplicates += int((valid >= duplicate_threshold).sum())
+    pairs = n * (n - 1)
+    return {
+        "max_cosine": max_cos,
+        "mean_cosine": total / pairs if pairs else float("nan"),
+        "near_duplicate_pairs": duplicates // 2,
+        "duplicate_threshold": duplicate_threshold,
+    }
+
+
+def summarize_time_scales(scales: np.ndarray) -> dict[str, Any]:
+    alive = scales[~np.isnan(scales)]
+    if len(alive) == 0:
+        return {"alive_features": 0}
+    q = np.percentile(alive, [10, 50, 90])
+    return {
+        "alive_features": int(len(alive)),
+        "p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
+        "histogram": np.histogram(alive, bins=[0, 1, 2, 4, 8, 16, 32, 64, 128, np.inf])[0].tolist(),
+        "histogram_edges": [0, 1, 2, 4, 8, 16, 32, 64, 128, "inf"],
+    }

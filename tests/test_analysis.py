@@ -1,0 +1,55 @@
+"""Disentanglement statistics on processes with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mtsae.evaluate.analysis import adjacent_separation, autocorrelation, decoder_geometry, time_scales
+
+
+def _ar1(rho: float, n: int = 200, t: int = 256, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, t))
+    x[:, 0] = rng.standard_normal(n)
+    for i in range(1, t):
+        x[:, i] = rho * x[:, i - 1] + math.sqrt(1 - rho**2) * rng.standard_normal(n)
+    return x
+
+
+def test_time_scale_of_ar1_processes_matches_theory():
+    # AR(1) with coefficient rho: acf(k) = rho^k, so it crosses 1/e at k = -1 / ln(rho).
+    rhos = [0.3, 0.8, 0.95]
+    codes = np.stack([_ar1(r, seed=i) for i, r in enumerate(rhos)], axis=-1)
+    scales = time_scales(autocorrelation(codes, max_lag=64))
+    for rho, got in zip(rhos, scales):
+        assert got == pytest.approx(-1 / math.log(rho), rel=0.15, abs=0.3)
+
+
+def test_dead_and_very_slow_features():
+    codes = np.zeros((4, 32, 2))
+    codes[:, :, 1] = np.arange(32)  # a ramp: never decorrelates within the lags measured
+    scales = time_scales(autocorrelation(codes, max_lag=8))
+    assert math.isnan(scales[0]) and scales[1] == 8
+
+
+def test_adjacent_separation_extremes():
+    same = torch.ones(2, 5, 3)
+    assert adjacent_separation(same) == pytest.approx(1.0)
+    alternating = torch.zeros(1, 4, 2)
+    alternating[0, ::2, 0] = 1
+    alternating[0, 1::2, 1] = 1
+    assert adjacent_separation(alternating) == pytest.approx(0.0)
+
+
+def test_decoder_geometry_finds_duplicates_and_orthogonality():
+    eye = torch.eye(4)
+    geometry = decoder_geometry(eye)
+    assert geometry["max_cosine"] == pytest.approx(0.0) and geometry["near_duplicate_pairs"] == 0
+    dup = torch.cat([eye, eye[:1] * 2.0])
+    geometry = decoder_geometry(dup, block=2)  # blocks must not change the answer
+    assert geometry["max_cosine"] == pytest.approx(1.0) and geometry["near_duplicate_pairs"] == 1
+    assert geometry["mean_cosine"] == pytest.approx(2 / 20)
