@@ -250,6 +250,53 @@ def train(
     typer.echo(result.checkpoint)
 
 
+# --- mtsae eval ----------------------------------------------------------------------------------
+from mtsae.evaluate import config as eval_config  # noqa: E402  (the eval command's option docs)
+
+
+@app.command(
+    "eval",
+    epilog=(
+        "Examples:\n\n"
+        "  mtsae eval runs/demo/final --out results/demo                 # embedded model: offline, tiny settings\n\n"
+        "  mtsae eval runs/g2b/final --out results/g2b --forget-corpus bio-forget-corpus.jsonl   # gemma-2-2b, standard\n\n"
+        "  mtsae eval runs/a/final runs/b/final --out results/ab --evals core,sparse_probing --config eval.toml\n\n"
+        "  mtsae eval runs/g2b/final --out results/g2b --offline /data/sae-bench-mirror"
+    ),
+)
+@user_errors
+def eval_command(
+    checkpoints: Annotated[list[str], typer.Argument(help=eval_config.help_text("checkpoints"))],
+    out: Annotated[str, typer.Option(help=eval_config.help_text("out"))],
+    evals: Annotated[str, typer.Option(help=eval_config.help_text("evals") + " Comma-separated.")] = ",".join(eval_config.EVALS),
+    model: Annotated[Optional[str], typer.Option(help=eval_config.help_text("model"))] = None,
+    unlearning_model: Annotated[Optional[str], typer.Option(help=eval_config.help_text("unlearning_model"))] = None,
+    profile: Annotated[str, typer.Option(help=eval_config.help_text("profile"))] = "auto",
+    config: Annotated[Optional[str], typer.Option(help=eval_config.help_text("config_file"))] = None,
+    offline: Annotated[Optional[str], typer.Option(help=eval_config.help_text("offline"))] = None,
+    forget_corpus: Annotated[Optional[str], typer.Option(help=eval_config.help_text("forget_corpus"))] = None,
+    device: Annotated[str, typer.Option(help=eval_config.help_text("device"))] = "auto",
+    llm_dtype: Annotated[Optional[str], typer.Option(help=eval_config.help_text("llm_dtype"))] = None,
+    llm_batch_size: Annotated[Optional[int], typer.Option(help=eval_config.help_text("llm_batch_size"))] = None,
+    force: Annotated[bool, typer.Option(help=eval_config.help_text("force"))] = False,
+    keep_artifacts: Annotated[bool, typer.Option(help=eval_config.help_text("keep_artifacts"))] = False,
+):
+    """Run SAE-Bench's core, sparse probing, unlearning and absorption evals on checkpoints; prints a summary."""
+    from mtsae.evaluate.run import evaluate
+
+    cfg = eval_config.EvalConfig(
+        checkpoints=checkpoints, out=out, evals=[e.strip() for e in evals.split(",") if e.strip()], model=model,
+        unlearning_model=unlearning_model, profile=profile, config_file=config, offline=offline,
+        forget_corpus=forget_corpus, device=device, llm_dtype=llm_dtype, llm_batch_size=llm_batch_size,
+        force=force, keep_artifacts=keep_artifacts,
+    )
+    summary = evaluate(cfg, log=lambda line: typer.echo(line, err=True))
+    typer.echo(summary.table())
+    typer.echo(f"summary: {summary.path}")
+    if summary.failed:
+        raise MtsaeError(f"{len(summary.failed)} eval result(s) failed; see {summary.path} and the *_error.txt files")
+
+
 def main() -> None:
     app(prog_name="mtsae")
 

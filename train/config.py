@@ -247,6 +247,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     ``overrides["arch_config"]`` is merged key by key over the file's.
     """
     values: dict[str, Any] = read_toml(path) if path is not None else {}
+    given = {key for key, value in (overrides or {}).items() if value is not None}
+    for one, other in (("steps", "train_tokens"), ("train_tokens", "steps")):
+        if one in given and other not in given:
+            values.pop(other, None)  # the command line's budget replaces the file's, whichever kind it is
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -293,3 +297,29 @@ def _jsonish(values: dict[str, Any]) -> dict[str, Any]:
     import json
 
     return json.loads(json.dumps(values, sort_keys=True))
+
+
+def parse_int_list(text: str | None, option: str) -> list[int] | None:
+    """``"1,3,9"`` → ``[1, 3, 9]`` for a command-line option; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MtsaeError(f"{option} takes comma-separated integers such as 1,3,9, got {text!r}") from None
+
+
+def parse_assignments(items: list[str] | None, option: str = "--arch-option") -> dict[str, Any]:
+    """``["k=32", "padding=zeros"]`` → ``{"k": 32, "padding": "zeros"}``; values are read as JSON when they parse."""
+    import json
+
+    values: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise MtsaeError(f"{option} takes KEY=VALUE such as k=32, got {item!r}")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except ValueError:
+            values[key.strip()] = raw
+    return values

@@ -1,0 +1,643 @@
+"""Train an SAE on cached activations: ``Trainer(cfg).fit()``.
+
+One step (the SAE's own methods do the architecture-specific work)::
+
+    x = scale · batch                      [B, T, d]; flattened to [B·T, d] unless sae.is_temporal
+    out = sae.loss(x, sparsity_scale=linear_warmup(step, sparsity_warmup_steps))
+    out.loss.backward()
+    sae.remove_parallel_gradient_()
+    clip_grad_norm_(grad_clip)             if grad_clip > 0
+    Adam step at lr(step)                  linear warm-up, then linear/cosine decay to 0 at the end
+    sae.constrain_parameters_()            unit decoder rows (+ arch constraints)
+
+Run directory ``out``::
+
+    run.json                        resolved TrainConfig, cache fingerprint, mtsae version
+    log.jsonl                       one JSON object per step ("split": "train": step, tokens, lr,
+                                    sparsity_scale, grad_norm, every loss component) and per
+                                    evaluation ("split": "heldout": mse, fve, l0, dead_fraction,
+                                    silent_fraction, sep)
+    checkpoints/step_NNNNNN/        SAELens-layout checkpoint (train/checkpoint.py)
+                                    + trainer_state.pt (what --resume needs)
+    final/                          the finished SAE; written only when every step succeeded
+
+Activation normalisation (``expected_norm``): inputs are multiplied by
+``scale = sqrt(d_in) / E‖x‖`` (estimated once on train windows, special rows
+excluded, then kept fixed and saved). Saved checkpoints have it **folded in**
+(:func:`fold_activation_scale`): they act on raw activations, with unit-norm
+decoder rows, and produce codes in raw units (``codes_raw = codes / scale``).
+``trainer_state.pt`` keeps the unfolded weights, so resuming is exact.
+
+Resume: ``trainer_state.pt`` holds the unfolded SAE, the Adam state, the step,
+the position in the window order (epoch, next batch), tokens seen, the
+normaliser scale, the latest held-out metrics and the torch RNG states. On
+CPU with a fixed seed, N steps in one go equal k steps, a stop, and a resume
+to N, bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+import mtsae
+from mtsae.cache import hook_name, open_cache
+from mtsae.errors import MtsaeError
+from mtsae.train.base import SparseAutoencoder, linear_warmup
+from mtsae.train.checkpoint import save_checkpoint
+from mtsae.train.config import TrainConfig
+from mtsae.train.loader import WindowDataset
+from mtsae.train.registry import create_sae
+from mtsae.train.windows import sample_windows
+
+RUN_FILENAME = "run.json"
+LOG_FILENAME = "log.jsonl"
+STATE_FILENAME = "trainer_state.pt"
+CHECKPOINTS_DIRNAME = "checkpoints"
+FINAL_DIRNAME = "final"
+NORM_SAMPLE_TOKENS = 65_536
+"""Train tokens (whole windows, seeded sample) used to estimate the normalisation scale."""
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    """The run directory."""
+    checkpoint: Path
+    """``out/final`` when finished, else the checkpoint written where training stopped."""
+    metrics: dict[str, float]
+    """The last held-out metrics."""
+    steps: int
+    tokens: int
+    finished: bool
+    tokens_per_second: float = 0.0
+    """Training throughput of this session (train steps only: evaluation and checkpoints excluded)."""
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Validate ``cfg``, train, and write ``cfg.out``; see :class:`Trainer`."""
+    return Trainer(cfg, resume=resume, force=force, progress=progress, log=log).fit()
+
+
+class Trainer:
+    """Everything is checked in ``__init__`` (nothing is written); ``fit()`` trains.
+
+    Args:
+        resume: continue the run in ``cfg.out`` from its latest checkpoint
+            (it must be a run of the same config); starts fresh if there is none.
+        force: replace an existing run directory at ``cfg.out``.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, force: bool = False, progress: bool = True,
+                 log: Callable[[str], None] = print) -> None:
+        self.cfg = cfg.validate()
+        self.progress, self.log, self.force = progress, log, force
+        self.out = Path(cfg.out)
+        self.cache = open_cache(cfg.cache)
+        if cfg.layer not in self.cache.layers:
+            raise MtsaeError(
+                f"layer {cfg.layer} is not in cache {cfg.cache} (it holds layers {self.cache.layers}); "
+                "pass --layer with one of them"
+            )
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = resolve_amp_dtype(cfg.dtype, self.device)
+        split = dict(window=cfg.window, stride=cfg.stride, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
+        self.train_set = WindowDataset(self.cache, cfg.layer, split="train", **split)
+        self.heldout_set = WindowDataset(self.cache, cfg.layer, split="heldout", **split)
+        self.batches_per_epoch = self.train_set.batches_per_epoch(cfg.batch_windows)
+        self.total_steps = self._resolve_steps()
+        self.eval_windows = len(self.heldout_set) if cfg.eval_tokens == 0 else min(
+            len(self.heldout_set), -(-cfg.eval_tokens // cfg.window))
+        self.resume_from = self._check_out_dir(resume)
+
+        torch.manual_seed(cfg.seed)
+        self.sae = create_sae(cfg.arch, d_in=self.cache.d_model, d_sae=cfg.d_sae, **cfg.arch_config).to(self.device)
+        self.sae.train()
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr)
+        self.step = self.epoch = self.next_batch = self.tokens = 0
+        self.scale: float | None = None
+        self.metrics: dict[str, float] = {}
+        self.metrics_step = -1
+
+    # ================================================================== fit
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train to ``total_steps`` and write ``final/``; returns the outcome.
+
+        ``stop_at``: stop after that step instead (a checkpoint is written
+        there, no ``final/``), as an interruption would; ``--resume`` continues.
+        """
+        self._prepare_run_dir()
+        if self.scale is None:
+            self.scale = self.estimate_scale()
+        bar = self._progress_bar()
+        try:
+            if self.step == 0 and self.cfg.eval_every:
+                self.evaluate()  # the untrained baseline, logged as step 0
+            self.clock = _Clock(self.tokens)
+            for x in self.train_batches():
+                components = self.train_step(x)
+                self.write_log({"split": "train", "step": self.step, "tokens": self.tokens, **components})
+                with self.clock.paused():
+                    if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                        self.evaluate()
+                    stopping = stop_at is not None and self.step >= stop_at
+                    if stopping or (self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0):
+                        path = self.save_checkpoint(self.checkpoint_dir(self.step))
+                bar.update(1)
+                bar.set_postfix(loss=f"{components['loss']:.4g}", tok_s=f"{self.clock.rate(self.tokens):,.0f}",
+                                refresh=False)
+                if stopping:
+                    self.clock.stop()
+                    return self._result(path, finished=False)
+            self.clock.stop()
+            bar.close()
+            if self.metrics_step != self.step:
+                self.evaluate()
+            self._check_finite_metrics()
+            final = self.save_final()
+        finally:
+            bar.close()
+            self._close_log()
+        return self._result(final, finished=True)
+
+    def _result(self, checkpoint: Path, finished: bool) -> TrainResult:
+        rate = self.clock.rate(self.tokens)
+        self.log(f"trained {self.tokens - self.clock.start_tokens:,} tokens at {rate:,.0f} tokens/s "
+                 "(train steps only, evaluation and checkpoints excluded)")
+        return TrainResult(self.out, checkpoint, dict(self.metrics), self.step, self.tokens, finished, rate)
+
+    # ================================================================ steps
+    def train_batches(self) -> Iterator[torch.Tensor]:
+        """Batches from the current position (epoch, next batch) to ``total_steps``."""
+        remaining = self.total_steps - self.step
+        if remaining <= 0:
+            return
+        batches = self.train_set.batches(
+            self.cfg.batch_windows, self.epoch, shuffle=True, epochs=None, start_batch=self.next_batch,
+            drop_last=True, device=self.device, prefetch=self.cfg.prefetch_batches,
+        )
+        for i, x in enumerate(batches):
+            yield x
+            if i + 1 >= remaining:
+                return
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on ``x`` ``[B, T, d]`` (raw activations); returns the logged values."""
+        cfg, sae = self.cfg, self.sae
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        sparsity_scale = linear_warmup(self.step, cfg.sparsity_warmup_steps)
+        x = self.prepare_input(x)
+        with self.autocast():
+            out = sae.loss(x, sparsity_scale=sparsity_scale)
+        if not math.isfinite(out.components["loss"]):
+            raise MtsaeError(
+                f"the loss became {out.components['loss']} at step {self.step + 1} ({_fmt(out.components)}); "
+                "lower --lr, set --grad-clip, or check the cache for non-finite activations"
+            )
+        out.loss.backward()
+        sae.remove_parallel_gradient_()
+        record: dict[str, float] = {"lr": lr, "sparsity_scale": sparsity_scale}
+        if cfg.grad_clip > 0:
+            record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sae.constrain_parameters_()
+        self.step += 1
+        self.tokens += x.shape[0] * (x.shape[1] if x.dim() == 3 else 1)
+        self.next_batch += 1
+        if self.next_batch >= self.batches_per_epoch:
+            self.epoch, self.next_batch = self.epoch + 1, 0
+        return {**record, **out.components}
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the normalisation scale; flatten windows to tokens for per-token architectures."""
+        if self.scale is not None and self.scale != 1.0:
+            x = x * self.scale
+        return x if self.sae.is_temporal else x.reshape(-1, x.shape[-1])
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of (0-based) step ``step``: warm-up from 0, then decay to 0 over the last steps."""
+        cfg, n = self.cfg, self.total_steps
+        factor = 1.0
+        if cfg.lr_warmup_steps > 0 and step < cfg.lr_warmup_steps:
+            factor = (step + 1) / cfg.lr_warmup_steps
+        decay_steps = 0 if cfg.lr_decay == "constant" else int(round(cfg.lr_decay_fraction * n))
+        decay_start = n - decay_steps
+        if decay_steps > 0 and step >= decay_start:
+            progress = (step - decay_start) / decay_steps  # 0 at the first decayed step, → 1 after the last
+            factor *= 1 - progress if cfg.lr_decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return cfg.lr * factor
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp_dtype == torch.bfloat16)
+
+    # ========================================================== evaluation
+    @torch.no_grad()
+    def estimate_scale(self) -> float:
+        """``sqrt(d_in) / mean ‖x‖`` over a seeded sample of train windows (special rows excluded); 1 if off."""
+        if self.cfg.normalize_activations == "none":
+            return 1.0
+        ds = self.train_set
+        idx = sample_windows(len(ds), -(-NORM_SAMPLE_TOKENS // ds.window), self.cfg.seed)
+        total, count = 0.0, 0
+        for start in range(0, len(idx), self.cfg.batch_windows):
+            x, special = ds.assemble(idx[start : start + self.cfg.batch_windows])
+            norms = x.double().norm(dim=-1)[~special]
+            total, count = total + float(norms.sum()), count + norms.numel()
+        mean = total / max(count, 1)
+        if not math.isfinite(mean) or mean <= 0:
+            raise MtsaeError(
+                f"cannot normalise activations of layer {self.cfg.layer}: their mean norm is {mean}; "
+                "check the cache for non-finite or all-zero activations, or pass --normalize-activations none"
+            )
+        scale = math.sqrt(ds.d_model) / mean
+        self.log(f"activation scale {scale:.6g} (mean norm {mean:.4g} over {count:,} train tokens)")
+        return scale
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics on the fixed evaluation windows; logged and kept in ``self.metrics``.
+
+        Special (zeroed) rows are excluded. ``mse`` is in the training units
+        (after normalisation); ``fve`` = 1 − Σ‖x − x̂‖² / Σ‖x − mean‖²; ``l0`` active
+        features per token; ``dead_fraction`` from the training tracker;
+        ``silent_fraction`` features that never fire on these windows; ``sep`` the
+        mean cosine of the codes of adjacent tokens (t, t+1) within windows.
+        """
+        sae, d = self.sae, self.cache.d_model
+        sae.eval()
+        sse = sum_sq = l0 = sep = 0.0
+        n = n_pairs = 0
+        sum_x = torch.zeros(d, dtype=torch.float64, device=self.device)
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=self.device)
+        batches = self.heldout_set.batches(
+            self.cfg.batch_windows, 0, shuffle=True, limit=self.eval_windows, device=self.device,
+            prefetch=self.cfg.prefetch_batches, with_special=True,
+        )
+        for x, special in batches:
+            B, T, _ = x.shape
+            x = x * self.scale if self.scale not in (None, 1.0) else x
+            with self.autocast():
+                codes = sae.encode(x if sae.is_temporal else x.reshape(-1, d))
+                recon = sae.decode(codes)
+            codes, recon = codes.float().reshape(B, T, -1), recon.float().reshape(B, T, d)
+            keep = ~special
+            xs, active = x[keep].double(), codes[keep] != 0
+            sse += float((recon[keep].double() - xs).pow(2).sum())
+            sum_x += xs.sum(0)
+            sum_sq += float(xs.pow(2).sum())
+            l0 += float(active.sum())
+            fired |= active.any(0)
+            n += xs.shape[0]
+            pair = keep[:, :-1] & keep[:, 1:]
+            if T > 1 and bool(pair.any()):
+                u, v = codes[:, :-1][pair], codes[:, 1:][pair]
+                cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1)).clamp_min(1e-8)
+                sep += float(cos.double().sum())
+                n_pairs += int(pair.sum())
+        sae.train()
+        if n == 0:
+            raise MtsaeError("the held-out windows hold only special tokens; raise --holdout-fraction")
+        total_var = sum_sq - float(sum_x.pow(2).sum()) / n
+        self.metrics = {
+            "mse": sse / n,
+            "fve": 1.0 - sse / total_var if total_var > 0 else float("nan"),
+            "l0": l0 / n,
+            "dead_fraction": float(sae.dead_mask().float().mean()),
+            "silent_fraction": 1.0 - float(fired.float().mean()),
+            "sep": sep / n_pairs if n_pairs else 0.0,
+            "tokens": n,
+        }
+        self.metrics_step = self.step
+        self.write_log({"split": "heldout", "step": self.step, "tokens": self.tokens,
+                        **{k: v for k, v in self.metrics.items() if k != "tokens"}, "eval_tokens": n})
+        return self.metrics
+
+    def _check_finite_metrics(self) -> None:
+        bad = {k: v for k, v in self.metrics.items() if not math.isfinite(v)}
+        if bad:
+            raise MtsaeError(f"held-out metrics are not finite after training ({bad}); lower --lr or set --grad-clip")
+
+    # ========================================================= checkpoints
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.out / CHECKPOINTS_DIRNAME / f"step_{step:06d}"
+
+    def metadata(self, final: bool) -> dict[str, Any]:
+        """Checkpoint metadata (``cfg.json["mtsae"]["metadata"]``)."""
+        manifest, cfg = self.cache.manifest, self.cfg
+        metrics = {k: v for k, v in self.metrics.items() if k != "tokens"}
+        return {
+            "model_name": manifest["model"]["id"],
+            "layer": cfg.layer,
+            "hook_name": hook_name(cfg.layer),
+            "d_in": self.cache.d_model,
+            "d_sae": cfg.d_sae,
+            "architecture": cfg.arch,
+            "context_size": manifest.get("context_len"),
+            "prepend_bos": True,
+            "dataset_path": manifest.get("dataset", {}).get("id"),
+            "cache_fingerprint": self.cache.fingerprint,
+            "tokens_seen": self.tokens,
+            "steps": self.step,
+            ("final_metrics" if final else "heldout_metrics"): metrics,
+            "heldout_metrics_step": self.metrics_step,
+            "activation_scale": self.scale,
+            "activation_scale_folded": True,
+            "special_tokens": "zeroed (rows flagged in the cache's special_mask)",
+            "mtsae_version": mtsae.__version__,
+            "train_config": cfg.to_dict(),
+            "seed": cfg.seed,
+        }
+
+    def save_checkpoint(self, path: Path) -> Path:
+        """A resumable checkpoint: the folded SAE (SAELens layout) + ``trainer_state.pt``."""
+        save_checkpoint(fold_activation_scale(self.sae, self.scale or 1.0), path, self.metadata(final=False))
+        self._flush_log()
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "next_batch": self.next_batch,
+            "tokens": self.tokens,
+            "scale": self.scale,
+            "metrics": self.metrics,
+            "metrics_step": self.metrics_step,
+            "sae": {k: v.detach().cpu().clone() for k, v in self.sae.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "config": self.cfg.to_dict(),
+            "cache_fingerprint": self.cache.fingerprint,
+        }
+        tmp = path / f".{STATE_FILENAME}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path / STATE_FILENAME)
+        return path
+
+    def save_final(self) -> Path:
+        path = save_checkpoint(fold_activation_scale(self.sae, self.scale or 1.0), self.out / FINAL_DIRNAME,
+                               self.metadata(final=True))
+        self.log(f"final checkpoint: {path}")
+        return path
+
+    def load_state(self, path: Path) -> None:
+        state = torch.load(path / STATE_FILENAME, map_location="cpu", weights_only=True)
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
+        self.tokens, self.scale = state["tokens"], state["scale"]
+        self.metrics, self.metrics_step = dict(state["metrics"]), state["metrics_step"]
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.log(f"resuming {self.out} at step {self.step:,} ({self.tokens:,} tokens) from {path}")
+
+    # ============================================================ run dir
+    def _resolve_steps(self) -> int:
+        cfg = self.cfg
+        if len(self.heldout_set) == 0:
+            raise MtsaeError(
+                f"no held-out window of {cfg.window} tokens: the {len(self.heldout_set.sequences)} held-out sequences "
+                "are all shorter; raise --holdout-fraction or lower --window"
+            )
+        if self.batches_per_epoch == 0:
+            raise MtsaeError(
+                f"the train split has {len(self.train_set)} windows of {cfg.window} tokens, fewer than one batch "
+                f"of {cfg.batch_windows}; lower --batch-windows or --window, or harvest more tokens"
+            )
+        if cfg.steps is not None:
+            return cfg.steps
+        if cfg.train_tokens is not None:
+            steps = cfg.train_tokens // cfg.batch_tokens
+            if steps == 0:
+                raise MtsaeError(
+                    f"--train-tokens {cfg.train_tokens} is less than one batch ({cfg.batch_tokens} tokens), "
+                    "so 0 steps would be trained; raise it or lower --batch-windows"
+                )
+            return steps
+        return self.batches_per_epoch
+
+    def _check_out_dir(self, resume: bool) -> Path | None:
+        """Decide what to do with ``out`` without writing; returns the checkpoint to resume from."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise MtsaeError(f"--out {out} is a file; choose a directory path")
+        if not out.exists() or not any(out.iterdir()):
+            if resume:
+                self.log(f"nothing to resume in {out}; starting a new run")
+            return None
+        run = read_run_info(out)
+        if run is None:
+            raise MtsaeError(f"--out {out} is not empty and is not an mtsae run directory; choose another --out")
+        try:
+            previous = TrainConfig.from_dict(run["config"])
+            differs = previous.differences(self.cfg)
+        except (MtsaeError, KeyError, TypeError):
+            differs = ["config"]
+        if run.get("cache_fingerprint") != self.cache.fingerprint:
+            differs.append("cache (fingerprint)")
+        if self.force:
+            return None
+        if not resume:
+            if differs:
+                raise MtsaeError(
+                    f"{out} holds a different run (differs in: {', '.join(differs)}); "
+                    "choose another --out or pass --force to replace it"
+                )
+            raise MtsaeError(f"{out} already holds a run of this config; pass --resume to continue it or --force to start over")
+        if differs:
+            raise MtsaeError(
+                f"cannot resume {out}: it was trained with a different config (differs in: {', '.join(differs)}); "
+                "use the same options, or pass --force to start over"
+            )
+        if (out / FINAL_DIRNAME).exists():
+            raise MtsaeError(f"the run in {out} is already finished ({out / FINAL_DIRNAME}); pass --force to train it again")
+        latest = latest_checkpoint(out)
+        if latest is None:
+            self.log(f"no checkpoint in {out} yet; restarting the run from step 0")
+        return latest
+
+    def _prepare_run_dir(self) -> None:
+        out = self.out
+        if self.force and out.exists() and read_run_info(out) is not None:
+            self.log(f"replacing the run in {out}")
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        keep_until = 0
+        if self.resume_from is not None:
+            self.load_state(self.resume_from)
+            keep_until = self.step
+        else:
+            for stale in (CHECKPOINTS_DIRNAME, FINAL_DIRNAME):
+                shutil.rmtree(out / stale, ignore_errors=True)
+        info = {"config": self.cfg.to_dict(), "cache_fingerprint": self.cache.fingerprint,
+                "mtsae_version": mtsae.__version__, "total_steps": self.total_steps}
+        _atomic_write_text(out / RUN_FILENAME, json.dumps(info, indent=2) + "\n")
+        truncate_log(out / LOG_FILENAME, keep_until)
+        self._log_file = open(out / LOG_FILENAME, "a", encoding="utf-8")
+
+    def write_log(self, record: dict[str, Any]) -> None:
+        self._log_file.write(json.dumps(record) + "\n")
+
+    def _flush_log(self) -> None:
+        if getattr(self, "_log_file", None) is not None and not self._log_file.closed:
+            self._log_file.flush()
+
+    def _close_log(self) -> None:
+        if getattr(self, "_log_file", None) is not None and not self._log_file.closed:
+            self._log_file.close()
+
+    def _progress_bar(self) -> tqdm:
+        desc = f"train {self.cfg.arch} L{self.cfg.layer}"
+        return tqdm(total=self.total_steps, initial=self.step, unit="step", desc=desc, disable=not self.progress,
+                    dynamic_ncols=True)
+
+
+# ======================================================================== helpers
+class _Clock:
+    """Wall time of the training loop minus what ``paused()`` blocks took (evaluation, checkpoints)."""
+
+    def __init__(self, start_tokens: int) -> None:
+        self.start_tokens = start_tokens
+        self.started = time.perf_counter()
+        self.stopped: float | None = None
+        self.excluded = 0.0
+
+    def stop(self) -> None:
+        self.stopped = time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - t
+
+    def rate(self, tokens: int) -> float:
+        seconds = (self.stopped or time.perf_counter()) - self.started - self.excluded
+        return (tokens - self.start_tokens) / max(seconds, 1e-9)
+
+
+_SCALE_POWERS = {
+    "W_enc": 0, "W_dec": 0, "b_enc": 1, "b_dec": 1, "threshold": 1,
+    "temporal.conv_weight": 0, "temporal.bn_weight": 1, "temporal.bn_bias": 1,
+    "temporal.bn_running_mean": 1, "temporal.bn_running_var": 2,
+}
+"""How each tensor scales with the input: folded value = value / scale**power."""
+_CONFIG_SCALE_POWERS = {"bn_eps": 2, "bandwidth": 1}
+
+
+def fold_activation_scale(sae: SparseAutoencoder, scale: float) -> SparseAutoencoder:
+    """A copy of ``sae`` that, on raw ``x``, gives ``sae(scale·x) / scale`` (codes too are divided by scale).
+
+    Decoder rows keep unit norm (SAE-Bench checks it): ``W_enc``, ``W_dec`` and
+    the conv kernels are unchanged, everything measured in input units (biases,
+    thresholds, BatchNorm affine and statistics, BatchNorm eps, JumpReLU
+    bandwidth) is divided by the right power of ``scale``. Exact up to rounding,
+    in eval and in training mode.
+    """
+    if scale == 1.0:
+        return sae
+    cfg = sae.cfg
+    changes = {name: getattr(cfg, name) / scale**p for name, p in _CONFIG_SCALE_POWERS.items() if hasattr(cfg, name)}
+    folded = type(sae)(dataclasses.replace(cfg, **changes)).to(sae.W_dec.device)
+    state = {}
+    for name, tensor in sae.state_dict().items():
+        if name in sae.training_state_buffers:
+            state[name] = tensor.clone()
+            continue
+        if name not in _SCALE_POWERS:
+            raise MtsaeError(
+                f"cannot fold the normalisation scale into {sae.architecture}'s tensor {name!r}; "
+                "train it with --normalize-activations none"
+            )
+        state[name] = tensor / scale ** _SCALE_POWERS[name]
+    folded.load_state_dict(state)
+    return folded.train(sae.training)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MtsaeError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MtsaeError(f"--device {name} asked for CUDA but torch sees no GPU; use --device cpu")
+    return device
+
+
+def resolve_amp_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def read_run_info(out: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((out / RUN_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("config"), dict) else None
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The resumable checkpoint (one with ``trainer_state.pt``) with the highest step, if any."""
+    found = []
+    root = out / CHECKPOINTS_DIRNAME
+    if root.is_dir():
+        for child in root.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and (child / STATE_FILENAME).is_file():
+                found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def truncate_log(path: Path, keep_until: int) -> None:
+    """Keep only the log records of steps ``<= keep_until`` (what a resumed run has not redone)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if record.get("step", 0) <= keep_until:
+            kept.append(line)
+    _atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a run's ``log.jsonl``."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _fmt(components: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in components.items())
+
