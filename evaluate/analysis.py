@@ -88,3 +88,60 @@ def summarize_time_scales(scales: np.ndarray) -> dict[str, Any]:
         "histogram": np.histogram(alive, bins=[0, 1, 2, 4, 8, 16, 32, 64, 128, np.inf])[0].tolist(),
         "histogram_edges": [0, 1, 2, 4, 8, 16, 32, 64, 128, "inf"],
     }
+
+
+def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int = 256, max_lag: int = 32,
+                batch_windows: int = 16) -> dict[str, Any]:
+    """Every statistic above for a finished run, on held-out windows of its own cache and split."""
+    import json
+    from pathlib import Path
+
+    from mtsae.errors import MtsaeError
+    from mtsae.train.checkpoint import load_checkpoint
+    from mtsae.train.loader import WindowDataset
+
+    run = Path(run_dir)
+    if not (run / "final").is_dir():
+        raise MtsaeError(f"{run} has no final checkpoint; train it to the end first")
+    sae, metadata = load_checkpoint(run / "final")
+    cfg = json.loads((run / "run.json").read_text())["config"]
+    cache_path = cache_path or cfg["cache"]
+    heldout = WindowDataset(cache_path, cfg["layer"], cfg["window"], cfg.get("stride"), "heldout",
+                            cfg["holdout_fraction"], cfg["seed"])
+    if len(heldout) == 0:
+        raise MtsaeError(f"the held-out split of {cache_path} has no window of {cfg['window']} tokens")
+    indices = np.arange(min(max_windows, len(heldout)))
+    sae.eval()
+    codes = []
+    with torch.no_grad():
+        for start in range(0, len(indices), batch_windows):
+            x, _ = heldout.assemble(indices[start : start + batch_windows])
+            codes.append(sae.encode(x).float())
+    codes_BTF = torch.cat(codes)
+    acf = autocorrelation(codes_BTF.numpy(), max_lag)
+    scales = time_scales(acf)
+    result = {
+        "run": run.name,
+        "architecture": metadata.get("architecture"),
+        "heldout_windows": int(len(indices)),
+        "window": cfg["window"],
+        "adjacent_separation": adjacent_separation(codes_BTF),
+        "time_scales": summarize_time_scales(scales),
+        "mean_autocorrelation": [float(v) for v in np.nanmean(acf, axis=1)] if not np.isnan(acf).all() else [],
+        "decoder": decoder_geometry(sae.W_dec),
+        "l0": float((codes_BTF > 0).float().sum(-1).mean()),
+    }
+    result["ground_truth"] = _ground_truth(cache_path, sae)
+    return result
+
+
+def _ground_truth(cache_path: str, sae) -> dict[str, Any] | None:
+    import zarr
+
+    from mtsae.evaluate.ground_truth import recovery_metrics
+    from mtsae.harvest.synth import GROUND_TRUTH, load_ground_truth
+
+    if GROUND_TRUTH not in zarr.open_group(str(cache_path), mode="r"):
+        return None
+    truth = load_ground_truth(cache_path)
+    return recovery_metrics(sae.W_dec.detach().float().numpy(), truth.features, truth.dwell)

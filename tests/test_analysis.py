@@ -53,3 +53,23 @@ def test_decoder_geometry_finds_duplicates_and_orthogonality():
     geometry = decoder_geometry(dup, block=2)  # blocks must not change the answer
     assert geometry["max_cosine"] == pytest.approx(1.0) and geometry["near_duplicate_pairs"] == 1
     assert geometry["mean_cosine"] == pytest.approx(2 / 20)
+
+
+def test_analyze_run_on_a_trained_synthetic_run(tmp_path):
+    from mtsae.evaluate.analysis import analyze_run
+    from mtsae.harvest.synth import SynthConfig, synthesize
+    from mtsae.train.config import TrainConfig
+    from mtsae.train.trainer import train
+
+    cache = tmp_path / "synth.zarr"
+    synthesize(SynthConfig(d_model=16, n_features=32, n_sequences=40, seq_len=64, chunk_tokens=512), str(cache))
+    cfg = TrainConfig(cache=str(cache), out=str(tmp_path / "run"), layer=0, arch="mtsae", d_sae=48, window=32,
+                      steps=40, batch_windows=4, lr=3e-3, seed=0)
+    train(cfg, progress=False, log=lambda _: None)
+    result = analyze_run(str(tmp_path / "run"), max_lag=8)
+    assert result["architecture"] == "mtsae" and result["heldout_windows"] > 0
+    assert 0.0 <= result["adjacent_separation"] <= 1.0
+    assert result["decoder"]["max_cosine"] <= 1.0 + 1e-6
+    truth = result["ground_truth"]
+    assert truth["n_true_features"] == 32 and 0.0 < truth["mmcs"] <= 1.0
+    assert set(truth["by_time_scale"]) <= {"fast (<=2 tokens)", "medium (2-50)", "slow (>=50)"}
