@@ -1,0 +1,78 @@
+"""`mtsae experiment`: trains what is missing, analyses, reports; re-running skips finished work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtsae.errors import MtsaeError
+from mtsae.evaluate.experiment import load_experiment, run_experiment, slow_feature_verdict
+
+TINY = """
+out = "{out}"
+evals = []
+[synth]
+d_model = 16
+n_features = 32
+n_sequences = 40
+seq_len = 64
+[defaults]
+layer = 0
+d_sae = 48
+window = 32
+batch_windows = 4
+steps = 30
+lr = 3e-3
+[[runs]]
+name = "relu"
+arch = "relu"
+[[runs]]
+name = "temporal"
+preset = "run2"
+d_sae = 48
+window = 32
+"""
+
+
+def test_experiment_end_to_end_then_skips_finished_runs(tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text(TINY.format(out=tmp_path / "out"))
+    data = run_experiment(load_experiment(str(config)), progress=False, log=lambda _: None)
+    assert [r["name"] for r in data["runs"]] == ["relu", "temporal"]
+    assert all(r["finished"] and r["steps"] == 30 for r in data["runs"])
+    assert set(data["analysis"]) == {"relu", "temporal"} and data["analysis"]["temporal"]["ground_truth"]["mmcs"] > 0
+    md = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert "Ground truth: recovery of known features" in md and "**Verdict:**" in md
+    final = tmp_path / "out" / "runs" / "relu" / "final" / "sae_weights.safetensors"
+    before = final.stat().st_mtime_ns
+    messages: list[str] = []
+    run_experiment(load_experiment(str(config)), progress=False, log=messages.append)
+    assert final.stat().st_mtime_ns == before
+    assert any("relu: already trained, skipping" in m for m in messages)
+
+
+def _analysis(arch, l0, recovered, mmcs):
+    return {"architecture": arch, "l0": l0, "ground_truth": {"by_time_scale": {
+        "slow (>=50)": {"recovered_fraction": recovered, "mmcs": mmcs}}}}
+
+
+def test_verdict_states_the_outcome_whatever_it_is():
+    better = slow_feature_verdict({"m": _analysis("mtsae", 10, 0.5, 0.9), "b": _analysis("relu", 11, 0.2, 0.8)})
+    assert "recovers more slow features" in better and "50% vs 20%" in better and "comparable" in better
+    worse = slow_feature_verdict({"m": _analysis("mtsae", 10, 0.1, 0.7), "b": _analysis("topk", 30, 0.2, 0.8)})
+    assert "recovers fewer slow features" in worse and "NOT matched" in worse
+
+
+def test_bad_configs_are_refused(tmp_path):
+    with pytest.raises(MtsaeError, match="not found"):
+        load_experiment(str(tmp_path / "missing.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('out = "x"\ncache = "c"\n[synth]\n[[runs]]\nname = "a"\n')
+    with pytest.raises(MtsaeError, match="exactly one of"):
+        load_experiment(str(bad))
+    bad.write_text('out = "x"\ncache = "c"\nbogus = 1\n[[runs]]\nname = "a"\n')
+    with pytest.raises(MtsaeError, match="unknown experiment key"):
+        load_experiment(str(bad))
+    assert load_experiment("synthetic").synth == {} and load_experiment("embedded").harvest == {}
