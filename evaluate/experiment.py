@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 from mtsae.errors import MtsaeError
 
-_MATCHED = {"d_sae": 512, "lr": 3e-3, "batch_windows": 8}
+# Matched width, learning rate and tokens per step (the trainer's 4096 // window windows) for every run.
+_MATCHED = {"d_sae": 512, "lr": 3e-3}
 _SEED_RUNS = [
     {"name": "baseline_sae", "preset": "run0"},
     {"name": "basic_mtsae", "preset": "run1"},
@@ -57,7 +58,7 @@ BUILTIN = {
         "out": "experiments/synthetic",
         "synth": {},
         "evals": [],
-        "defaults": {**_MATCHED, "layer": 0, "train_tokens": 1_000_000},
+        "defaults": {**_MATCHED, "layer": 0, "train_tokens": 2_000_000},
         "runs": _SEED_RUNS + _BASELINES,
     },
 }

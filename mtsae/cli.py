@@ -297,6 +297,92 @@ def eval_command(
         raise MtsaeError(f"{len(summary.failed)} eval result(s) failed; see {summary.path} and the *_error.txt files")
 
 
+# --- mtsae synth / analyze / report / experiment --------------------------------------------------
+from mtsae.harvest import synth as synth_module  # noqa: E402  (option docs)
+
+
+def _synth_help(name: str) -> str:
+    from dataclasses import fields
+
+    return next(f.metadata["help"] for f in fields(synth_module.SynthConfig) if f.name == name)
+
+
+@app.command(epilog="Examples:\n\n  mtsae synth --out caches/synth\n\n  mtsae synth --out caches/synth-big --n-features 1024 --n-sequences 4000")
+@user_errors
+def synth(
+    out: Annotated[str, typer.Option(help="Output store path (must not exist).")],
+    d_model: Annotated[int, typer.Option(help=_synth_help("d_model"))] = 64,
+    n_features: Annotated[int, typer.Option(help=_synth_help("n_features"))] = 256,
+    n_sequences: Annotated[int, typer.Option(help=_synth_help("n_sequences"))] = 800,
+    seq_len: Annotated[int, typer.Option(help=_synth_help("seq_len"))] = 256,
+    min_dwell: Annotated[float, typer.Option(help=_synth_help("min_dwell"))] = 1.0,
+    max_dwell: Annotated[float, typer.Option(help=_synth_help("max_dwell"))] = 100.0,
+    p_active: Annotated[float, typer.Option(help=_synth_help("p_active"))] = 0.02,
+    noise: Annotated[float, typer.Option(help=_synth_help("noise"))] = 0.05,
+    seed: Annotated[int, typer.Option(help=_synth_help("seed"))] = 0,
+):
+    """Write a synthetic cache of known multi-scale temporal features (ground truth stored beside them)."""
+    if Path(out).exists():
+        raise MtsaeError(f"{out} already exists; choose a new --out")
+    cfg = synth_module.SynthConfig(d_model=d_model, n_features=n_features, n_sequences=n_sequences, seq_len=seq_len,
+                                   min_dwell=min_dwell, max_dwell=max_dwell, p_active=p_active, noise=noise, seed=seed)
+    attrs = synth_module.synthesize(cfg, out)
+    typer.echo(f"wrote {attrs['counts']['tokens']:,} tokens of {n_features} known features to {out}", err=True)
+    typer.echo(out)
+
+
+@app.command(epilog="Example:\n\n  mtsae analyze runs/demo-run2 --out runs/demo-run2/analysis.json")
+@user_errors
+def analyze(
+    run: Annotated[str, typer.Argument(help="Training run directory (with final/).")],
+    cache: Annotated[Optional[str], typer.Option(help="Cache to read held-out windows from. Default: the run's.")] = None,
+    max_windows: Annotated[int, typer.Option(help="Held-out windows to analyse.")] = 256,
+    max_lag: Annotated[int, typer.Option(help="Largest autocorrelation lag in tokens.")] = 32,
+    out: Annotated[Optional[str], typer.Option(help="Write the JSON here as well.")] = None,
+):
+    """Feature disentanglement of a run: time scales, decoder geometry, adjacent-step separation, ground truth."""
+    from mtsae.evaluate.analysis import analyze_run
+
+    result = analyze_run(run, cache_path=cache, max_windows=max_windows, max_lag=max_lag)
+    text = json.dumps(result, indent=2)
+    if out:
+        Path(out).write_text(text + "\n")
+    typer.echo(text)
+
+
+@app.command(epilog="Example:\n\n  mtsae report runs/demo-run0 runs/demo-run2 --out reports/demo")
+@user_errors
+def report(
+    runs: Annotated[list[str], typer.Argument(help="Training run directories (eval results read from <run>/eval/).")],
+    out: Annotated[str, typer.Option(help="Folder for the figures, report.md, report.html and report.json.")],
+    loss_components: Annotated[bool, typer.Option(help="Also draw every loss component in loss_curves.png.")] = False,
+):
+    """Figures and a Markdown/HTML report of runs; broken runs are flagged and left out of the figures."""
+    from mtsae.evaluate.report import write_report
+
+    data = write_report(runs, out, loss_components=loss_components)
+    for run in data["runs"]:
+        if run["flags"]:
+            typer.echo(f"FLAGGED {run['name']}: {'; '.join(run['flags'])}", err=True)
+    typer.echo(str(Path(out) / "report.html"))
+
+
+@app.command(epilog="Examples:\n\n  mtsae experiment embedded        # the seed's four runs + TopK/BatchTopK/JumpReLU, SAE-Bench, report\n\n"
+                     "  mtsae experiment synthetic       # ground-truth recovery benchmark\n\n  mtsae experiment my-experiment.toml")
+@user_errors
+def experiment(
+    config: Annotated[str, typer.Argument(help="TOML file, or a built-in experiment: embedded, synthetic.")],
+    out: Annotated[Optional[str], typer.Option(help="Override the config's output folder.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+):
+    """Train every declared run that is missing, evaluate, analyse, and write the report."""
+    from mtsae.evaluate.experiment import load_experiment, run_experiment
+
+    cfg = load_experiment(config, out)
+    run_experiment(cfg, log=lambda line: typer.echo(line, err=True), progress=progress)
+    typer.echo(str(Path(cfg.out) / "report" / "report.html"))
+
+
 def main() -> None:
     app(prog_name="mtsae")
 
