@@ -1,0 +1,101 @@
+"""What an evaluation needs to know about a checkpoint, read from its ``cfg.json`` (no weights).
+
+The metadata keys are the ones ``mtsae train`` writes (``model_name``, ``layer``,
+``hook_name``, ``cache_fingerprint``…, see ``Trainer.metadata``); checkpoints
+saved by hand with :func:`mtsae.train.checkpoint.save_checkpoint` need at least
+``model_name`` and ``layer``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtsae.errors import MtsaeError
+from mtsae.train.checkpoint import CFG_FILENAME, is_checkpoint
+from mtsae.train.registry import get_architecture
+
+FINAL_DIRNAME = "final"  # what `mtsae train` names the last checkpoint of a run
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    architecture: str
+    is_temporal: bool
+    model_name: str
+    layer: int
+    hook_name: str
+    d_in: int
+    d_sae: int
+    dtype: str
+    cache_fingerprint: str | None = None
+    context_size: int | None = None
+    dataset: str | None = None
+    tokens_seen: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly provenance for summaries."""
+        return {
+            "checkpoint": str(self.path), "architecture": self.architecture, "temporal": self.is_temporal,
+            "trained_on_model": self.model_name, "layer": self.layer, "hook_name": self.hook_name,
+            "d_in": self.d_in, "d_sae": self.d_sae, "dtype": self.dtype,
+            "cache_fingerprint": self.cache_fingerprint, "tokens_seen": self.tokens_seen,
+        }
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """A checkpoint directory, or a training run directory holding ``final/``."""
+    path = Path(path).expanduser()
+    if is_checkpoint(path):
+        return path.resolve()
+    if is_checkpoint(path / FINAL_DIRNAME):
+        return (path / FINAL_DIRNAME).resolve()
+    raise MtsaeError(
+        f"{path} is not an mtsae checkpoint (no {CFG_FILENAME} with an 'mtsae' section, nor a run's "
+        f"{FINAL_DIRNAME}/); pass a checkpoint directory such as runs/<name>/{FINAL_DIRNAME}"
+    )
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    path = resolve_checkpoint_dir(path)
+    cfg = json.loads((path / CFG_FILENAME).read_text())
+    block = cfg["mtsae"]
+    meta = dict(block.get("metadata") or {})
+    model_name = _model_name(meta)
+    if not model_name:
+        raise MtsaeError(f"checkpoint {path} does not say which model it was trained on (metadata 'model_name'); "
+                         "re-save it with metadata={'model_name': ..., 'layer': ...}")
+    layer = _layer(meta, path)
+    arch = get_architecture(str(block.get("architecture")))
+    return CheckpointInfo(
+        path=path, architecture=arch.architecture, is_temporal=arch.is_temporal, model_name=str(model_name),
+        layer=layer, hook_name=meta.get("hook_name") or f"blocks.{layer}.hook_resid_post",
+        d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), dtype=str(cfg.get("dtype", "float32")),
+        cache_fingerprint=meta.get("cache_fingerprint"), context_size=meta.get("context_size"),
+        dataset=meta.get("dataset_path"), tokens_seen=meta.get("tokens_seen"),
+    )
+
+
+def _model_name(meta: dict[str, Any]) -> str | None:
+    name = meta.get("model_name") or meta.get("model")
+    return name.get("id") if isinstance(name, dict) else name
+
+
+def _layer(meta: dict[str, Any], path: Path) -> int:
+    layer = meta.get("layer", meta.get("hook_layer"))
+    if layer is None and meta.get("hook_name"):
+        found = re.search(r"blocks\.(\d+)\.", str(meta["hook_name"]))
+        layer = int(found.group(1)) if found else None
+    if not isinstance(layer, int) or layer < 0:
+        raise MtsaeError(f"checkpoint {path} has no valid 'layer' in its metadata (got {layer!r}); re-save it with the layer")
+    hook = meta.get("hook_name")
+    if hook and hook != f"blocks.{layer}.hook_resid_post":
+        raise MtsaeError(
+            f"checkpoint {path} was trained on {hook}, but SAE-Bench evaluates residual-stream SAEs at "
+            f"blocks.{layer}.hook_resid_post; only hook_resid_post checkpoints can be evaluated"
+        )
+    return layer

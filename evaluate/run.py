@@ -1,0 +1,262 @@
+"""``mtsae eval``: run SAE-Bench's core, sparse probing, unlearning and absorption evals on checkpoints.
+
+:func:`evaluate` checks everything it can before any model is loaded (the
+checkpoints agree with the evaluation model on name, layer and width; the
+settings fit the model's context; the forget corpus exists), then runs one
+SAE-Bench call per eval with all checkpoints, in a working directory under
+``--out``, and writes ``summary.json``. SAE-Bench's result JSON files are kept
+exactly as it writes them, in ``<out>/<eval>/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from mtsae.errors import MtsaeError
+from mtsae.evaluate.adapter import load_adapter
+from mtsae.evaluate.checkpoints import CheckpointInfo, read_checkpoint_info
+from mtsae.evaluate.config import FORGET_CORPUS_ENV, EvalConfig, context_lengths, resolve_profile, resolve_settings
+from mtsae.evaluate.embedded_mirror import ensure_embedded_mirror, rows_needed
+from mtsae.evaluate.evals import Job, Outcome, Target, headline_metrics, not_scorable_path, result_path, run_job
+from mtsae.evaluate.models import ModelDims, hub_model_dims
+from mtsae.evaluate.names import EMBEDDED, base_model_name, canonical_model_name, instruct_model_name, is_embedded
+from mtsae.evaluate.offline import OfflineMirror, load_mirror
+from mtsae.evaluate.patches import link_forget_corpus, offline, working_directory
+from mtsae.evaluate.summary import EvalSummary, write_summary
+
+WORK_DIRNAME = ".work"
+ARTIFACTS_DIRNAME = "artifacts"
+
+
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary:
+    """Evaluate ``cfg.checkpoints`` with SAE-Bench; returns the written summary.
+
+    User mistakes raise ``MtsaeError`` before anything runs. An eval that
+    crashes is recorded as ``failed`` (traceback in ``<out>/<eval>/``) and the
+    others still run; degenerate cases are recorded as ``not_scorable``.
+    """
+    cfg.validate()
+    infos = [read_checkpoint_info(path) for path in cfg.checkpoints]
+    model = _evaluation_model(cfg.model, infos)
+    profile = resolve_profile(cfg.profile, model)
+    settings = resolve_settings(cfg, profile)
+    mirror = _mirror(cfg, model, settings)
+    unlearning_model = cfg.unlearning_model or instruct_model_name(model)
+    _check_compatible(cfg, infos, model, unlearning_model, mirror, settings)
+    corpus = _forget_corpus(cfg, mirror) if "unlearning" in cfg.evals else None
+    device = _device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    releases = release_names(infos)
+    log(f"evaluating {len(infos)} checkpoint(s) on {model} ({'offline: ' + str(mirror.root) if mirror else 'hub'}), "
+        f"profile {profile}, device {device}, evals {', '.join(cfg.evals)}")
+
+    jobs = [
+        Job(name, unlearning_model if name == "unlearning" else model, [Target(r, i) for r, i in zip(releases, infos)],
+            settings[name], device, out / name, out / WORK_DIRNAME / name)
+        for name in cfg.evals
+    ]
+    kept = {job.eval_name: _kept_results(job, cfg.force) for job in jobs}  # refuses foreign results up front
+    rows = []
+    with _threads_for(model, device):
+        for job in jobs:
+            outcomes = _run_eval(job, kept[job.eval_name], cfg, mirror, corpus, log)
+            rows += [_row(job.eval_name, t, outcomes[t.release], out) for t in job.targets]
+    header = {
+        "model": model, "unlearning_model": unlearning_model if "unlearning" in cfg.evals else None,
+        "offline_mirror": str(mirror.root) if mirror else None, "device": device, "profile": profile,
+        "evals": cfg.evals, "settings": {e: settings[e] for e in cfg.evals},
+        "checkpoints": [{"release": r, **i.describe()} for r, i in zip(releases, infos)],
+    }
+    summary = write_summary(out, header, rows)
+    shutil.rmtree(out / WORK_DIRNAME, ignore_errors=True)
+    return summary
+
+
+# --------------------------------------------------------------------------- checks before running
+
+
+def _evaluation_model(requested: str | None, infos: list[CheckpointInfo]) -> str:
+    trained = {canonical_model_name(i.model_name) for i in infos}
+    if len(trained) > 1:
+        raise MtsaeError(f"the checkpoints were trained on different models ({', '.join(sorted(trained))}); "
+                         "evaluate each model's checkpoints in a separate run")
+    model = requested or infos[0].model_name
+    return EMBEDDED if model.startswith(EMBEDDED + ":") else model
+
+
+def _mirror(cfg: EvalConfig, model: str, settings: dict[str, dict[str, Any]]) -> OfflineMirror | None:
+    if cfg.offline:
+        return load_mirror(cfg.offline)
+    if is_embedded(model):  # the embedded model exists nowhere else: always offline
+        probing = settings["sparse_probing"]
+        return load_mirror(ensure_embedded_mirror(rows_needed(probing.get("probe_train_set_size", 4000),
+                                                               probing.get("probe_test_set_size", 1000))))
+    return None
+
+
+def _dims(model: str, mirror: OfflineMirror | None) -> ModelDims:
+    return mirror.model_dims(model) if mirror else hub_model_dims(model)
+
+
+def _check_compatible(cfg: EvalConfig, infos: list[CheckpointInfo], model: str, unlearning_model: str,
+                      mirror: OfflineMirror | None, settings: dict[str, dict[str, Any]]) -> None:
+    """Refuse checkpoints the evaluation model cannot run: other model, missing layer, other width."""
+    dims = _dims(model, mirror)
+    for info in infos:
+        if canonical_model_name(info.model_name) != canonical_model_name(model):
+            raise MtsaeError(f"checkpoint {info.path} was trained on {info.model_name}, but the evaluation model is "
+                             f"{model}; evaluate it on its own model (drop --model) or use a matching checkpoint")
+        if info.layer >= dims.n_layers:
+            raise MtsaeError(f"checkpoint {info.path} reads layer {info.layer}, but {model} has {dims.n_layers} layers")
+        if info.d_in != dims.d_model:
+            raise MtsaeError(f"checkpoint {info.path} has d_in {info.d_in}, but {model}'s residual stream is "
+                             f"{dims.d_model} wide; it was trained on another model")
+    for eval_name, length in context_lengths(settings, cfg.evals).items():
+        if length > dims.n_ctx:
+            raise MtsaeError(f"{eval_name} feeds {length}-token sequences but {model} has {dims.n_ctx} positions; "
+                             "use --profile tiny or lower it in --config")
+    if "unlearning" in cfg.evals:
+        _check_instruct(unlearning_model, model, dims, mirror)
+
+
+def _check_instruct(unlearning_model: str, model: str, dims: ModelDims, mirror: OfflineMirror | None) -> None:
+    # SAE-Bench's unlearning eval refuses names without "it"; SAEs trained on the base apply to its -it variant.
+    if "it" not in unlearning_model or base_model_name(unlearning_model) != canonical_model_name(model):
+        raise MtsaeError(f"the unlearning eval runs on the instruct variant of the SAEs' model ({model}-it); "
+                         f"{unlearning_model!r} is not it: pass --unlearning-model {instruct_model_name(model)}")
+    it_dims = _dims(unlearning_model, mirror)
+    if it_dims.d_model != dims.d_model or it_dims.n_layers != dims.n_layers:
+        raise MtsaeError(f"{unlearning_model} ({it_dims}) does not have {model}'s shape ({dims})")
+
+
+def _forget_corpus(cfg: EvalConfig, mirror: OfflineMirror | None) -> Path:
+    given = cfg.forget_corpus or os.environ.get(FORGET_CORPUS_ENV)
+    corpus = Path(given).expanduser() if given else (mirror.forget_corpus if mirror else None)
+    if corpus is None or not corpus.is_file():
+        raise MtsaeError(
+            "the unlearning eval needs the WMDP bio forget corpus (gated: request access to "
+            "cais/wmdp-bio-forget-corpus on the hub, download bio-forget-corpus.jsonl), then pass --forget-corpus "
+            f"FILE or set {FORGET_CORPUS_ENV}; or leave unlearning out with --evals"
+            + (f" ({corpus} does not exist)" if corpus else "")
+        )
+    return corpus
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MtsaeError(f"--device {device} asked for CUDA, but this machine has no usable GPU; use --device cpu")
+    return device
+
+
+@contextlib.contextmanager
+def _threads_for(model: str, device: str):
+    """One intra-op thread for the embedded model on CPU, restored afterwards.
+
+    Its 64-wide matrices gain nothing from threads, and on a shared 2-core
+    machine OpenMP spin-waiting made the four evals 4-10x slower (docs/evaluation.md).
+    """
+    before = torch.get_num_threads()
+    if is_embedded(model) and device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def release_names(infos: list[CheckpointInfo]) -> list[str]:
+    """Unique, file-safe names for SAE-Bench's ``sae_release`` (its result files are named after them)."""
+    names: list[str] = []
+    for info in infos:
+        base = info.path.name if info.path.name != "final" else f"{info.path.parent.name}_final"
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", base)
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}_{n}", n + 1
+        names.append(name)
+    return names
+
+
+# --------------------------------------------------------------------------- running one eval
+
+
+def _run_eval(job: Job, kept: dict[str, Outcome], cfg: EvalConfig, mirror: OfflineMirror | None,
+              corpus: Path | None, log: Callable[[str], None]) -> dict[str, Outcome]:
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes = dict(kept)
+    pending = [t for t in job.targets if t.release not in outcomes]
+    for release in outcomes:
+        log(f"[{job.eval_name}] {release}: keeping the result already in {job.out_dir} (--force recomputes)")
+    if not pending:
+        return outcomes
+    log(f"[{job.eval_name}] running SAE-Bench on {len(pending)} SAE(s) with {job.model}")
+    job = Job(job.eval_name, job.model, pending, job.settings, job.device, job.out_dir, job.workdir)
+    shutil.rmtree(job.workdir, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # SAE-Bench's prints are progress, not results
+        stack.enter_context(working_directory(job.workdir))
+        if mirror is not None:
+            stack.enter_context(offline(mirror))
+        if corpus is not None and job.eval_name == "unlearning":
+            link_forget_corpus(job.workdir, corpus)
+        for target in pending:
+            target.sae = load_adapter(target.info.path, job.model, device=job.device)
+        outcomes.update(run_job(job, log))
+    for target in pending:
+        o = outcomes[target.release]
+        log(f"[{job.eval_name}] {target.release}: {o.status} in {o.seconds:.0f} s" + (f" ({o.reason})" if o.reason else ""))
+    if cfg.keep_artifacts:
+        keep = Path(cfg.out) / ARTIFACTS_DIRNAME / job.eval_name
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.move(str(job.workdir), keep)
+    return outcomes
+
+
+def _kept_results(job: Job, force: bool) -> dict[str, Outcome]:
+    return {t.release: o for t in job.targets if (o := _existing(job, t, force)) is not None}
+
+
+def _existing(job: Job, target: Target, force: bool) -> Outcome | None:
+    """A result from an earlier run for the same checkpoint and settings, else None (stale files go with --force)."""
+    paths = [result_path(job.out_dir, target.release), not_scorable_path(job.out_dir, target.release)]
+    if force:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return None
+    for path, status in zip(paths, ("ok", "not_scorable")):
+        if path.is_file():
+            record = json.loads(path.read_text())
+            _check_same_run(path, record, job, target)
+            metrics = headline_metrics(job.eval_name, record) if status == "ok" else {}
+            return Outcome(status, path, record.get("reason"), metrics, reused=True)
+    return None
+
+
+def _check_same_run(path: Path, record: dict[str, Any], job: Job, target: Target) -> None:
+    checkpoint = record.get("sae_cfg_dict", {}).get("mtsae_checkpoint", record.get("sae_cfg_dict", {}).get("checkpoint"))
+    config = record.get("eval_config", {})
+    differing = [k for k, v in job.settings.items() if k in config and json.loads(json.dumps(v)) != config[k]]
+    if checkpoint != str(target.info.path) or differing:
+        what = f"settings {differing}" if differing else f"checkpoint {checkpoint}"
+        raise MtsaeError(f"{path} holds a result for another {what}; pass --force to recompute it or choose another --out")
+
+
+def _row(eval_name: str, target: Target, outcome: Outcome, out: Path) -> dict[str, Any]:
+    return {
+        "release": target.release, "checkpoint": str(target.info.path), "eval": eval_name,
+        "status": outcome.status, "result": str(outcome.result.relative_to(out)) if outcome.result else None,
+        "reason": outcome.reason, "metrics": outcome.metrics, "seconds": outcome.seconds, "reused": outcome.reused,
+        "cache_fingerprint": target.info.cache_fingerprint, "architecture": target.info.architecture,
+    }

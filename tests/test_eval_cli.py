@@ -1,0 +1,36 @@
+"""`mtsae eval` from the command line: harvest -> train -> eval, and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from mtsae.cli import app
+
+runner = CliRunner()
+
+
+def test_train_then_eval(tiny_cache_path, tmp_path):
+    run = tmp_path / "run"
+    trained = runner.invoke(app, ["train", "--cache", str(tiny_cache_path), "--out", str(run), "--layer", "5",
+                                  "--arch", "mtsae", "--d-sae", "128", "--window", "16", "--batch-windows", "8",
+                                  "--steps", "10", "--no-progress"])
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "results"
+    result = runner.invoke(app, ["eval", str(run), "--out", str(out), "--evals", "core"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["sae", "eval", "status", "seconds", "metrics"]
+    assert lines[1].split()[:3] == ["run_final", "core", "ok"] and lines[-1] == f"summary: {out / 'summary.json'}"
+    summary = json.loads((out / "summary.json").read_text())
+    fingerprint = json.loads((run / "final" / "cfg.json").read_text())["mtsae"]["metadata"]["cache_fingerprint"]
+    assert summary["checkpoints"][0]["cache_fingerprint"] == fingerprint
+    assert "[core]" in result.stderr  # progress goes to stderr
+
+
+def test_user_errors_are_one_line(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "not an mtsae checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
