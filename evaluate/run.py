@@ -34,6 +34,19 @@ from mtsae.evaluate.patches import link_forget_corpus, offline, working_director
 from mtsae.evaluate.summary import EvalSummary, write_summary
 
 WORK_DIRNAME = ".work"
+
+
+def _absolute_paths(cfg: EvalConfig) -> EvalConfig:
+    """Every path option made absolute: SAE-Bench runs with the working directory moved."""
+    import dataclasses
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    return dataclasses.replace(
+        cfg, out=absolute(cfg.out), checkpoints=[absolute(p) for p in cfg.checkpoints], offline=absolute(cfg.offline),
+        forget_corpus=absolute(cfg.forget_corpus), config_file=absolute(cfg.config_file),
+    )
 ARTIFACTS_DIRNAME = "artifacts"
 
 
@@ -45,6 +58,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
     others still run; degenerate cases are recorded as ``not_scorable``.
     """
     cfg.validate()
+    cfg = _absolute_paths(cfg)  # each eval runs in its own working directory
     infos = [read_checkpoint_info(path) for path in cfg.checkpoints]
     model = _evaluation_model(cfg.model, infos)
     profile = resolve_profile(cfg.profile, model)

@@ -34,3 +34,16 @@ def test_user_errors_are_one_line(tmp_path):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "not an mtsae checkpoint" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_relative_paths_work_although_evals_move_the_working_directory(tiny_cache_path, tmp_path, monkeypatch):
+    """Every eval runs in its own working directory; relative --out and checkpoint paths must still resolve."""
+    monkeypatch.chdir(tmp_path)
+    trained = runner.invoke(app, ["train", "--cache", str(tiny_cache_path), "--out", "run", "--layer", "5",
+                                  "--arch", "relu", "--d-sae", "64", "--window", "16", "--batch-windows", "8", "--steps", "5",
+                                  "--no-progress"])
+    assert trained.exit_code == 0, trained.output
+    result = runner.invoke(app, ["eval", "run", "--out", "run/eval", "--evals", "unlearning"])
+    assert result.exit_code == 0, result.output  # not_scorable on the random model, never failed
+    rows = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())["results"]
+    assert [(r["eval"], r["status"]) for r in rows] == [("unlearning", "not_scorable")]
