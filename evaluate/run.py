@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from mtsae.devices import resolve_device
 from mtsae.errors import MtsaeError
 from mtsae.evaluate.adapter import load_adapter
 from mtsae.evaluate.checkpoints import CheckpointInfo, read_checkpoint_info
@@ -167,11 +168,7 @@ def _forget_corpus(cfg: EvalConfig, mirror: OfflineMirror | None) -> Path:
 
 
 def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MtsaeError(f"--device {device} asked for CUDA, but this machine has no usable GPU; use --device cpu")
-    return device
+    return str(resolve_device(device))
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 import mtsae
 from mtsae.cache import CacheWriter
 from mtsae.cache import format as fmt
+from mtsae.devices import resolve_device
 from mtsae.errors import MtsaeError
 from mtsae.harvest import sources
 from mtsae.harvest.capture import ResidualCapture, check_finite, to_storage
@@ -204,18 +205,6 @@ def content_spec(cfg: HarvestConfig, model_source, text_source) -> dict[str, Any
         "dtype": cfg.dtype,
         "sequence_policy": SEQUENCE_POLICY,
     }
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise MtsaeError(f"--device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise MtsaeError(f"--device {device} asked for CUDA, but this machine has no usable GPU; use --device cpu")
-    return resolved
 
 
 def _version(package: str) -> str:

@@ -10,7 +10,6 @@ file hashes) feed the cache fingerprint.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator

@@ -48,15 +48,6 @@ def batch(seed: int = 1) -> torch.Tensor:
 variants = pytest.mark.parametrize("name,overrides", VARIANTS, ids=VARIANT_IDS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, and on a busy
-    # 2-core machine they stall (a [36, 96] batch_norm took ~50 ms with 2 threads).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --------------------------------------------------------------- contract
 def test_registry_has_builtins():

@@ -36,15 +36,6 @@ METADATA = {
 SAELENS_ARCHS = [n for n in architecture_names() if get_architecture(n).saelens_architecture]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, and on a busy
-    # 2-core machine they stall (a [36, 96] batch_norm took ~50 ms with 2 threads).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def trained(name: str, overrides: dict, steps: int = 3, dtype=torch.float32) -> SparseAutoencoder:
     """A few real steps so thresholds, BN running stats and dead counters are non-trivial."""

@@ -25,15 +25,6 @@ DILATION_SETS = [(1, 2, 4), (1, 3, 9), (1, 4, 16)]
 B, NF = 2, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, and on a busy
-    # 2-core machine they stall (a [36, 96] batch_norm took ~50 ms with 2 threads).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _state(R: int, K: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)

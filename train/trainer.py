@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 import mtsae
 from mtsae.cache import hook_name, open_cache
+from mtsae.devices import resolve_device
 from mtsae.errors import MtsaeError
 from mtsae.train.base import SparseAutoencoder, linear_warmup
 from mtsae.train.checkpoint import save_checkpoint
@@ -571,18 +572,6 @@ def fold_activation_scale(sae: SparseAutoencoder, scale: float) -> SparseAutoenc
         state[name] = tensor / scale ** _SCALE_POWERS[name]
     folded.load_state_dict(state)
     return folded.train(sae.training)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MtsaeError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MtsaeError(f"--device {name} asked for CUDA but torch sees no GPU; use --device cpu")
-    return device
 
 
 def resolve_amp_dtype(name: str, device: torch.device) -> torch.dtype:
