@@ -51,7 +51,7 @@ BUILTIN = {
         "out": "experiments/embedded",
         "harvest": {},
         "evals": ["core", "sparse_probing", "unlearning", "absorption"],
-        "defaults": {**_MATCHED, "train_tokens": 600_000},
+        "defaults": {**_MATCHED, "train_tokens": 1_200_000},
         "runs": _SEED_RUNS + _BASELINES,
     },
     "synthetic": {
@@ -74,6 +74,7 @@ class ExperimentConfig:
     evals: list[str] = field(default_factory=list)
     eval_options: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    harvest_out: str | None = None  # where a [harvest] table writes; default caches/<fingerprint[:12]>
 
     def validate(self) -> None:
         sources = [s for s in (self.cache, self.harvest, self.synth) if s is not None]
@@ -113,14 +114,12 @@ def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = _ensure_cache(cfg, out, log, progress)
-    run_dirs = []
-    for spec in cfg.runs:
-        run_dir = out / "runs" / spec["name"]
-        run_dirs.append(run_dir)
-        if _train(cfg, spec, cache, run_dir, log, progress) and cfg.evals:
-            _evaluate(cfg, run_dir, log)
-        if (run_dir / "final").is_dir():
-            _analyze(run_dir, cache, log)
+    run_dirs = [out / "runs" / spec["name"] for spec in cfg.runs]
+    trained = [d for spec, d in zip(cfg.runs, run_dirs) if _train(cfg, spec, cache, d, log, progress)]
+    if cfg.evals:
+        _evaluate(cfg, trained, out / "eval", log)
+    for run_dir in trained:
+        _analyze(run_dir, cache, log)
     return _report(run_dirs, out / "report", log)
 
 
@@ -142,9 +141,8 @@ def _ensure_cache(cfg: ExperimentConfig, out: Path, log, progress) -> str:
     from mtsae.harvest.config import HarvestConfig
     from mtsae.harvest.run import harvest
 
-    path = out / "cache"
-    harvest(HarvestConfig(**cfg.harvest), str(path), log=log, progress=progress)
-    return str(path)
+    # The default, content-addressed path (caches/<fingerprint>): shared with any harvest of the same settings.
+    return harvest(HarvestConfig(**cfg.harvest), cfg.harvest_out, log=log, progress=progress).path
 
 
 def _train(cfg: ExperimentConfig, spec: dict[str, Any], cache: str, run_dir: Path, log, progress) -> bool:
@@ -167,19 +165,29 @@ def _train(cfg: ExperimentConfig, spec: dict[str, Any], cache: str, run_dir: Pat
     return (run_dir / "final").is_dir()
 
 
-def _evaluate(cfg: ExperimentConfig, run_dir: Path, log) -> None:
+def _evaluate(cfg: ExperimentConfig, run_dirs: list[Path], out: Path, log) -> None:
+    """One SAE-Bench pass over every run not yet evaluated (the model and probing data load once);
+    each run then gets its own rows in ``<run>/eval/summary.json``."""
     from mtsae.evaluate.config import EvalConfig
     from mtsae.evaluate.run import evaluate
 
-    if (run_dir / "eval" / "summary.json").is_file():
-        log(f"[experiment] {run_dir.name}: already evaluated, skipping")
+    pending = [d for d in run_dirs if not (d / "eval" / "summary.json").is_file()]
+    for d in set(run_dirs) - set(pending):
+        log(f"[experiment] {d.name}: already evaluated, skipping")
+    if not pending:
         return
-    log(f"[experiment] {run_dir.name}: SAE-Bench {', '.join(cfg.evals)}")
+    log(f"[experiment] SAE-Bench {', '.join(cfg.evals)} on {', '.join(d.name for d in pending)}")
     try:
-        evaluate(EvalConfig(checkpoints=[str(run_dir / "final")], out=str(run_dir / "eval"), evals=list(cfg.evals),
-                            **cfg.eval_options), log=log)
+        summary = evaluate(EvalConfig(checkpoints=[str(d / "final") for d in pending], out=str(out),
+                                      evals=list(cfg.evals), **cfg.eval_options), log=log)
     except MtsaeError as exc:
-        log(f"[experiment] {run_dir.name}: evaluation failed: {exc}")
+        log(f"[experiment] evaluation failed: {exc}")
+        return
+    for d in pending:
+        final = str((d / "final").resolve())
+        rows = [r for r in summary.rows if r["checkpoint"] == final]
+        (d / "eval").mkdir(exist_ok=True)
+        (d / "eval" / "summary.json").write_text(json.dumps({**summary.data, "results": rows}, indent=2, default=str) + "\n")
 
 
 def _analyze(run_dir: Path, cache: str, log) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 import pytest
 
@@ -74,3 +76,31 @@ def test_bad_configs_are_refused(tmp_path):
     with pytest.raises(MtsaeError, match="unknown experiment key"):
         load_experiment(str(bad))
     assert load_experiment("synthetic").synth == {} and load_experiment("embedded").harvest == {}
+
+
+def test_experiment_evaluates_every_run_in_one_sae_bench_pass(tiny_cache_path, tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text(f'''
+out = "{tmp_path / 'out'}"
+cache = "{tiny_cache_path}"
+evals = ["core"]
+[defaults]
+layer = 5
+d_sae = 64
+window = 16
+batch_windows = 8
+steps = 10
+[[runs]]
+name = "relu"
+arch = "relu"
+[[runs]]
+name = "temporal"
+arch = "mtsae"
+''')
+    data = run_experiment(load_experiment(str(config)), progress=False, log=lambda _: None)
+    for run in data["runs"]:
+        assert run["evals"]["core"]["status"] == "ok", run
+        assert run["evals"]["core"]["metrics"]["explained_variance"] <= 1  # 10 steps: a score, not necessarily a good one
+    summaries = [json.loads((tmp_path / "out" / "runs" / name / "eval" / "summary.json").read_text()) for name in ("relu", "temporal")]
+    assert [len(s["results"]) for s in summaries] == [1, 1]
+    assert summaries[0]["results"][0]["checkpoint"].endswith("runs/relu/final")
