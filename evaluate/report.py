@@ -132,6 +132,10 @@ def guardrail_flags(record: RunRecord) -> list[str]:
     fve = record.final.get("fve")
     if fve is not None and not fve > 0:
         flags.append(f"explained variance {fve:.3f} <= 0")
+    # SAE-Bench's core eval feeds 128-token contexts; an SAE can look fine on its own windows and fail there.
+    core_ev = record.evals.get("core", {}).get("metrics", {}).get("explained_variance")
+    if core_ev is not None and not core_ev > 0:
+        flags.append(f"SAE-Bench core explained variance {core_ev:.3f} <= 0")
     dead = record.final.get("dead_fraction")
     if dead is not None and dead > MAX_DEAD_FRACTION:
         flags.append(f"{dead:.0%} dead latents (> {MAX_DEAD_FRACTION:.0%})")

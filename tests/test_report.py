@@ -12,7 +12,7 @@ from mtsae.evaluate.report import load_run, write_report
 
 
 def make_run(root: Path, name: str, *, steps=100, loss=1.0, fve=0.8, dead=0.1, l0=12.0, sae_acc=0.85, llm_acc=0.9,
-             unlearning=None, finished=True, arch="relu", seed=0) -> Path:
+             unlearning=None, finished=True, arch="relu", seed=0, core_ev=0.7) -> Path:
     run = root / name
     run.mkdir(parents=True)
     cfg = {"arch": arch, "preset": None, "seed": seed, "arch_config": {"l1_coefficient": 0.04}}
@@ -26,7 +26,8 @@ def make_run(root: Path, name: str, *, steps=100, loss=1.0, fve=0.8, dead=0.1, l
         metadata = {"steps": steps, "cache_fingerprint": "abcdef123456789",
                     "final_metrics": {"fve": fve, "dead_fraction": dead, "l0": l0, "mse": 0.2, "sep": 0.3}}
         (run / "final" / "cfg.json").write_text(json.dumps({"mtsae": {"metadata": metadata}}))
-    rows = [{"eval": "sparse_probing", "status": "ok", "metrics": {"llm_test_accuracy": llm_acc, "sae_test_accuracy": sae_acc}}]
+    rows = [{"eval": "sparse_probing", "status": "ok", "metrics": {"llm_test_accuracy": llm_acc, "sae_test_accuracy": sae_acc}},
+            {"eval": "core", "status": "ok", "metrics": {"explained_variance": core_ev}}]
     if unlearning is not None:
         rows.append({"eval": "unlearning", **unlearning})
     (run / "eval").mkdir()
@@ -65,6 +66,7 @@ def test_figures_and_tables_hold_the_runs_numbers(tmp_path):
         (dict(steps=0, finished=False), "trained 0 steps"),
         (dict(loss=float("nan")), "NaN/Inf training loss"),
         (dict(fve=-0.2), "explained variance -0.200 <= 0"),
+        (dict(core_ev=-0.44), "SAE-Bench core explained variance -0.440 <= 0"),
         (dict(sae_acc=0.5), "sparse probing at chance"),
         (dict(dead=0.75), "75% dead latents"),
         (dict(finished=False), "did not finish"),
