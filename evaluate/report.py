@@ -14,6 +14,7 @@ figure says which runs were left out and why).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import subprocess
@@ -154,7 +155,8 @@ def provenance(records: list[RunRecord]) -> str:
     return f"mtsae {mtsae.__version__} (commit {source_commit() or 'unknown'}) · cache {', '.join(caches)}"
 
 
-def source_commit() -> str | None:
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str | None:  # asked once per figure: run git once
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)

@@ -33,6 +33,19 @@ def tiny_harvest(out, **overrides):
     return harvest(cfg, str(out), log=lambda _line: None, progress=False)
 
 
+def train_a_few_steps(sae, batch_shape: tuple[int, ...], steps: int, lr: float = 1e-2):
+    """Real optimiser steps on random input, so thresholds, BN statistics and dead counters leave their init."""
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    for _ in range(steps):
+        out = sae.loss(torch.randn(*batch_shape))
+        optimizer.zero_grad()
+        out.loss.backward()
+        sae.remove_parallel_gradient_()
+        optimizer.step()
+        sae.constrain_parameters_()
+    return sae
+
+
 @pytest.fixture(scope="session")
 def tiny_cache_path(tmp_path_factory):
     """A complete cache of the embedded default (layers 5 and 19, bf16, context 64, 3000 tokens)."""

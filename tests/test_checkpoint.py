@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import train_a_few_steps
+
 from mtsae.errors import MtsaeError
 from mtsae.train.base import SparseAutoencoder
 from mtsae.train.checkpoint import (
@@ -41,15 +43,7 @@ def trained(name: str, overrides: dict, steps: int = 3, dtype=torch.float32) -> 
     """A few real steps so thresholds, BN running stats and dead counters are non-trivial."""
     torch.manual_seed(0)
     sae = create_sae(name, d_in=D_IN, d_sae=D_SAE, **overrides).train()
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
-    for _ in range(steps):
-        out = sae.loss(torch.randn(3, 12, D_IN))
-        opt.zero_grad()
-        out.loss.backward()
-        sae.remove_parallel_gradient_()
-        opt.step()
-        sae.constrain_parameters_()
-    return sae.to(dtype).eval()
+    return train_a_few_steps(sae, (3, 12, D_IN), steps).to(dtype).eval()
 
 
 @pytest.mark.parametrize("name,overrides", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])

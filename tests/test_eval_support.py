@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from conftest import train_a_few_steps
+
 from mtsae.train.checkpoint import save_checkpoint
 from mtsae.train.registry import architecture_names, create_sae
 
@@ -28,15 +30,7 @@ def trained_sae(name: str, overrides: dict, d_in: int = D_MODEL, d_sae: int = 96
     """A few real training steps, so thresholds and BatchNorm statistics are not at their init."""
     torch.manual_seed(seed)
     sae = create_sae(name, d_in=d_in, d_sae=d_sae, **overrides).train()
-    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
-    for _ in range(steps):
-        out = sae.loss(torch.randn(4, 16, d_in))
-        optimizer.zero_grad()
-        out.loss.backward()
-        sae.remove_parallel_gradient_()
-        optimizer.step()
-        sae.constrain_parameters_()
-    return sae.eval()
+    return train_a_few_steps(sae, (4, 16, d_in), steps).eval()
 
 
 def save(tmp: Path, name: str, overrides: dict | None = None, layer: int = 5, **kw) -> Path:
