@@ -27,6 +27,7 @@ import zarr
 import zarr.codecs
 
 from mtsae.cache import format as fmt
+from mtsae.cache import remote  # paths or fsspec URLs: each chunk is one whole PUT
 
 COMPRESSIONS = ("none", "zstd", "blosc")
 
@@ -138,7 +139,7 @@ class CacheWriter:
     def create(cls, path: str, *, layers: list[int], d_model: int, dtype_name: str, capacity_tokens: int,
                chunk_tokens: int, compression: str = "none", header: dict[str, Any]) -> "CacheWriter":
         # mode "a", not "w": the directory is empty but for the harvest's lock file, which must survive.
-        root = zarr.open_group(path, mode="a", zarr_format=3)
+        root = remote.open_group(path, mode="a", zarr_format=3)
         attrs = {
             "format": fmt.FORMAT_NAME,
             "format_version": fmt.FORMAT_VERSION,
@@ -165,8 +166,16 @@ class CacheWriter:
     @classmethod
     def resume(cls, path: str) -> "CacheWriter":
         """Reopen an unfinished store; call `replay` for its first ``progress["sequences"]`` sequences, then `resume_staging`."""
-        root = zarr.open_group(path, mode="r+")
+        root = remote.open_group(path, mode="r+")
         return cls(root, dict(root.attrs[fmt.ATTRS_KEY]))
+
+    @classmethod
+    def at_chunk(cls, path: str, first_chunk: int) -> "CacheWriter":
+        """Reopen a store created by another process to write rows from chunk ``first_chunk`` on (no index, no marks)."""
+        root = remote.open_group(path, mode="r+")
+        writer = cls(root, dict(root.attrs[fmt.ATTRS_KEY]))
+        writer._chunk = first_chunk
+        return writer
 
     @property
     def progress(self) -> dict[str, int]:
@@ -220,11 +229,20 @@ class CacheWriter:
 
     def add_sequence(self, doc_row: int, tokens: np.ndarray, special: np.ndarray, activations: dict[int, np.ndarray]) -> None:
         """Append one sequence; a new ``doc_row`` starts a new document."""
-        self._start_thread()
-        n = len(tokens)
+        self.add_rows(self.sequence_columns(tokens, special, activations))
+        self._index_sequence(doc_row, len(tokens))
+
+    def sequence_columns(self, tokens: np.ndarray, special: np.ndarray, activations: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+        """One sequence's rows of every per-token array, keyed by array name."""
         columns = {fmt.TOKENS: tokens, fmt.SPECIAL_MASK: special}
         for layer in self.layers:
             columns[fmt.activation_path(layer)] = activations[layer]
+        return columns
+
+    def add_rows(self, columns: dict[str, np.ndarray]) -> None:
+        """Stage rows of every per-token array (no index entry: `add_sequence` adds one)."""
+        self._start_thread()
+        n = len(columns[fmt.TOKENS])
         done = 0
         while done < n:
             take = min(n - done, self.chunk_tokens - self._fill)
@@ -234,7 +252,6 @@ class CacheWriter:
             done += take
             if self._fill == self.chunk_tokens:
                 self._flush_chunk()
-        self._index_sequence(doc_row, n)
 
     def mark(self) -> None:
         """A resumable point (the end of a batch): recorded once all its rows are on disk."""
@@ -256,10 +273,24 @@ class CacheWriter:
     # --- committing --------------------------------------------------------------------------------
     def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Write the tail, the index, the checksums and, last, the manifest. Returns the stored attributes."""
+        self.flush()
+        return self.commit(manifest)
+
+    def flush(self) -> dict[str, dict[int, int]]:
+        """Write the staged tail and wait for every chunk; returns the crc32 of each chunk written, per array."""
         self._start_thread()
         if self._fill:
             self._flush_chunk()
         self._close_thread()
+        return self.checksums
+
+    def commit(self, manifest: dict[str, Any], more_checksums: dict[str, dict[int, int]] | None = None) -> dict[str, Any]:
+        """After `flush`: the index, the checksums and, last, the manifest.
+
+        ``more_checksums``: crc32s of chunks other writers wrote (the other ranks of a parallel harvest).
+        """
+        for name, known in (more_checksums or {}).items():
+            self.checksums[name].update(known)
         n = self.n_tokens
         for arr in self.arrays.values():
             arr.resize((n, *arr.shape[1:]))

@@ -17,6 +17,7 @@ import mtsae
 from mtsae.cache import CacheWriter
 from mtsae.cache import format as fmt
 from mtsae.devices import resolve_device
+from mtsae.distributed import SINGLE_PROCESS, World
 from mtsae.errors import MtsaeError
 from mtsae.harvest import sources
 from mtsae.harvest.capture import ResidualCapture, check_finite, to_storage
@@ -35,7 +36,8 @@ class HarvestOutcome:
 
 
 def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, log: Callable[[str], None] = print,
-            progress: bool = True) -> HarvestOutcome:
+            progress: bool = True, world: World = SINGLE_PROCESS) -> HarvestOutcome:
+    """One harvest; under torchrun (``world.size > 1``) the ranks share it (harvest/parallel.py)."""
     cfg.validate()
     model_source = sources.resolve_model(cfg.model, cfg.model_revision)
     sources.check_layers(model_source.config, cfg.layers, cfg.model)
@@ -50,6 +52,11 @@ def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, 
     content = content_spec(cfg, model_source, text_source)
     fingerprint = fmt.fingerprint(content)
     out = out or str(Path("caches") / fingerprint[:12])
+    if world.size > 1:
+        from mtsae.harvest.parallel import harvest_in_parallel
+
+        sources_ = (model_source, text_source)
+        return HarvestOutcome(*harvest_in_parallel(cfg, out, force, fingerprint, content, sources_, world, log, progress))
     target = prepare_target(out, fingerprint, force, log)
     try:
         if target.action is Action.SKIP:
@@ -68,7 +75,13 @@ def _load_and_run(cfg, out, resume, fingerprint, content, model_source, text_sou
     dtype = getattr(torch, cfg.dtype)
     tokenizer = sources.load_tokenizer(model_source)
     model = sources.load_truncated_model(model_source, max(cfg.layers), dtype, device, cfg.attn_implementation)
-    header = {
+    header = cache_header(cfg, fingerprint, content, model_source, text_source)
+    return _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, progress)
+
+
+def cache_header(cfg, fingerprint, content, model_source, text_source) -> dict[str, Any]:
+    """The attributes a store gets at creation (status incomplete)."""
+    return {
         "fingerprint": fingerprint,
         "content": content,
         "description": "Residual-stream activations harvested by mtsae; see docs/cache-format.md of the mtsae project.",
@@ -82,7 +95,6 @@ def _load_and_run(cfg, out, resume, fingerprint, content, model_source, text_sou
         "mtsae_version": mtsae.__version__,
         "config": dataclasses.asdict(cfg),
     }
-    return _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, progress)
 
 
 def _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, progress) -> dict[str, Any]:
@@ -105,41 +117,17 @@ def _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, p
                 writer = CacheWriter.create(out, layers=cfg.layers, d_model=header["d_model"], dtype_name=cfg.dtype,
                                             capacity_tokens=cfg.max_tokens, chunk_tokens=cfg.chunk_tokens,
                                             compression=cfg.compression, header=header)
-            ids, mask = pad_batch(batch, pad_id)
-            ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-            acts = capture(ids_t, mask_t)
-            for layer, tensor in acts.items():
-                check_finite(tensor, mask_t, layer, writer.n_sequences)
-            stored = {layer: to_storage(tensor) for layer, tensor in acts.items()}
+            stored, n_real = batch_activations(capture, batch, pad_id, device, writer.n_sequences)
             for b, seq in enumerate(batch):
                 n = len(seq.tokens)
                 writer.add_sequence(seq.doc_row, seq.tokens, seq.special, {layer: a[b, :n] for layer, a in stored.items()})
                 ledger.count(seq.doc_row, n - 1)  # all but the BOS
             writer.mark()  # a batch boundary: a resumed run restarts with the very same batches
-            bar.update(int(mask.sum()))
+            bar.update(n_real)
         if writer is None:
             raise MtsaeError(f"dataset {text_source.identity['id']} yielded no tokens in column {cfg.text_column!r}")
         seconds = time.perf_counter() - started
-        manifest = {
-            "counts": {"tokens": writer.n_tokens, "sequences": writer.n_sequences, "documents": writer.n_documents},
-            "dataset_exhausted": ledger.exhausted,
-            "last_document_truncated": ledger.last_truncated,
-            "sequence_policy": SEQUENCE_POLICY,
-            "special_tokens": {"bos_id": tokenizer.bos_token_id, "pad_id": tokenizer.pad_token_id,
-                               "eos_id": tokenizer.eos_token_id, "special_ids": sorted(special_ids)},
-            "harvest": {
-                "seconds": round(seconds, 3),
-                "tokens_per_second": round((writer.n_tokens - resumed_tokens) / seconds, 1),
-                "resumed_at_tokens": resumed_tokens,
-                "batch_size": cfg.batch_size,
-                "device": str(device),
-                "attn_implementation": cfg.attn_implementation,
-                "torch": torch.__version__,
-                "transformers": _version("transformers"),
-                "zarr": _version("zarr"),
-                "python": platform.python_version(),
-            },
-        }
+        manifest = completion_manifest(cfg, writer, ledger, tokenizer, seconds, resumed_tokens, device)
         attrs = writer.finish(manifest)
     except BaseException:
         if writer is not None:
@@ -151,6 +139,41 @@ def _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, p
     log(f"harvested {attrs['counts']['tokens']:,} tokens ({attrs['counts']['sequences']:,} sequences, "
         f"{attrs['counts']['documents']:,} documents) at {attrs['harvest']['tokens_per_second']:,.0f} tokens/s into {out}")
     return attrs
+
+
+def batch_activations(capture, batch, pad_id, device, first_sequence: int) -> tuple[dict[int, Any], int]:
+    """Run one padded batch: ``({layer: [B, width, d] stored-dtype array}, real tokens)``; NaN/Inf is an error."""
+    ids, mask = pad_batch(batch, pad_id)
+    ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+    acts = capture(ids_t, mask_t)
+    for layer, tensor in acts.items():
+        check_finite(tensor, mask_t, layer, first_sequence)
+    return {layer: to_storage(tensor) for layer, tensor in acts.items()}, int(mask.sum())
+
+
+def completion_manifest(cfg, counts, ledger, tokenizer, seconds, resumed_tokens, device) -> dict[str, Any]:
+    """What `CacheWriter.finish` adds to the header; ``counts`` has n_tokens, n_sequences, n_documents."""
+    special_ids = set(tokenizer.all_special_ids)
+    return {
+        "counts": {"tokens": counts.n_tokens, "sequences": counts.n_sequences, "documents": counts.n_documents},
+        "dataset_exhausted": ledger.exhausted,
+        "last_document_truncated": ledger.last_truncated,
+        "sequence_policy": SEQUENCE_POLICY,
+        "special_tokens": {"bos_id": tokenizer.bos_token_id, "pad_id": tokenizer.pad_token_id,
+                           "eos_id": tokenizer.eos_token_id, "special_ids": sorted(special_ids)},
+        "harvest": {
+            "seconds": round(seconds, 3),
+            "tokens_per_second": round((counts.n_tokens - resumed_tokens) / seconds, 1),
+            "resumed_at_tokens": resumed_tokens,
+            "batch_size": cfg.batch_size,
+            "device": str(device),
+            "attn_implementation": cfg.attn_implementation,
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "zarr": _version("zarr"),
+            "python": platform.python_version(),
+        },
+    }
 
 
 class _DocumentLedger:

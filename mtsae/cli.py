@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mtsae.distributed import World, process_group
 from mtsae.errors import MtsaeError
 from mtsae.harvest.config import HarvestConfig, help_text
 
@@ -40,6 +41,19 @@ def user_errors(command):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def rank0_log(world: "World"):
+    """Progress lines go to stderr from rank 0 only (every rank would print the same)."""
+    return (lambda line: typer.echo(line, err=True)) if world.is_main else (lambda _line: None)
+
+
+def training_backend(device: str | None) -> str:
+    """nccl when training on CUDA, gloo otherwise (CPU, and the tests)."""
+    import torch
+
+    wants_cuda = (device or "auto") == "auto" and torch.cuda.is_available() or str(device).startswith("cuda")
+    return "nccl" if wants_cuda else "gloo"
 
 
 def parse_layers(text: str) -> list[int]:
@@ -91,8 +105,10 @@ def harvest(
         context_len=context_len, max_tokens=max_tokens, batch_size=batch_size, dtype=dtype, device=device,
         attn_implementation=attn_implementation, chunk_tokens=chunk_tokens, compression=compression,
     )
-    outcome = run_harvest(cfg, out, force=force, log=lambda line: typer.echo(line, err=True), progress=progress)
-    typer.echo(outcome.path)
+    with process_group("gloo") as world:  # under torchrun the ranks share the harvest (docs/scaling.md)
+        outcome = run_harvest(cfg, out, force=force, log=rank0_log(world), progress=progress, world=world)
+    if world.is_main:
+        typer.echo(outcome.path)
 
 
 @cache_app.command("info", epilog="Example:\n\n  mtsae cache info caches/demo")
