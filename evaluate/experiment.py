@@ -17,6 +17,12 @@ A config is a TOML file (or a built-in name: ``embedded``, ``synthetic``)::
     arch = "topk"
     arch_config = { k = 32 }
 
+``match_l0 = [5, 16]`` trains every run once per level, at that L0: TopK-style
+runs get ``k = level``, the others ``target_l0 = level`` (their sparsity
+coefficient adapts, see train/sparsity_control.py); the run ``topk`` becomes
+``topk-l0_5`` and ``topk-l0_16``. Comparisons (the ground-truth verdict) are
+then made within one level, at matched L0.
+
 Re-running skips every finished step: a run with ``final/`` is not retrained,
 one with ``eval/summary.json`` not re-evaluated, one with ``analysis.json``
 not re-analysed. A run that fails is reported as such; the others go on.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +82,13 @@ class ExperimentConfig:
     eval_options: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     harvest_out: str | None = None  # where a [harvest] table writes; default caches/<fingerprint[:12]>
+    match_l0: list[float] = field(default_factory=list)  # train every run at each of these L0s
+
+    def expanded_runs(self) -> list[dict[str, Any]]:
+        """The runs to train: ``runs`` as given, or one copy per ``match_l0`` level."""
+        if not self.match_l0:
+            return self.runs
+        return [at_l0(spec, level, self.defaults) for level in self.match_l0 for spec in self.runs]
 
     def validate(self) -> None:
         sources = [s for s in (self.cache, self.harvest, self.synth) if s is not None]
@@ -83,6 +97,27 @@ class ExperimentConfig:
         names = [r.get("name") for r in self.runs]
         if not self.runs or None in names or len(set(names)) != len(names):
             raise MtsaeError("every [[runs]] entry needs a unique name")
+        if not isinstance(self.match_l0, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in self.match_l0):
+            raise MtsaeError(f"match_l0 must be a list of positive numbers such as [5, 16], got {self.match_l0!r}")
+
+
+def at_l0(spec: dict[str, Any], level: float, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` trained at L0 ``level``: ``k`` for TopK-style architectures, ``target_l0`` for the others."""
+    from mtsae.train.presets import get_preset
+    from mtsae.train.registry import get_architecture
+
+    arch = spec.get("arch") or defaults.get("arch")
+    if arch is None:
+        arch = get_preset(spec["preset"]).architecture if spec.get("preset") else "mtsae"
+    matched = {**spec, "name": f"{spec['name']}-l0_{level:g}"}
+    if get_architecture(arch).sparsity_coefficient is None:
+        if level != int(level):
+            raise MtsaeError(f"match_l0 level {level} is not a whole number, and {arch} sets L0 through an integer k")
+        matched["arch_config"] = {**spec.get("arch_config", {}), "k": int(level)}
+    else:
+        matched["target_l0"] = level
+    return matched
 
 
 def load_experiment(spec: str, out: str | None = None) -> ExperimentConfig:
@@ -114,8 +149,9 @@ def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = _ensure_cache(cfg, out, log, progress)
-    run_dirs = [out / "runs" / spec["name"] for spec in cfg.runs]
-    trained = [d for spec, d in zip(cfg.runs, run_dirs) if _train(cfg, spec, cache, d, log, progress)]
+    runs = cfg.expanded_runs()
+    run_dirs = [out / "runs" / spec["name"] for spec in runs]
+    trained = [d for spec, d in zip(runs, run_dirs) if _train(cfg, spec, cache, d, log, progress)]
     if cfg.evals:
         _evaluate(cfg, trained, out / "eval", log)
     for run_dir in trained:
@@ -241,8 +277,20 @@ def ground_truth_section(analyses: dict[str, dict[str, Any]]) -> list[str]:
         per = " | ".join(f"{g['by_time_scale'][b]['mmcs']:.3f} / {g['by_time_scale'][b]['recovered_fraction']:.0%}"
                          for b in buckets)
         lines.append(f"| {name} | {a['architecture']} | {a['l0']:.1f} | {g['mmcs']:.3f} | {g['recovered_fraction']:.0%} | {per} |")
-    lines += ["", slow_feature_verdict(analyses), ""]
+    lines.append("")
+    for level, group in by_l0_level(analyses).items():
+        prefix = "" if level is None else f"At matched L0 {level}: "
+        lines += [prefix + slow_feature_verdict(group), ""]
     return lines
+
+
+def by_l0_level(analyses: dict[str, dict[str, Any]]) -> dict[str | None, dict[str, dict[str, Any]]]:
+    """Runs grouped by their ``match_l0`` level (the ``-l0_<level>`` name suffix); None: runs without one."""
+    groups: dict[str | None, dict[str, dict[str, Any]]] = {}
+    for name, a in analyses.items():
+        match = re.search(r"-l0_([0-9.e+-]+)$", name)
+        groups.setdefault(match.group(1) if match else None, {})[name] = a
+    return groups
 
 
 def slow_feature_verdict(analyses: dict[str, dict[str, Any]]) -> str:

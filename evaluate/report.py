@@ -107,6 +107,9 @@ def _read_final(path: Path, record: RunRecord) -> None:
     record.steps = metadata.get("steps", record.steps)
     record.final = {k: v for k, v in (metadata.get("final_metrics") or {}).items() if isinstance(v, (int, float))}
     record.cache_fingerprint = metadata.get("cache_fingerprint", record.cache_fingerprint)
+    in_force = metadata.get("sparsity_coefficient")  # --target-l0 runs: the adapted value, not the configured one
+    if in_force:
+        record.sparsity_coefficient = float(f"{in_force['value']:.4g}")
 
 
 def _read_evals(path: Path, record: RunRecord) -> None:

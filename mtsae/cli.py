@@ -196,7 +196,8 @@ def _arch_help(text: str) -> str:
         "  mtsae train --cache caches/demo --preset run0 --d-sae 512 --out runs/demo-run0\n\n"
         "  mtsae train --cache caches/demo --layer 19 --arch mtsae --preset run2 --d-sae 512 --out runs/demo-run2\n\n"
         "  mtsae train --config train.toml --out runs/big --resume          # continue after an interruption\n\n"
-        "  mtsae train --cache caches/demo --arch topk --k 32 --steps 2000 --out runs/topk --force"
+        "  mtsae train --cache caches/demo --arch topk --k 32 --steps 2000 --out runs/topk --force\n\n"
+        "  mtsae train --cache caches/demo --preset run2 --target-l0 16 --out runs/run2-l0-16   # matched sparsity"
     )
 )
 @user_errors
@@ -227,6 +228,7 @@ def train(
     lr_decay: Annotated[Optional[str], typer.Option(help=_train_help("lr_decay"))] = None,
     lr_decay_fraction: Annotated[Optional[float], typer.Option(help=_train_help("lr_decay_fraction"))] = None,
     sparsity_warmup_steps: Annotated[Optional[int], typer.Option(help=_train_help("sparsity_warmup_steps"))] = None,
+    target_l0: Annotated[Optional[float], typer.Option(help=_train_help("target_l0"))] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help=_train_help("grad_clip"))] = None,
     normalize_activations: Annotated[Optional[str], typer.Option(help=_train_help("normalize_activations"))] = None,
     holdout_fraction: Annotated[Optional[float], typer.Option(help=_train_help("holdout_fraction"))] = None,
@@ -255,7 +257,7 @@ def train(
         cache=cache, out=out, preset=preset, arch=arch, layer=layer, d_sae=d_sae, arch_config=arch_config or None,
         window=window, stride=stride, batch_windows=batch_windows, train_tokens=train_tokens, steps=steps, lr=lr,
         lr_warmup_steps=lr_warmup_steps, lr_decay=lr_decay, lr_decay_fraction=lr_decay_fraction,
-        sparsity_warmup_steps=sparsity_warmup_steps, grad_clip=grad_clip, normalize_activations=normalize_activations,
+        sparsity_warmup_steps=sparsity_warmup_steps, target_l0=target_l0, grad_clip=grad_clip, normalize_activations=normalize_activations,
         holdout_fraction=holdout_fraction, eval_every=eval_every, eval_tokens=eval_tokens,
         checkpoint_every=checkpoint_every, seed=seed, device=device, dtype=dtype, prefetch_batches=prefetch_batches,
     )

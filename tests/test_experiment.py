@@ -104,3 +104,31 @@ arch = "mtsae"
     summaries = [json.loads((tmp_path / "out" / "runs" / name / "eval" / "summary.json").read_text()) for name in ("relu", "temporal")]
     assert [len(s["results"]) for s in summaries] == [1, 1]
     assert summaries[0]["results"][0]["checkpoint"].endswith("runs/relu/final")
+
+
+def test_match_l0_trains_every_run_at_each_level_and_judges_within_a_level(tmp_path):
+    config = tmp_path / "exp.toml"
+    text = TINY.format(out=tmp_path / "out").replace("evals = []", "evals = []\nmatch_l0 = [4, 12]")
+    config.write_text(text + '[[runs]]\nname = "topk"\narch = "topk"\n')
+    cfg = load_experiment(str(config))
+    runs = {spec["name"]: spec for spec in cfg.expanded_runs()}
+    assert list(runs) == ["relu-l0_4", "temporal-l0_4", "topk-l0_4", "relu-l0_12", "temporal-l0_12", "topk-l0_12"]
+    assert runs["relu-l0_4"]["target_l0"] == 4 and runs["temporal-l0_12"]["target_l0"] == 12
+    assert runs["topk-l0_12"]["arch_config"] == {"k": 12} and "target_l0" not in runs["topk-l0_12"]
+
+    data = run_experiment(cfg, progress=False, log=lambda _: None)
+    final_l0 = {r["name"]: r["final"]["l0"] for r in data["runs"]}
+    assert 2 < final_l0["topk-l0_4"] <= 4 and 6 < final_l0["topk-l0_12"] <= 12  # k caps L0; a code can be 0
+    md = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert "At matched L0 4: **Verdict:**" in md and "At matched L0 12: **Verdict:**" in md
+
+
+def test_match_l0_levels_are_checked(tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text(TINY.format(out=tmp_path / "out").replace("evals = []", "evals = []\nmatch_l0 = [0]"))
+    with pytest.raises(MtsaeError, match="match_l0 must be a list of positive numbers"):
+        load_experiment(str(config))
+    config.write_text(TINY.format(out=tmp_path / "out").replace("evals = []", "evals = []\nmatch_l0 = [2.5]")
+                      + '[[runs]]\nname = "topk"\narch = "topk"\n')
+    with pytest.raises(MtsaeError, match="not a whole number"):
+        load_experiment(str(config)).expanded_runs()

@@ -139,6 +139,9 @@ class SparseAutoencoder(nn.Module, ABC):
     """The dataclass this architecture is configured with."""
     saelens_architecture: ClassVar[str | None] = None
     """SAELens ``architecture`` whose inference ``encode`` equals ours (eval mode), or ``None``."""
+    sparsity_coefficient: ClassVar[str | None] = None
+    """Config field of the coefficient that ``sparsity_scale`` multiplies (``--target-l0`` adapts it); None
+    when L0 is set directly (TopK-style)."""
     is_temporal: ClassVar[bool] = False
     """True when a token's codes depend on its neighbours in ``[B, T, d]`` input, so
     flattening to ``[B·T, d]`` changes the result (see the arch's ``[N, d]`` semantics)."""

@@ -97,6 +97,11 @@ class TrainConfig:
     sparsity_warmup_steps: int = _doc(
         "Steps over which the sparsity (L1/L0) coefficient ramps linearly from 0 to its value.", default=0
     )
+    target_l0: float | None = _doc(
+        "Hold the training L0 near this value by adapting the sparsity coefficient (relu, mtsae, jumprelu) over "
+        "the first 80 % of steps, then freezing it; for matched-L0 comparisons. topk/batchtopk: set --k instead.",
+        default=None,
+    )
     grad_clip: float = _doc("Clip the gradient's global L2 norm to this (0: no clipping).", default=1.0)
     normalize_activations: str = _doc(
         "expected_norm: scale inputs so that E||x|| = sqrt(d_in), estimated on train windows; the scale is "
@@ -198,6 +203,8 @@ class TrainConfig:
              f"--lr-decay-fraction must be in [0, 1], got {self.lr_decay_fraction!r}"),
             (_is_int(self.sparsity_warmup_steps) and self.sparsity_warmup_steps >= 0,
              f"--sparsity-warmup-steps must be >= 0, got {self.sparsity_warmup_steps!r}"),
+            (self.target_l0 is None or (_is_number(self.target_l0) and 0 < self.target_l0 <= self.d_sae),
+             f"--target-l0 must be a number in (0, d_sae], got {self.target_l0!r}"),
             (_is_number(self.grad_clip) and self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip!r}"),
             (self.normalize_activations in NORMALIZATIONS,
              f"--normalize-activations must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize_activations!r}"),
@@ -219,6 +226,9 @@ class TrainConfig:
         # The architecture's own checks (placeholder d_in: nothing there depends on it).
         cls = get_architecture(self.arch)
         reserved = sorted({"d_in", "d_sae"} & set(self.arch_config))
+        if self.target_l0 is not None and cls.sparsity_coefficient is None:
+            raise MtsaeError(f"--target-l0 adapts a sparsity coefficient, and {self.arch} has none; "
+                             "set its L0 directly with --k")
         if reserved:
             raise MtsaeError(f"arch_config may not set {reserved}: d_in comes from the cache and d_sae is its own option")
         cls.config_class.from_dict({"d_in": 1, "d_sae": self.d_sae, **self.arch_config})

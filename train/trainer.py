@@ -63,6 +63,7 @@ from mtsae.train.loader import WindowDataset
 from mtsae.train.registry import create_sae
 from mtsae.train.windows import sample_windows
 
+from mtsae.train.sparsity_control import L0Controller
 RUN_FILENAME = "run.json"
 LOG_FILENAME = "log.jsonl"
 STATE_FILENAME = "trainer_state.pt"
@@ -143,6 +144,8 @@ class Trainer:
         there, no ``final/``), as an interruption would; ``--resume`` continues.
         """
         self._prepare_run_dir()
+        self.l0_control = None if cfg.target_l0 is None else L0Controller.for_run(
+            cfg.target_l0, cfg.sparsity_warmup_steps, self.total_steps)
         if self.scale is None:
             self.scale = self.estimate_scale()
         bar = self._progress_bar()
@@ -224,6 +227,8 @@ class Trainer:
         self.tokens += x.shape[0] * (x.shape[1] if x.dim() == 3 else 1)
         self.next_batch += 1
         if self.next_batch >= self.batches_per_epoch:
+        if self.l0_control is not None:
+            sparsity_scale *= self.l0_control.multiplier
             self.epoch, self.next_batch = self.epoch + 1, 0
         return {**record, **out.components}
 
@@ -240,6 +245,8 @@ class Trainer:
         if cfg.lr_warmup_steps > 0 and step < cfg.lr_warmup_steps:
             factor = (step + 1) / cfg.lr_warmup_steps
         decay_steps = 0 if cfg.lr_decay == "constant" else int(round(cfg.lr_decay_fraction * n))
+        if self.l0_control is not None:
+            self.l0_control.update(self.step, out.components["l0"])
         decay_start = n - decay_steps
         if decay_steps > 0 and step >= decay_start:
             progress = (step - decay_start) / decay_steps  # 0 at the first decayed step, → 1 after the last
@@ -386,9 +393,18 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "cache_fingerprint": self.cache.fingerprint,
         }
+            "sparsity_coefficient": self.sparsity_coefficient(),
         tmp = path / f".{STATE_FILENAME}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, path / STATE_FILENAME)
+    def sparsity_coefficient(self) -> dict[str, float] | None:
+        """The sparsity coefficient in force (``--target-l0`` scales the configured one), or None (TopK-style)."""
+        name = self.sae.sparsity_coefficient
+        if name is None:
+            return None
+        multiplier = 1.0 if self.l0_control is None else self.l0_control.multiplier
+        return {"name": name, "value": getattr(self.sae.cfg, name) * multiplier, "multiplier": multiplier}
+
         return path
 
     def save_final(self) -> Path:
@@ -414,6 +430,7 @@ class Trainer:
         cfg = self.cfg
         if len(self.heldout_set) == 0:
             raise MtsaeError(
+            "l0_log_multiplier": None if self.l0_control is None else self.l0_control.log_multiplier,
                 f"no held-out window of {cfg.window} tokens: the {len(self.heldout_set.sequences)} held-out sequences "
                 "are all shorter; raise --holdout-fraction or lower --window"
             )
@@ -438,6 +455,8 @@ class Trainer:
         """Decide what to do with ``out`` without writing; returns the checkpoint to resume from."""
         out = self.out
         if out.exists() and not out.is_dir():
+        if self.l0_control is not None:
+            self.l0_control.log_multiplier = state["l0_log_multiplier"]
             raise MtsaeError(f"--out {out} is a file; choose a directory path")
         if not out.exists() or not any(out.iterdir()):
             if resume:

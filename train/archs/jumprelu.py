@@ -53,6 +53,7 @@ class JumpReLUSAE(SparseAutoencoder):
 
     config_class = JumpReLUSAEConfig
     saelens_architecture = "jumprelu"
+    sparsity_coefficient = "l0_coefficient"
     cfg: JumpReLUSAEConfig
 
     def __init__(self, cfg: JumpReLUSAEConfig) -> None:

@@ -105,6 +105,7 @@ class MTSAE(SparseAutoencoder):
     config_class = MTSAEConfig
     saelens_architecture = None
     is_temporal = True
+    sparsity_coefficient = "l1_coefficient"
     cfg: MTSAEConfig
 
     def __init__(self, cfg: MTSAEConfig) -> None:

@@ -36,6 +36,7 @@ class ReluSAE(SparseAutoencoder):
 
     config_class = ReluSAEConfig
     saelens_architecture = "standard"
+    sparsity_coefficient = "l1_coefficient"
     cfg: ReluSAEConfig
 
     def encode_full(self, x: torch.Tensor) -> Encoded:
