@@ -16,20 +16,32 @@ is byte-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 import zlib
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import zarr
 import zarr.codecs
 
 from mtsae.cache import format as fmt
+from mtsae.errors import write_error
 from mtsae.cache import remote  # paths or fsspec URLs: each chunk is one whole PUT
 
 COMPRESSIONS = ("none", "zstd", "blosc")
+RESUME_HINT = "re-run the same command to resume (what is on disk is kept)"
+
+
+@contextlib.contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """A full disk or an unwritable folder as one line; the store stays incomplete and resumable."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(exc, what, RESUME_HINT) from None
 
 
 def compressors_for(compression: str) -> Any:
@@ -81,7 +93,8 @@ class _ChunkWriterThread:
     def _write_chunk(self, index: int, columns: dict[str, np.ndarray]) -> None:
         start = index * self._writer.chunk_tokens
         for name, rows in columns.items():
-            self._writer.arrays[name][start : start + len(rows)] = rows
+            with _writing(f"chunk {index} of {name} in {self._writer.location}"):
+                self._writer.arrays[name][start : start + len(rows)] = rows
             self._writer.checksums[name][index] = crc32(rows)
         self._durable_rows = start + len(next(iter(columns.values())))
 
@@ -266,9 +279,15 @@ class CacheWriter:
         self._fill = 0
 
     def write_progress(self, sequences: int, tokens: int) -> None:
-        with self._attrs_lock:
+        with self._attrs_lock, _writing(f"the progress record of {self.location}"):
             self.attrs["progress"] = {"sequences": sequences, "tokens": tokens}
             self.root.attrs[fmt.ATTRS_KEY] = self.attrs
+
+    @property
+    def location(self) -> str:
+        """The store's path or URL, for messages."""
+        store = self.root.store
+        return str(getattr(store, "root", None) or getattr(store, "path", None) or store)
 
     # --- committing --------------------------------------------------------------------------------
     def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -289,6 +308,10 @@ class CacheWriter:
 
         ``more_checksums``: crc32s of chunks other writers wrote (the other ranks of a parallel harvest).
         """
+        with _writing(f"the index and manifest of {self.location}"):
+            return self._commit(manifest, more_checksums)
+
+    def _commit(self, manifest: dict[str, Any], more_checksums: dict[str, dict[int, int]] | None) -> dict[str, Any]:
         for name, known in (more_checksums or {}).items():
             self.checksums[name].update(known)
         n = self.n_tokens

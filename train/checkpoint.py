@@ -37,7 +37,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -122,8 +122,17 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(
-    sae: SparseAutoencoder, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
+    sae: SparseAutoencoder, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write ``sae`` and ``metadata`` to the directory ``path`` atomically; returns the path.
 
@@ -131,7 +140,9 @@ def save_checkpoint(
     fingerprint, tokens seen, final metrics…); it lands verbatim in
     ``cfg.json["mtsae"]["metadata"]`` and, merged with SAELens defaults, in
     ``cfg.json["metadata"]``. Refuses to replace a directory that is not an
-    mtsae checkpoint.
+    mtsae checkpoint. ``extra_files`` maps file names to writers called with the
+    file's path inside the temporary directory (the trainer's resume state), so
+    they appear together with the weights or not at all.
     """
     path = Path(path)
     metadata = dict(metadata or {})
@@ -151,7 +162,9 @@ def save_checkpoint(
         save_file(_to_cpu(weights), tmp / WEIGHTS_FILENAME, metadata={"format": "pt"})
         save_file(_to_cpu(state), tmp / STATE_FILENAME, metadata={"format": "pt"})
         (tmp / CFG_FILENAME).write_text(cfg_text + "\n")
-        for name in (WEIGHTS_FILENAME, STATE_FILENAME, CFG_FILENAME):
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
+        for name in (WEIGHTS_FILENAME, STATE_FILENAME, CFG_FILENAME, *(extra_files or {})):
             _fsync(tmp / name)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
@@ -161,6 +174,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
