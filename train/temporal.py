@@ -26,6 +26,8 @@ There is no conv bias: the BatchNorm shift right after it would cancel it.
 :func:`temporal_mix` is the fast path (shifted-add in ``[B, T, F]`` layout, no
 transposes, vectorised over B and F); :func:`temporal_mix_reference` is a slow
 loop-over-t-and-taps version that exists only so tests can check the fast one.
+On CUDA, :class:`TemporalMixer` runs the fused Triton kernels of
+:mod:`mtsae.train.temporal_triton` instead, tested against :func:`temporal_mix`.
 """
 
 from __future__ import annotations
@@ -239,7 +241,13 @@ class TemporalMixer(nn.Module):
         self.bn_running_var.fill_(1.0)
 
     def forward(self, pre_BTF: torch.Tensor) -> torch.Tensor:
-        return temporal_mix(
+        mix = temporal_mix
+        if pre_BTF.is_cuda:  # CUDA: the fused Triton kernels; CPU keeps the PyTorch path (their reference)
+            from mtsae.train import temporal_triton
+
+            if temporal_triton.fused_available():
+                mix = temporal_triton.fused_temporal_mix
+        return mix(
             pre_BTF,
             self.conv_weight,
             self.bn_weight,
