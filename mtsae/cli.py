@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-cache_app = typer.Typer(help="Inspect activation caches.", no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect, verify and copy activation caches (local paths or s3://... URLs).", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 EXIT_USER_ERROR = 1
@@ -71,7 +71,9 @@ _DEFAULTS = HarvestConfig()
         "Examples:\n\n"
         "  mtsae harvest --out caches/demo                     # embedded tiny Gemma-2 + offline corpus\n\n"
         "  mtsae harvest --model google/gemma-2-2b --dataset monology/pile-uncopyrighted "
-        "--max-tokens 10000000 --out /data/caches/gemma2b-pile"
+        "--max-tokens 10000000 --out /data/caches/gemma2b-pile\n\n"
+        "  mtsae harvest --out s3://bucket/caches/demo           # straight into object storage\n\n"
+        "  mtsae harvest --shared-root s3://bucket/caches        # reuse the team's copy if it exists, else publish"
     )
 )
 @user_errors
@@ -92,8 +94,11 @@ def harvest(
     compression: Annotated[str, typer.Option(help=help_text("compression"))] = _DEFAULTS.compression,
     model_revision: Annotated[Optional[str], typer.Option(help=help_text("model_revision"))] = None,
     dataset_revision: Annotated[Optional[str], typer.Option(help=help_text("dataset_revision"))] = None,
-    out: Annotated[Optional[str], typer.Option(help="Output store path; default caches/<fingerprint[:12]>.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Output store path or fsspec URL (s3://...); default caches/<fingerprint[:12]>.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing mtsae cache at --out (never anything else).")] = False,
+    shared_root: Annotated[Optional[str], typer.Option(envvar="MTSAE_SHARED_ROOT", help="Folder or URL of caches by "
+                           "fingerprint: a complete cache of this harvest there is reused, not recomputed (docs/remote-caches.md).")] = None,
+    publish: Annotated[bool, typer.Option(help="With a shared root: push the finished cache there.")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
     """Run a causal LM over a text dataset and store its residual stream in a Zarr v3 cache."""
@@ -106,15 +111,20 @@ def harvest(
         attn_implementation=attn_implementation, chunk_tokens=chunk_tokens, compression=compression,
     )
     with process_group("gloo") as world:  # under torchrun the ranks share the harvest (docs/scaling.md)
-        outcome = run_harvest(cfg, out, force=force, log=rank0_log(world), progress=progress, world=world)
+        outcome = run_harvest(cfg, out, force=force, log=rank0_log(world), progress=progress, world=world,
+                              shared_root=shared_root)
     if world.is_main:
+        if shared_root and publish:
+            from mtsae.cache.shared import publish as publish_cache
+
+            publish_cache(outcome.path, shared_root, log=rank0_log(world), progress=progress)
         typer.echo(outcome.path)
 
 
-@cache_app.command("info", epilog="Example:\n\n  mtsae cache info caches/demo")
+@cache_app.command("info", epilog="Examples:\n\n  mtsae cache info caches/demo\n\n  mtsae cache info s3://bucket/caches/demo")
 @user_errors
 def cache_info(
-    path: Annotated[str, typer.Argument(help="Cache path.")],
+    path: Annotated[str, typer.Argument(help="Cache path or fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
 ):
     """Show a cache's manifest: model, dataset, layers, counts, size, completeness."""
@@ -130,10 +140,11 @@ def cache_info(
         typer.echo("\n".join(info_lines(path, attrs)))
 
 
-@cache_app.command("verify", epilog="Example:\n\n  mtsae cache verify caches/demo")
+@cache_app.command("verify", epilog="Examples:\n\n  mtsae cache verify caches/demo\n\n"
+                                     "  mtsae cache verify s3://bucket/caches/demo    # reads every remote chunk")
 @user_errors
 def cache_verify(
-    path: Annotated[str, typer.Argument(help="Cache path.")],
+    path: Annotated[str, typer.Argument(help="Cache path or fsspec URL.")],
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
     """Check every chunk and index array against the manifest's checksums; exit 1 if any is missing, truncated or altered."""
@@ -150,13 +161,14 @@ def cache_verify(
     typer.echo(f"ok: every chunk of {path} matches its checksum")
 
 
-@cache_app.command("ls", epilog="Example:\n\n  mtsae cache ls caches/")
+@cache_app.command("ls", epilog="Examples:\n\n  mtsae cache ls caches/\n\n  mtsae cache ls s3://bucket/caches")
 @user_errors
-def cache_ls(root: Annotated[str, typer.Argument(help="Folder to search for caches.")] = "caches"):
+def cache_ls(root: Annotated[str, typer.Argument(help="Folder or fsspec URL to search for caches.")] = "caches"):
     """List every cache below a folder with its status, fingerprint, model, layers, tokens and size."""
     from mtsae.cache.catalog import find_caches, summary_row
+    from mtsae.cache.remote import is_url, local_path
 
-    if not Path(root).is_dir():
+    if not is_url(root) and not Path(local_path(root)).is_dir():
         raise MtsaeError(f"{root} is not a folder")
     rows = [summary_row(path, attrs) for path, attrs in find_caches(root)]
     if not rows:
@@ -167,6 +179,50 @@ def cache_ls(root: Annotated[str, typer.Argument(help="Folder to search for cach
     typer.echo("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         typer.echo("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
+
+
+@cache_app.command("pull", epilog=(
+    "Examples:\n\n  mtsae cache pull s3://bucket/caches/3f2a9c1d0b7e             # into caches/<fingerprint[:12]>\n\n"
+    "  mtsae cache pull s3://bucket/caches/gemma2b-pile /data/caches/gemma2b-pile   # re-run to resume"))
+@user_errors
+def cache_pull(
+    url: Annotated[str, typer.Argument(help="fsspec URL of a complete cache (s3://..., gs://...).")],
+    dest: Annotated[Optional[str], typer.Argument(help="Local folder. Default: caches/<fingerprint[:12]>.")] = None,
+    jobs: Annotated[int, typer.Option(help="Objects downloaded at once.")] = 8,
+    force: Annotated[bool, typer.Option(help="Replace another mtsae cache at DEST (never anything else).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Make, or resume, a local copy of a remote cache, verified against its per-chunk checksums; complete only at the end."""
+    from mtsae.cache.transfer import pull
+
+    outcome = pull(url, dest, force=force, jobs=jobs, progress=progress, log=lambda line: typer.echo(line, err=True))
+    typer.echo(outcome.destination)
+
+
+@cache_app.command("push", epilog=(
+    "Examples:\n\n  mtsae cache push caches/demo s3://bucket/caches/demo\n\n"
+    "  mtsae cache push caches/demo --shared-root s3://bucket/caches   # to s3://bucket/caches/<fingerprint[:12]>"))
+@user_errors
+def cache_push(
+    path: Annotated[str, typer.Argument(help="Local complete cache.")],
+    url: Annotated[Optional[str], typer.Argument(help="Destination URL (or shared folder). Default: its address in the shared root.")] = None,
+    shared_root: Annotated[Optional[str], typer.Option(envvar="MTSAE_SHARED_ROOT", help="Folder or URL of caches by fingerprint.")] = None,
+    verify: Annotated[bool, typer.Option(help="Check the local cache's checksums before uploading.")] = True,
+    jobs: Annotated[int, typer.Option(help="Objects uploaded at once.")] = 8,
+    force: Annotated[bool, typer.Option(help="Replace another mtsae cache at URL (never anything else).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Upload a finished cache, resumably (objects already there are skipped); its manifest goes last."""
+    from mtsae.cache.shared import shared_address
+    from mtsae.cache.transfer import complete_cache_attrs, push
+
+    if url is None:
+        if not shared_root:
+            raise MtsaeError("give a destination URL, or --shared-root (or MTSAE_SHARED_ROOT) to push to its address there")
+        url = shared_address(shared_root, complete_cache_attrs(path)["fingerprint"])
+    outcome = push(path, url, force=force, verify=verify, jobs=jobs, progress=progress,
+                   log=lambda line: typer.echo(line, err=True))
+    typer.echo(outcome.destination)
 
 
 # --- mtsae train ---------------------------------------------------------------------------------

@@ -32,14 +32,17 @@ worst a stray ``.old`` directory). Round trips are bit-exact (dtypes kept).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import mtsae
@@ -122,6 +125,18 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file, with its I/O failures (full disk…) raised as the OSError they are."""
+    try:
+        save_file(_to_cpu(tensors), path, metadata={"format": "pt"})
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number) if number in errno.errorcode else str(exc), str(path)) from exc
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -159,8 +174,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it 0700
-        save_file(_to_cpu(weights), tmp / WEIGHTS_FILENAME, metadata={"format": "pt"})
-        save_file(_to_cpu(state), tmp / STATE_FILENAME, metadata={"format": "pt"})
+        _save_tensors(weights, tmp / WEIGHTS_FILENAME)
+        _save_tensors(state, tmp / STATE_FILENAME)
         (tmp / CFG_FILENAME).write_text(cfg_text + "\n")
         for name, write in (extra_files or {}).items():
             write(tmp / name)
