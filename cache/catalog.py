@@ -3,31 +3,29 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 from mtsae.cache import format as fmt
+from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
 
 
 def disk_bytes(path: str | os.PathLike) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes stored below ``path``, a folder or a URL."""
+    return sum(remote.list_objects(path).values())
 
 
-def find_caches(root: str | os.PathLike) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every mtsae cache at or below ``root`` (not descending into a cache once found)."""
-    root = Path(root)
+def find_caches(root: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every mtsae cache at or below ``root`` (a folder or URL), not descending into a cache once found."""
     attrs = read_attrs(root)
     if attrs is not None:
-        yield root, attrs
+        yield str(root), attrs
         return
-    if not root.is_dir():
-        return
-    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+    for child in remote.subfolders(root):
         yield from find_caches(child)
 
 
-def summary_row(path: Path, attrs: dict[str, Any]) -> dict[str, Any]:
+def summary_row(path: str | os.PathLike, attrs: dict[str, Any]) -> dict[str, Any]:
     counts = attrs.get("counts", {})
     return {
         "path": str(path),

@@ -20,16 +20,16 @@ import zarr.codecs
 from zarr.storage import LocalStore
 
 from mtsae.cache import format as fmt
+from mtsae.cache import remote
 from mtsae.errors import MtsaeError
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``mtsae`` root attributes of the store at ``path``; None when it is not an mtsae cache."""
-    path = str(path)
-    if "://" not in path and not Path(path, "zarr.json").is_file():
+    """The ``mtsae`` root attributes of the store at ``path`` (a path or URL); None when it is not an mtsae cache."""
+    if not remote.exists(path, "zarr.json"):  # unreachable remotes and missing backends raise MtsaeError here
         return None
     try:
-        group = zarr.open_group(path, mode="r")
+        group = remote.open_group(path, mode="r")
     except Exception:
         return None
     attrs = group.attrs.get(fmt.ATTRS_KEY)
@@ -59,7 +59,7 @@ class ActivationCache:
     def __init__(self, path: str, attrs: dict[str, Any]):
         self.path = path
         self.manifest = attrs
-        self.group = zarr.open_group(path, mode="r")
+        self.group = remote.open_group(path, mode="r")
         self._memmap_cache: dict[int, list[np.memmap] | None] = {}
 
     # --- manifest --------------------------------------------------------------------------

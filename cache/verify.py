@@ -1,14 +1,19 @@
-"""`mtsae cache verify`: every chunk and index array against the manifest's checksums."""
+"""`mtsae cache verify`: every chunk and index array against the manifest's checksums.
+
+Works on a local path or a URL: checksums are recomputed from the chunks as
+stored there (a remote cache is read, never copied). ``verify_store`` also
+checks a copy that is not committed yet (`mtsae cache pull` before its last write).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import zarr
-from zarr.storage import LocalStore
 
+from mtsae.cache import remote
 from mtsae.cache.reader import open_cache
 from mtsae.cache.writer import crc32
 
@@ -28,26 +33,32 @@ class Problem:
 def verify_cache(path: str | os.PathLike, progress=None) -> list[Problem]:
     """All problems found; an empty list means every checksum matched."""
     cache = open_cache(path)
-    checksums = cache.manifest.get("checksums")
+    return verify_store(path, cache.group, cache.manifest, progress)
+
+
+def verify_store(path: str | os.PathLike, group: zarr.Group, manifest: dict[str, Any], progress=None) -> list[Problem]:
+    """Check the store at ``path`` (opened as ``group``) against ``manifest["checksums"]``."""
+    checksums = manifest.get("checksums")
     if not checksums:
         return [Problem("manifest", None, "unverifiable", "no checksums recorded")]
+    sizes = remote.list_objects(path)  # one listing tells missing and truncated chunks apart before decoding
     problems: list[Problem] = []
     for name, expected in checksums["chunks"].items():
-        problems += _verify_chunks(cache.group[name], expected, progress)
+        problems += _verify_chunks(path, group[name], expected, sizes, progress)
     for name, expected in checksums["arrays"].items():
         try:
-            if crc32(cache.group[name][:]) != expected:
+            if crc32(group[name][:]) != expected:
                 problems.append(Problem(name, None, "altered", "checksum mismatch"))
         except Exception as exc:  # a damaged index array may not even decode
             problems.append(Problem(name, None, "unreadable", str(exc).splitlines()[0][:120]))
     return problems
 
 
-def _verify_chunks(arr: zarr.Array, expected: list[int], progress) -> list[Problem]:
+def _verify_chunks(path, arr: zarr.Array, expected: list[int], sizes: dict[str, int], progress) -> list[Problem]:
     problems = []
     rows = arr.chunks[0]
     for i, want in enumerate(expected):
-        problem = _file_problem(arr, i)
+        problem = _file_problem(path, arr, i, sizes)
         if problem is None:
             try:
                 if crc32(arr[i * rows : (i + 1) * rows]) != want:
@@ -61,17 +72,18 @@ def _verify_chunks(arr: zarr.Array, expected: list[int], progress) -> list[Probl
     return problems
 
 
-def _file_problem(arr: zarr.Array, index: int) -> tuple[str, str] | None:
-    """Missing or wrongly sized chunk files, told apart before decoding (local stores only)."""
-    store = arr.store_path.store
-    if not isinstance(store, LocalStore):
-        return None
-    key = arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
-    chunk_file = Path(store.root) / arr.store_path.path / key
-    if not chunk_file.is_file():
-        return ("missing", str(chunk_file))
+def chunk_key(arr: zarr.Array, index: int) -> str:
+    """The object key of chunk ``index`` (along rows) of ``arr``, relative to the cache root."""
+    return f"{arr.path}/{arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))}"
+
+
+def _file_problem(path, arr: zarr.Array, index: int, sizes: dict[str, int]) -> tuple[str, str] | None:
+    """Missing or wrongly sized chunk objects, told apart before decoding."""
+    key = chunk_key(arr, index)
+    size = sizes.get(key)
+    if size is None:
+        return ("missing", remote.join(path, key))
     if not arr.compressors:  # raw chunks have an exact size
-        size = chunk_file.stat().st_size
         want = arr.dtype.itemsize * arr.chunks[0] * (arr.shape[1] if arr.ndim > 1 else 1)
         if size != want:
             return ("truncated", f"{size} of {want} bytes")
@@ -81,4 +93,3 @@ def _file_problem(arr: zarr.Array, index: int) -> tuple[str, str] | None:
 def n_chunks_to_check(path: str | os.PathLike) -> int:
     attrs = open_cache(path).manifest
     return sum(len(v) for v in attrs.get("checksums", {}).get("chunks", {}).values())
-

@@ -94,8 +94,10 @@ def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int
                 batch_windows: int = 16) -> dict[str, Any]:
     """Every statistic above for a finished run, on held-out windows of its own cache and split."""
     import json
+    import sys
     from pathlib import Path
 
+    from mtsae.cache.shared import local_cache
     from mtsae.errors import MtsaeError
     from mtsae.train.checkpoint import load_checkpoint
     from mtsae.train.loader import WindowDataset
@@ -105,7 +107,8 @@ def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int
         raise MtsaeError(f"{run} has no final checkpoint; train it to the end first")
     sae, metadata = load_checkpoint(run / "final")
     cfg = json.loads((run / "run.json").read_text())["config"]
-    cache_path = cache_path or cfg["cache"]
+    # A URL: a verified local copy, pulled once (stdout carries the JSON, so the pull talks on stderr).
+    cache_path = local_cache(cache_path or cfg["cache"], log=lambda line: print(line, file=sys.stderr))
     heldout = WindowDataset(cache_path, cfg["layer"], cfg["window"], cfg.get("stride"), "heldout",
                             cfg["holdout_fraction"], cfg["seed"])
     if len(heldout) == 0:

@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 import mtsae
 from mtsae.cache import CacheWriter
 from mtsae.cache import format as fmt
+from mtsae.cache import read_attrs
+from mtsae.cache.shared import find_shared
 from mtsae.devices import resolve_device
 from mtsae.distributed import SINGLE_PROCESS, World
 from mtsae.errors import MtsaeError
@@ -36,8 +38,12 @@ class HarvestOutcome:
 
 
 def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, log: Callable[[str], None] = print,
-            progress: bool = True, world: World = SINGLE_PROCESS) -> HarvestOutcome:
-    """One harvest; under torchrun (``world.size > 1``) the ranks share it (harvest/parallel.py)."""
+            progress: bool = True, world: World = SINGLE_PROCESS, shared_root: str | None = None) -> HarvestOutcome:
+    """One harvest; under torchrun (``world.size > 1``) the ranks share it (harvest/parallel.py).
+
+    ``shared_root``: a folder or URL of caches by fingerprint (cache/shared.py); a complete cache of
+    this fingerprint there is reused instead of recomputed.
+    """
     cfg.validate()
     model_source = sources.resolve_model(cfg.model, cfg.model_revision)
     sources.check_layers(model_source.config, cfg.layers, cfg.model)
@@ -52,6 +58,11 @@ def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, 
     content = content_spec(cfg, model_source, text_source)
     fingerprint = fmt.fingerprint(content)
     out = out or str(Path("caches") / fingerprint[:12])
+    shared = find_shared(shared_root, fingerprint) if shared_root and not force else None
+    at_out = (read_attrs(out) or {}) if shared else {}
+    if shared and (at_out.get("fingerprint"), at_out.get("status")) != (fingerprint, fmt.STATUS_COMPLETE):  # --out's copy wins
+        log(f"the shared root already holds this harvest (fingerprint {fingerprint[:12]}): reusing {shared[0]}")
+        return HarvestOutcome(shared[0], shared[1], skipped=True)
     if world.size > 1:
         from mtsae.harvest.parallel import harvest_in_parallel
 

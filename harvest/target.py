@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from mtsae.cache import format as fmt
+from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
 from mtsae.errors import MtsaeError
 
@@ -29,7 +30,7 @@ class Action(enum.Enum):
 
 @dataclass
 class Target:
-    path: Path
+    path: Path | str  # a str for a URL
     action: Action
     attrs: dict[str, Any] | None
     lock: IO | None
@@ -46,7 +47,9 @@ class Target:
 
 
 def prepare_target(out: str, fingerprint: str, force: bool, log: Callable[[str], None]) -> Target:
-    path = Path(out)
+    if remote.is_url(out):
+        return _prepare_remote_target(out, fingerprint, force, log)
+    path = Path(remote.local_path(out))
     if path.exists() and read_attrs(path) is None and (path.is_file() or _foreign_entries(path)):
         raise MtsaeError(f"{out} exists and is not an mtsae cache; refusing to overwrite it, choose another --out")
     lock = _acquire_lock(path)
@@ -58,7 +61,17 @@ def prepare_target(out: str, fingerprint: str, force: bool, log: Callable[[str],
     return Target(path, action, attrs, lock)
 
 
-def _decide(path: Path, fingerprint: str, force: bool, log: Callable[[str], None]) -> tuple[Action, dict | None]:
+def _prepare_remote_target(url: str, fingerprint: str, force: bool, log: Callable[[str], None]) -> Target:
+    """A URL has no flock: keeping to one harvest per URL at a time is the user's part (docs/remote-caches.md)."""
+    if read_attrs(url) is None and remote.list_objects(url):
+        raise MtsaeError(f"{url} holds objects that are not an mtsae cache; refusing to overwrite them, choose another --out")
+    action, attrs = _decide(url, fingerprint, force, log, clear=remote.remove_tree)
+    return Target(url, action, attrs, lock=None)
+
+
+def _decide(path: Path | str, fingerprint: str, force: bool, log: Callable[[str], None],
+            clear: Callable[[Any], None] | None = None) -> tuple[Action, dict | None]:
+    clear = clear or _clear
     attrs = read_attrs(path)
     if attrs is None:
         return Action.CREATE, None
@@ -66,7 +79,7 @@ def _decide(path: Path, fingerprint: str, force: bool, log: Callable[[str], None
     complete = attrs.get("status") == fmt.STATUS_COMPLETE
     if force:
         log(f"--force: replacing the cache at {path}")
-        _clear(path)
+        clear(path)
         return Action.CREATE, None
     if same and complete:
         log(f"cache {path} already holds this harvest (fingerprint {fingerprint[:12]}); nothing to do")
@@ -74,7 +87,7 @@ def _decide(path: Path, fingerprint: str, force: bool, log: Callable[[str], None
     if same and attrs.get("progress", {}).get("tokens", 0) > 0:
         return Action.RESUME, attrs
     if same:  # unfinished before anything was durable: nothing to keep
-        _clear(path)
+        clear(path)
         return Action.CREATE, None
     state = "a different cache" if complete else "an unfinished harvest of different settings"
     raise MtsaeError(

@@ -55,7 +55,8 @@ def _doc(text: str, **kw: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    cache: str | None = _doc("Activation cache written by `mtsae harvest` (required).", default=None)
+    cache: str | None = _doc("Activation cache written by `mtsae harvest` (required): a path, or an fsspec URL "
+                                "(s3://...) pulled once into a verified local copy (docs/remote-caches.md).", default=None)
     out: str | None = _doc(
         "Run directory: log.jsonl, run.json, checkpoints/step_NNNNNN/, final/ (required).", default=None
     )

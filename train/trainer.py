@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 import mtsae
 from mtsae.cache import hook_name, open_cache
+from mtsae.cache.shared import local_cache
 from mtsae.devices import resolve_device
 from mtsae.errors import MtsaeError
 from mtsae.train.base import SparseAutoencoder, linear_warmup
@@ -110,7 +111,8 @@ class Trainer:
         self.cfg = cfg.validate()
         self.progress, self.log, self.force = progress, log, force
         self.out = Path(cfg.out)
-        self.cache = open_cache(cfg.cache)
+        # A URL is read through a verified local copy, pulled once (cache/shared.py).
+        self.cache = open_cache(local_cache(cfg.cache, log=log, progress=progress))
         if cfg.layer not in self.cache.layers:
             raise MtsaeError(
                 f"layer {cfg.layer} is not in cache {cfg.cache} (it holds layers {self.cache.layers}); "
