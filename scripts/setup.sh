@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtual environment in .venv and install mtsae with
-# its evaluation and test extras. Idempotent: does nothing when .venv is up to date.
+# its evaluation, test and remote-cache extras. Idempotent: does nothing when .venv is up to date.
 #
 #   MTSAE_PYTHON       interpreter to build the venv with (default: python3)
 #   MTSAE_CONSTRAINTS  pip constraints file (default: constraints.txt, which pins the CPU
@@ -25,13 +25,13 @@ pip_args=(--quiet --disable-pip-version-check)
 python -m pip install "${pip_args[@]}" --upgrade pip
 # torch first, on its own, so pip takes the pinned build rather than resolving a newer one.
 [ -n "$constraints" ] && python -m pip install "${pip_args[@]}" torch
-python -m pip install "${pip_args[@]}" -e ".[eval,test]"
+python -m pip install "${pip_args[@]}" -e ".[eval,test,remote]"
 # sae-bench asks for torchvision; the PyPI build does not match the pinned torch and breaks
 # transformers' lazy imports (docs/install.md). Nothing in mtsae uses it.
 python -m pip uninstall --quiet --yes torchvision 2>/dev/null || true
 python - <<'PY'
 import importlib
-for name in ("torch", "transformers", "datasets", "zarr", "typer", "sae_bench", "mtsae.cli"):
+for name in ("torch", "transformers", "datasets", "zarr", "typer", "sae_bench", "s3fs", "moto.server", "mtsae.cli"):
     importlib.import_module(name)
 import torch, zarr
 print(f"[setup] ok: torch {torch.__version__}, zarr {zarr.__version__}", flush=True)
