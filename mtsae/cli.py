@@ -318,7 +318,10 @@ def train(
         checkpoint_every=checkpoint_every, seed=seed, device=device, dtype=dtype, prefetch_batches=prefetch_batches,
     )
     cfg = train_config.load_config(config, overrides)
-    result = run_train(cfg, resume=resume, force=force, progress=progress, log=lambda line: typer.echo(line, err=True))
+    with process_group(training_backend(cfg.device)) as world:  # torchrun: data-parallel (docs/scaling.md)
+        result = run_train(cfg, resume=resume, force=force, progress=progress, log=rank0_log(world), world=world)
+    if not world.is_main:
+        return
     metrics = " ".join(f"{name}={result.metrics[name]:.4g}" for name in ("mse", "fve", "l0", "dead_fraction", "sep"))
     typer.echo(f"held-out after {result.steps:,} steps ({result.tokens:,} tokens): {metrics}")
     typer.echo(result.checkpoint)

@@ -203,6 +203,7 @@ class WindowDataset:
         device: torch.device | str | None = None,
         prefetch: int = 2,
         with_special: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[Any]:
         """``[B, T, d]`` float32 batches (specials zeroed) of epochs ``epoch, epoch+1, …``.
 
@@ -213,6 +214,8 @@ class WindowDataset:
         ``device``: where batches are delivered (CUDA batches are built in
         pinned memory and copied with ``non_blocking=True``).
         ``with_special``: yield ``(x, special [B, T] bool)`` pairs instead.
+        ``shard=(rank, size)``: keep only that rank's contiguous ``1/size`` of each batch
+        (data-parallel training, :mod:`mtsae.train.parallel`).
         """
         device = torch.device(device) if device is not None else torch.device("cpu")
         pin = device.type == "cuda"
@@ -221,6 +224,8 @@ class WindowDataset:
             e, first = epoch, start_batch
             while epochs is None or e < epoch + epochs:
                 for idx in self.batch_indices(batch_windows, e, shuffle, start_batch=first, drop_last=drop_last, limit=limit):
+                    if shard is not None:
+                        idx = idx[len(idx) * shard[0] // shard[1] : len(idx) * (shard[0] + 1) // shard[1]]
                     yield self.assemble(idx, pin_memory=pin)
                 e, first = e + 1, 0
 

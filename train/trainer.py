@@ -56,11 +56,13 @@ import mtsae
 from mtsae.cache import hook_name, open_cache
 from mtsae.cache.shared import local_cache
 from mtsae.devices import resolve_device
+from mtsae.distributed import SINGLE_PROCESS, World
 from mtsae.errors import MtsaeError
 from mtsae.train.base import SparseAutoencoder, linear_warmup
 from mtsae.train.checkpoint import save_checkpoint
 from mtsae.train.config import TrainConfig
 from mtsae.train.loader import WindowDataset
+from mtsae.train.parallel import DataParallel, check_batch_divides
 from mtsae.train.registry import create_sae
 from mtsae.train.windows import sample_windows
 
@@ -92,9 +94,9 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print, world: World = SINGLE_PROCESS) -> TrainResult:
     """Validate ``cfg``, train, and write ``cfg.out``; see :class:`Trainer`."""
-    return Trainer(cfg, resume=resume, force=force, progress=progress, log=log).fit()
+    return Trainer(cfg, resume=resume, force=force, progress=progress, log=log, world=world).fit()
 
 
 class Trainer:
@@ -107,7 +109,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, force: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, world: World = SINGLE_PROCESS) -> None:
         self.cfg = cfg.validate()
         self.progress, self.log, self.force = progress, log, force
         self.out = Path(cfg.out)
@@ -118,7 +120,9 @@ class Trainer:
                 f"layer {cfg.layer} is not in cache {cfg.cache} (it holds layers {self.cache.layers}); "
                 "pass --layer with one of them"
             )
-        self.device = resolve_device(cfg.device)
+        self.world = world  # torchrun: data-parallel over world.size processes (train/parallel.py)
+        check_batch_divides(cfg.batch_windows, world)
+        self.device = world.device(resolve_device(cfg.device))
         self.amp_dtype = resolve_amp_dtype(cfg.dtype, self.device)
         split = dict(window=cfg.window, stride=cfg.stride, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
         self.train_set = WindowDataset(self.cache, cfg.layer, split="train", **split)
@@ -133,6 +137,8 @@ class Trainer:
         self.sae = create_sae(cfg.arch, d_in=self.cache.d_model, d_sae=cfg.d_sae, **cfg.arch_config).to(self.device)
         self.sae.train()
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr)
+        world.check_same("the training options and cache", [cfg.to_dict(), self.cache.fingerprint])
+        self.parallel = DataParallel(self.sae, world, self.device)
         self.step = self.epoch = self.next_batch = self.tokens = 0
         self.scale: float | None = None
         self.metrics: dict[str, float] = {}
@@ -145,6 +151,7 @@ class Trainer:
         ``stop_at``: stop after that step instead (a checkpoint is written
         there, no ``final/``), as an interruption would; ``--resume`` continues.
         """
+        self.world.barrier()  # every rank has read --out before rank 0 writes it
         self._prepare_run_dir()
         self.l0_control = None if cfg.target_l0 is None else L0Controller.for_run(
             cfg.target_l0, cfg.sparsity_warmup_steps, self.total_steps)
@@ -163,22 +170,26 @@ class Trainer:
                         self.evaluate()
                     stopping = stop_at is not None and self.step >= stop_at
                     if stopping or (self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0):
-                        path = self.save_checkpoint(self.checkpoint_dir(self.step))
+                        path = self.checkpoint_dir(self.step)
+                        if self.world.is_main:  # rank 0 writes for all: the ranks hold the same state
+                            self.save_checkpoint(path)
                 bar.update(1)
                 bar.set_postfix(loss=f"{components['loss']:.4g}", tok_s=f"{self.clock.rate(self.tokens):,.0f}",
                                 refresh=False)
                 if stopping:
                     self.clock.stop()
+                    self.world.barrier()
                     return self._result(path, finished=False)
             self.clock.stop()
             bar.close()
             if self.metrics_step != self.step:
                 self.evaluate()
             self._check_finite_metrics()
-            final = self.save_final()
+            final = self.save_final() if self.world.is_main else self.out / FINAL_DIRNAME
         finally:
             bar.close()
             self._close_log()
+        self.world.barrier()  # every rank ends once final/ is written
         return self._result(final, finished=True)
 
     def _result(self, checkpoint: Path, finished: bool) -> TrainResult:
@@ -196,6 +207,7 @@ class Trainer:
         batches = self.train_set.batches(
             self.cfg.batch_windows, self.epoch, shuffle=True, epochs=None, start_batch=self.next_batch,
             drop_last=True, device=self.device, prefetch=self.cfg.prefetch_batches,
+            shard=(self.world.rank, self.world.size) if self.world.size > 1 else None,
         )
         for i, x in enumerate(batches):
             yield x
@@ -211,7 +223,7 @@ class Trainer:
         sparsity_scale = linear_warmup(self.step, cfg.sparsity_warmup_steps)
         x = self.prepare_input(x)
         with self.autocast():
-            out = sae.loss(x, sparsity_scale=sparsity_scale)
+            out = self.parallel.loss(x, sparsity_scale)
         if not math.isfinite(out.components["loss"]):
             raise MtsaeError(
                 f"the loss became {out.components['loss']} at step {self.step + 1} ({_fmt(out.components)}); "
@@ -226,7 +238,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sae.constrain_parameters_()
         self.step += 1
-        self.tokens += x.shape[0] * (x.shape[1] if x.dim() == 3 else 1)
+        self.tokens += x.shape[0] * (x.shape[1] if x.dim() == 3 else 1) * self.world.size
         self.next_batch += 1
         if self.next_batch >= self.batches_per_epoch:
         if self.l0_control is not None:
@@ -291,6 +303,8 @@ class Trainer:
         ``silent_fraction`` features that never fire on these windows; ``sep`` the
         mean cosine of the codes of adjacent tokens (t, t+1) within windows.
         """
+        if not self.world.is_main:  # rank 0 evaluates and logs for all ranks
+            return self.metrics
         sae, d = self.sae, self.cache.d_model
         sae.eval()
         sse = sum_sq = l0 = sep = 0.0
@@ -496,6 +510,10 @@ class Trainer:
         return latest
 
     def _prepare_run_dir(self) -> None:
+        if not self.world.is_main:  # rank 0 owns the run directory; the others need only the resume state
+            if self.resume_from is not None:
+                self.load_state(self.resume_from)
+            return
         out = self.out
         if self.force and out.exists() and read_run_info(out) is not None:
             self.log(f"replacing the run in {out}")
@@ -515,6 +533,8 @@ class Trainer:
         self._log_file = open(out / LOG_FILENAME, "a", encoding="utf-8")
 
     def write_log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         self._log_file.write(json.dumps(record) + "\n")
 
     def _flush_log(self) -> None:
