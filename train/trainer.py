@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -57,16 +58,16 @@ from mtsae.cache import hook_name, open_cache
 from mtsae.cache.shared import local_cache
 from mtsae.devices import resolve_device
 from mtsae.distributed import SINGLE_PROCESS, World
-from mtsae.errors import MtsaeError
+from mtsae.errors import MtsaeError, write_error
 from mtsae.train.base import SparseAutoencoder, linear_warmup
 from mtsae.train.checkpoint import save_checkpoint
 from mtsae.train.config import TrainConfig
 from mtsae.train.loader import WindowDataset
 from mtsae.train.parallel import DataParallel, check_batch_divides
 from mtsae.train.registry import create_sae
+from mtsae.train.sparsity_control import L0Controller
 from mtsae.train.windows import sample_windows
 
-from mtsae.train.sparsity_control import L0Controller
 RUN_FILENAME = "run.json"
 LOG_FILENAME = "log.jsonl"
 STATE_FILENAME = "trainer_state.pt"
@@ -76,6 +77,9 @@ NORM_SAMPLE_TOKENS = 65_536
 """Train tokens (whole windows, seeded sample) used to estimate the normalisation scale."""
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_TEMPORARY = re.compile(r"^\.(step_\d+|final|run\.json|log\.jsonl|trainer_state\.pt)\.tmp")
+"""Half-written files and directories a killed run leaves (atomic writes go through these names)."""
+RESUME_HINT = "re-run the same command with --resume to continue from the last checkpoint"
 
 
 @dataclass
@@ -113,8 +117,8 @@ class Trainer:
         self.cfg = cfg.validate()
         self.progress, self.log, self.force = progress, log, force
         self.out = Path(cfg.out)
-        # A URL is read through a verified local copy, pulled once (cache/shared.py).
-        self.cache = open_cache(local_cache(cfg.cache, log=log, progress=progress))
+        # A URL is read through a verified local copy, pulled once (cache/shared.py); ranks wait on one pull.
+        self.cache = open_cache(local_cache(cfg.cache, log=log, progress=progress and world.is_main))
         if cfg.layer not in self.cache.layers:
             raise MtsaeError(
                 f"layer {cfg.layer} is not in cache {cfg.cache} (it holds layers {self.cache.layers}); "
@@ -134,7 +138,7 @@ class Trainer:
         self.resume_from = self._check_out_dir(resume)
 
         torch.manual_seed(cfg.seed)
-        self.sae = create_sae(cfg.arch, d_in=self.cache.d_model, d_sae=cfg.d_sae, **cfg.arch_config).to(self.device)
+        self.sae = self._create_sae()
         self.sae.train()
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr)
         world.check_same("the training options and cache", [cfg.to_dict(), self.cache.fingerprint])
@@ -143,6 +147,9 @@ class Trainer:
         self.scale: float | None = None
         self.metrics: dict[str, float] = {}
         self.metrics_step = -1
+        self.log_records = 0  # records in log.jsonl; a checkpoint stores it so that resume cuts the log there
+        self.l0_control = None if cfg.target_l0 is None else L0Controller.for_run(
+            cfg.target_l0, cfg.sparsity_warmup_steps, self.total_steps)
 
     # ================================================================== fit
     def fit(self, stop_at: int | None = None) -> TrainResult:
@@ -153,8 +160,6 @@ class Trainer:
         """
         self.world.barrier()  # every rank has read --out before rank 0 writes it
         self._prepare_run_dir()
-        self.l0_control = None if cfg.target_l0 is None else L0Controller.for_run(
-            cfg.target_l0, cfg.sparsity_warmup_steps, self.total_steps)
         if self.scale is None:
             self.scale = self.estimate_scale()
         bar = self._progress_bar()
@@ -178,6 +183,7 @@ class Trainer:
                                 refresh=False)
                 if stopping:
                     self.clock.stop()
+                    self._close_log()
                     self.world.barrier()
                     return self._result(path, finished=False)
             self.clock.stop()
@@ -186,9 +192,12 @@ class Trainer:
                 self.evaluate()
             self._check_finite_metrics()
             final = self.save_final() if self.world.is_main else self.out / FINAL_DIRNAME
+        except BaseException:
+            self._close_log(quietly=True)  # a full disk must not turn the real error into a traceback
+            raise
         finally:
             bar.close()
-            self._close_log()
+        self._close_log()
         self.world.barrier()  # every rank ends once final/ is written
         return self._result(final, finished=True)
 
@@ -221,6 +230,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         sparsity_scale = linear_warmup(self.step, cfg.sparsity_warmup_steps)
+        if self.l0_control is not None:
+            sparsity_scale *= self.l0_control.multiplier
         x = self.prepare_input(x)
         with self.autocast():
             out = self.parallel.loss(x, sparsity_scale)
@@ -237,12 +248,12 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         sae.constrain_parameters_()
+        if self.l0_control is not None:
+            self.l0_control.update(self.step, out.components["l0"])
         self.step += 1
         self.tokens += x.shape[0] * (x.shape[1] if x.dim() == 3 else 1) * self.world.size
         self.next_batch += 1
         if self.next_batch >= self.batches_per_epoch:
-        if self.l0_control is not None:
-            sparsity_scale *= self.l0_control.multiplier
             self.epoch, self.next_batch = self.epoch + 1, 0
         return {**record, **out.components}
 
@@ -259,8 +270,6 @@ class Trainer:
         if cfg.lr_warmup_steps > 0 and step < cfg.lr_warmup_steps:
             factor = (step + 1) / cfg.lr_warmup_steps
         decay_steps = 0 if cfg.lr_decay == "constant" else int(round(cfg.lr_decay_fraction * n))
-        if self.l0_control is not None:
-            self.l0_control.update(self.step, out.components["l0"])
         decay_start = n - decay_steps
         if decay_steps > 0 and step >= decay_start:
             progress = (step - decay_start) / decay_steps  # 0 at the first decayed step, → 1 after the last
@@ -387,32 +396,10 @@ class Trainer:
             "special_tokens": "zeroed (rows flagged in the cache's special_mask)",
             "mtsae_version": mtsae.__version__,
             "train_config": cfg.to_dict(),
+            "sparsity_coefficient": self.sparsity_coefficient(),
             "seed": cfg.seed,
         }
 
-    def save_checkpoint(self, path: Path) -> Path:
-        """A resumable checkpoint: the folded SAE (SAELens layout) + ``trainer_state.pt``."""
-        save_checkpoint(fold_activation_scale(self.sae, self.scale or 1.0), path, self.metadata(final=False))
-        self._flush_log()
-        state = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "next_batch": self.next_batch,
-            "tokens": self.tokens,
-            "scale": self.scale,
-            "metrics": self.metrics,
-            "metrics_step": self.metrics_step,
-            "sae": {k: v.detach().cpu().clone() for k, v in self.sae.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "config": self.cfg.to_dict(),
-            "cache_fingerprint": self.cache.fingerprint,
-        }
-            "sparsity_coefficient": self.sparsity_coefficient(),
-        tmp = path / f".{STATE_FILENAME}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path / STATE_FILENAME)
     def sparsity_coefficient(self) -> dict[str, float] | None:
         """The sparsity coefficient in force (``--target-l0`` scales the configured one), or None (TopK-style)."""
         name = self.sae.sparsity_coefficient
@@ -421,32 +408,81 @@ class Trainer:
         multiplier = 1.0 if self.l0_control is None else self.l0_control.multiplier
         return {"name": name, "value": getattr(self.sae.cfg, name) * multiplier, "multiplier": multiplier}
 
+    def save_checkpoint(self, path: Path) -> Path:
+        """A resumable checkpoint: the folded SAE (SAELens layout) + ``trainer_state.pt``.
+
+        One atomic directory (written aside, then renamed): a crash leaves the
+        previous checkpoints and at worst a hidden temporary, never a
+        ``step_N`` that resume could pick but not load. The log is made durable
+        first, so it holds every record the checkpoint counts.
+        """
+        self._flush_log(durable=True)
+        state = self._resume_state()
+        with self._writing(f"checkpoint {path}"):
+            save_checkpoint(fold_activation_scale(self.sae, self.scale or 1.0), path, self.metadata(final=False),
+                            extra_files={STATE_FILENAME: lambda target: save_state(state, target)})
         return path
 
+    def _resume_state(self) -> dict[str, Any]:
+        """What ``trainer_state.pt`` holds: everything --resume needs to continue bit for bit."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "next_batch": self.next_batch,
+            "tokens": self.tokens,
+            "scale": self.scale,
+            "metrics": self.metrics,
+            "metrics_step": self.metrics_step,
+            "l0_log_multiplier": None if self.l0_control is None else self.l0_control.log_multiplier,
+            "sae": {k: v.detach().cpu().clone() for k, v in self.sae.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "config": self.cfg.to_dict(),
+            "cache_fingerprint": self.cache.fingerprint,
+            "log_records": self.log_records,
+        }
+
     def save_final(self) -> Path:
-        path = save_checkpoint(fold_activation_scale(self.sae, self.scale or 1.0), self.out / FINAL_DIRNAME,
-                               self.metadata(final=True))
+        with self._writing(f"the final checkpoint {self.out / FINAL_DIRNAME}"):
+            path = save_checkpoint(fold_activation_scale(self.sae, self.scale or 1.0), self.out / FINAL_DIRNAME,
+                                   self.metadata(final=True))
         self.log(f"final checkpoint: {path}")
         return path
 
-    def load_state(self, path: Path) -> None:
-        state = torch.load(path / STATE_FILENAME, map_location="cpu", weights_only=True)
+    def load_state(self, path: Path) -> dict[str, Any]:
+        state = read_resume_state(path)
+        self._check_resume_state(path, state)
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
         self.tokens, self.scale = state["tokens"], state["scale"]
         self.metrics, self.metrics_step = dict(state["metrics"]), state["metrics_step"]
+        if self.l0_control is not None:
+            self.l0_control.log_multiplier = state["l0_log_multiplier"]
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.log(f"resuming {self.out} at step {self.step:,} ({self.tokens:,} tokens) from {path}")
+        return state
+
+    def _check_resume_state(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another run (copied in by hand): its tensors would not fit, or fit wrongly."""
+        try:
+            same_config = TrainConfig.from_dict(state["config"]).same_run(self.cfg)
+        except (MtsaeError, KeyError, TypeError):
+            same_config = False
+        if not same_config or state.get("cache_fingerprint") != self.cache.fingerprint:
+            raise MtsaeError(
+                f"cannot resume from {path}: it is a checkpoint of another run (different config or cache); "
+                "remove it to resume from an earlier one, or pass --force to start over"
+            )
 
     # ============================================================ run dir
     def _resolve_steps(self) -> int:
         cfg = self.cfg
         if len(self.heldout_set) == 0:
             raise MtsaeError(
-            "l0_log_multiplier": None if self.l0_control is None else self.l0_control.log_multiplier,
                 f"no held-out window of {cfg.window} tokens: the {len(self.heldout_set.sequences)} held-out sequences "
                 "are all shorter; raise --holdout-fraction or lower --window"
             )
@@ -471,10 +507,8 @@ class Trainer:
         """Decide what to do with ``out`` without writing; returns the checkpoint to resume from."""
         out = self.out
         if out.exists() and not out.is_dir():
-        if self.l0_control is not None:
-            self.l0_control.log_multiplier = state["l0_log_multiplier"]
             raise MtsaeError(f"--out {out} is a file; choose a directory path")
-        if not out.exists() or not any(out.iterdir()):
+        if not out.exists() or not any(not _TEMPORARY.match(p.name) for p in out.iterdir()):
             if resume:
                 self.log(f"nothing to resume in {out}; starting a new run")
             return None
@@ -517,33 +551,67 @@ class Trainer:
         out = self.out
         if self.force and out.exists() and read_run_info(out) is not None:
             self.log(f"replacing the run in {out}")
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        keep_until = 0
-        if self.resume_from is not None:
-            self.load_state(self.resume_from)
-            keep_until = self.step
-        else:
-            for stale in (CHECKPOINTS_DIRNAME, FINAL_DIRNAME):
-                shutil.rmtree(out / stale, ignore_errors=True)
-        info = {"config": self.cfg.to_dict(), "cache_fingerprint": self.cache.fingerprint,
-                "mtsae_version": mtsae.__version__, "total_steps": self.total_steps}
-        _atomic_write_text(out / RUN_FILENAME, json.dumps(info, indent=2) + "\n")
-        truncate_log(out / LOG_FILENAME, keep_until)
-        self._log_file = open(out / LOG_FILENAME, "a", encoding="utf-8")
+            remove_tree(out)
+        with self._writing(f"the run directory {out}"):
+            out.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(out)
+            if self.resume_from is not None:
+                state = self.load_state(self.resume_from)
+                if "log_records" in state:
+                    self.log_records = keep_log_records(out / LOG_FILENAME, state["log_records"])
+                else:  # a checkpoint of an older mtsae: cut the log by step
+                    self.log_records = truncate_log(out / LOG_FILENAME, self.step)
+            else:
+                for stale in (CHECKPOINTS_DIRNAME, FINAL_DIRNAME):
+                    shutil.rmtree(out / stale, ignore_errors=True)
+                self.log_records = keep_log_records(out / LOG_FILENAME, 0)
+            info = {"config": self.cfg.to_dict(), "cache_fingerprint": self.cache.fingerprint,
+                    "mtsae_version": mtsae.__version__, "total_steps": self.total_steps}
+            _atomic_write_text(out / RUN_FILENAME, json.dumps(info, indent=2) + "\n")
+            self._log_file = open(out / LOG_FILENAME, "a", encoding="utf-8")
 
     def write_log(self, record: dict[str, Any]) -> None:
         if not self.world.is_main:
             return
-        self._log_file.write(json.dumps(record) + "\n")
+        with self._writing(f"the training log {self.out / LOG_FILENAME}"):
+            self._log_file.write(json.dumps(record) + "\n")
+        self.log_records += 1
 
-    def _flush_log(self) -> None:
+    def _flush_log(self, durable: bool = False) -> None:
         if getattr(self, "_log_file", None) is not None and not self._log_file.closed:
-            self._log_file.flush()
+            with self._writing(f"the training log {self.out / LOG_FILENAME}"):
+                self._log_file.flush()
+                if durable:
+                    os.fsync(self._log_file.fileno())
 
-    def _close_log(self) -> None:
+    def _close_log(self, quietly: bool = False) -> None:
         if getattr(self, "_log_file", None) is not None and not self._log_file.closed:
-            self._log_file.close()
+            try:
+                with self._writing(f"the training log {self.out / LOG_FILENAME}"):
+                    self._log_file.close()
+            except MtsaeError:
+                if not quietly:
+                    raise
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """A failed write (full disk, read-only folder) as one line that says how to go on."""
+        try:
+            yield
+        except OSError as exc:
+            raise write_error(exc, what, RESUME_HINT) from None
+
+    def _create_sae(self) -> SparseAutoencoder:
+        cfg = self.cfg
+        try:
+            return create_sae(cfg.arch, d_in=self.cache.d_model, d_sae=cfg.d_sae, **cfg.arch_config).to(self.device)
+        except (RuntimeError, TypeError, ValueError, MemoryError) as exc:
+            if not isinstance(exc, MemoryError) and not re.search(r"allocate|out of memory|Overflow", str(exc)):
+                raise
+            raise MtsaeError(
+                f"cannot allocate a {cfg.arch} SAE with d_sae {cfg.d_sae} on {self.device} "
+                f"({str(exc).splitlines()[0][:160]}); lower --d-sae"
+            ) from None
 
     def _progress_bar(self) -> tqdm:
         desc = f"train {self.cfg.arch} L{self.cfg.layer}"
@@ -641,10 +709,58 @@ def latest_checkpoint(out: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def truncate_log(path: Path, keep_until: int) -> None:
-    """Keep only the log records of steps ``<= keep_until`` (what a resumed run has not redone)."""
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save through memory: writing to a file itself, torch turns a full disk into an errno-less RuntimeError."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
+
+
+def read_resume_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.pt``; a damaged one is named with the way out."""
+    try:
+        return torch.load(path / STATE_FILENAME, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise MtsaeError(
+            f"cannot resume from {path}: its {STATE_FILENAME} is unreadable ({str(exc).splitlines()[0][:120]}); "
+            "remove that checkpoint directory to resume from the one before"
+        ) from None
+
+
+def remove_temporaries(out: Path) -> None:
+    """Delete what a killed run left half-written (hidden ``.NAME.tmp…`` entries); never a checkpoint."""
+    for folder in (out, out / CHECKPOINTS_DIRNAME):
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if _TEMPORARY.match(entry.name):
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a run directory; renamed aside first, so a crash midway never leaves a half-deleted run at ``path``."""
+    aside = path.with_name(f".{path.name}.removing-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        aside = path
+    shutil.rmtree(aside)
+
+
+def keep_log_records(path: Path, count: int) -> int:
+    """Keep the first ``count`` records of the log (what the checkpoint resumed from had written); returns count."""
     if not path.exists():
-        return
+        return 0
+    with open(path, encoding="utf-8") as f:
+        kept = [line.rstrip("\n") + "\n" for line, _ in zip(f, range(count))]
+    _atomic_write_text(path, "".join(kept))
+    return len(kept)
+
+
+def truncate_log(path: Path, keep_until: int) -> int:
+    """Keep only the log records of steps ``<= keep_until``; returns how many remain."""
+    if not path.exists():
+        return 0
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -654,6 +770,7 @@ def truncate_log(path: Path, keep_until: int) -> None:
         if record.get("step", 0) <= keep_until:
             kept.append(line)
     _atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return len(kept)
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
