@@ -8,6 +8,7 @@ checks a copy that is not committed yet (`mtsae cache pull` before its last writ
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ import zarr
 from mtsae.cache import remote
 from mtsae.cache.reader import open_cache
 from mtsae.cache.writer import crc32
+
+REMOTE_READS_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)
@@ -55,20 +58,27 @@ def verify_store(path: str | os.PathLike, group: zarr.Group, manifest: dict[str,
 
 
 def _verify_chunks(path, arr: zarr.Array, expected: list[int], sizes: dict[str, int], progress) -> list[Problem]:
-    problems = []
     rows = arr.chunks[0]
-    for i, want in enumerate(expected):
+
+    def check(i: int) -> Problem | None:
         problem = _file_problem(path, arr, i, sizes)
         if problem is None:
             try:
-                if crc32(arr[i * rows : (i + 1) * rows]) != want:
+                if crc32(arr[i * rows : (i + 1) * rows]) != expected[i]:
                     problem = ("altered", "checksum mismatch")
             except Exception as exc:
                 problem = ("unreadable", str(exc).splitlines()[0][:120])
-        if problem:
-            problems.append(Problem(arr.path, i, *problem))
-        if progress is not None:
-            progress(1)
+        return Problem(arr.path, i, *problem) if problem else None
+
+    # Remote reads are latency-bound: keep a few in flight (results still come back in chunk order).
+    workers = REMOTE_READS_IN_FLIGHT if remote.is_url(path) else 1
+    problems = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtsae-verify") as pool:
+        for problem in pool.map(check, range(len(expected))):
+            if problem:
+                problems.append(problem)
+            if progress is not None:
+                progress(1)
     return problems
 
 

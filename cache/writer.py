@@ -59,6 +59,14 @@ def crc32(values: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(values).view(np.uint8))
 
 
+def _writing_every_chunk(arr: zarr.Array) -> zarr.Array:
+    """``arr`` with write_empty_chunks on: a runtime setting that reopening an array loses, so an all-zero
+    chunk (a synthetic cache's tokens, a mask without specials) would otherwise have no file at all."""
+    from zarr.core.array import AsyncArray
+
+    return zarr.Array(AsyncArray(arr.metadata, arr.store_path, config={"write_empty_chunks": True}))
+
+
 class _ChunkWriterThread:
     """Writes chunks in order, checksums them and records durable progress marks.
 
@@ -134,7 +142,8 @@ class CacheWriter:
         self.layers: list[int] = list(attrs["layers"])
         self.chunk_tokens: int = attrs["storage"]["chunk_tokens"]
         self.arrays: dict[str, zarr.Array] = {
-            name: root[name] for name in [fmt.activation_path(layer) for layer in self.layers] + [fmt.TOKENS, fmt.SPECIAL_MASK]
+            name: _writing_every_chunk(root[name])
+            for name in [fmt.activation_path(layer) for layer in self.layers] + [fmt.TOKENS, fmt.SPECIAL_MASK]
         }
         self.checksums: dict[str, dict[int, int]] = {name: {} for name in self.arrays}
         self._staging = {name: self._new_buffer(arr) for name, arr in self.arrays.items()}

@@ -387,7 +387,7 @@ def _synth_help(name: str) -> str:
 @app.command(epilog="Examples:\n\n  mtsae synth --out caches/synth\n\n  mtsae synth --out caches/synth-big --n-features 1024 --n-sequences 4000")
 @user_errors
 def synth(
-    out: Annotated[str, typer.Option(help="Output store path (must not exist).")],
+    out: Annotated[str, typer.Option(help="Output store path or fsspec URL (must not exist).")],
     d_model: Annotated[int, typer.Option(help=_synth_help("d_model"))] = 64,
     n_features: Annotated[int, typer.Option(help=_synth_help("n_features"))] = 256,
     n_sequences: Annotated[int, typer.Option(help=_synth_help("n_sequences"))] = 800,
@@ -399,7 +399,9 @@ def synth(
     seed: Annotated[int, typer.Option(help=_synth_help("seed"))] = 0,
 ):
     """Write a synthetic cache of known multi-scale temporal features (ground truth stored beside them)."""
-    if Path(out).exists():
+    from mtsae.cache.remote import exists
+
+    if exists(out):  # a path or a URL (s3://...)
         raise MtsaeError(f"{out} already exists; choose a new --out")
     cfg = synth_module.SynthConfig(d_model=d_model, n_features=n_features, n_sequences=n_sequences, seq_len=seq_len,
                                    min_dwell=min_dwell, max_dwell=max_dwell, p_active=p_active, noise=noise, seed=seed)

@@ -264,6 +264,15 @@ def test_harvest_writes_to_s3_directly_and_resumes_there(tiny_cache_path, url, m
     assert verify_cache(url) == []
 
 
+def test_synth_writes_to_s3_with_every_chunk(url):
+    result = cli("synth", "--out", url, "--n-sequences", 20, "--seq-len", 32, "--n-features", 16)
+    assert result.exit_code == 0, result.output
+    verified = cli("cache", "verify", url, "--no-progress")  # its all-zero token chunks are objects too
+    assert verified.exit_code == 0, verified.output
+    again = cli("synth", "--out", url)
+    assert again.exit_code == 1 and "already exists" in again.stderr
+
+
 # --- read-through ---------------------------------------------------------------------------------------
 def test_train_reads_an_s3_cache_through_a_local_copy(pushed, tmp_path, monkeypatch):
     monkeypatch.setenv("MTSAE_REMOTE_CACHE_DIR", str(tmp_path / "remote-caches"))
