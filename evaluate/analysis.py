@@ -113,6 +113,9 @@ def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int
                             cfg["holdout_fraction"], cfg["seed"])
     if len(heldout) == 0:
         raise MtsaeError(f"the held-out split of {cache_path} has no window of {cfg['window']} tokens")
+    if heldout.d_model != sae.cfg.d_in:
+        raise MtsaeError(f"the checkpoint of {run} reads {sae.cfg.d_in}-wide activations, but layer {cfg['layer']} of "
+                         f"{cache_path} is {heldout.d_model} wide; pass the cache it was trained on (--cache)")
     indices = np.arange(min(max_windows, len(heldout)))
     sae.eval()
     codes = []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mtsae.errors import MtsaeError
-from mtsae.train.checkpoint import CFG_FILENAME, is_checkpoint
+from mtsae.train.checkpoint import CFG_FILENAME, FORMAT_VERSION, is_checkpoint
 from mtsae.train.registry import get_architecture
 
 FINAL_DIRNAME = "final"  # what `mtsae train` names the last checkpoint of a run
@@ -64,6 +64,9 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     path = resolve_checkpoint_dir(path)
     cfg = json.loads((path / CFG_FILENAME).read_text())
     block = cfg["mtsae"]
+    if block.get("format_version") != FORMAT_VERSION:
+        raise MtsaeError(f"checkpoint {path} has mtsae checkpoint format {block.get('format_version')!r}, this mtsae "
+                         f"reads format {FORMAT_VERSION}; evaluate it with the mtsae version that wrote it")
     meta = dict(block.get("metadata") or {})
     model_name = _model_name(meta)
     if not model_name:
@@ -71,6 +74,9 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
                          "re-save it with metadata={'model_name': ..., 'layer': ...}")
     layer = _layer(meta, path)
     arch = get_architecture(str(block.get("architecture")))
+    if not all(isinstance(cfg.get(key), int) and cfg[key] > 0 for key in ("d_in", "d_sae")):
+        raise MtsaeError(f"{path / CFG_FILENAME} has no valid d_in/d_sae ({cfg.get('d_in')!r}, {cfg.get('d_sae')!r}); "
+                         "the checkpoint is damaged, re-save it")
     return CheckpointInfo(
         path=path, architecture=arch.architecture, is_temporal=arch.is_temporal, model_name=str(model_name),
         layer=layer, hook_name=meta.get("hook_name") or f"blocks.{layer}.hook_resid_post",

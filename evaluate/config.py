@@ -163,11 +163,13 @@ def _read_toml(path: str | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return {}
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MtsaeError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise MtsaeError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise MtsaeError(f"cannot read config file {path} ({exc.strerror}); check the --config path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise MtsaeError(f"config file {path} is not valid TOML: {exc}; fix the syntax") from None
     for section, values in data.items():
         if section not in ("common", *EVALS) or not isinstance(values, dict):
             raise MtsaeError(f"config file {path}: unknown table [{section}]; use [common] or one of {', '.join(EVALS)}")
@@ -175,7 +177,33 @@ def _read_toml(path: str | None) -> dict[str, dict[str, Any]]:
         unknown = sorted(set(values) - set(allowed))
         if unknown:
             raise MtsaeError(f"config file {path}: [{section}] has unknown key(s) {unknown}; valid: {', '.join(allowed)}")
+        for key, value in values.items():
+            _check_type(path, section, key, value)
     return data
+
+
+def _check_type(path: str, section: str, key: str, value: Any) -> None:
+    """A value of the wrong kind (a string for a count…) would crash deep inside SAE-Bench; refuse it here."""
+    expected = _default_value(section, key)
+    if expected is None:
+        return
+    if isinstance(expected, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(expected, bool)
+    elif isinstance(expected, (int, float)):
+        ok = isinstance(value, int) if isinstance(expected, int) else isinstance(value, (int, float))
+    else:
+        ok = isinstance(value, type(expected))
+    if not ok:
+        raise MtsaeError(f"config file {path}: [{section}] {key} = {value!r} should be a {type(expected).__name__} "
+                         f"like {expected!r}; fix the value")
+
+
+def _default_value(section: str, key: str) -> Any:
+    if section == "common":
+        return PROFILE_SETTINGS["standard"]["common"][key]
+    if section == "core":
+        return {**PROFILE_SETTINGS["tiny"]["core"], **PROFILE_SETTINGS["standard"]["core"]}.get(key)
+    return getattr(_config_class(section)(), key, None)  # SAE-Bench's own default (pydantic dataclasses)
 
 
 def _allowed_keys(section: str) -> tuple[str, ...]:

@@ -132,7 +132,8 @@ def _check_compatible(cfg: EvalConfig, infos: list[CheckpointInfo], model: str, 
             raise MtsaeError(f"checkpoint {info.path} was trained on {info.model_name}, but the evaluation model is "
                              f"{model}; evaluate it on its own model (drop --model) or use a matching checkpoint")
         if info.layer >= dims.n_layers:
-            raise MtsaeError(f"checkpoint {info.path} reads layer {info.layer}, but {model} has {dims.n_layers} layers")
+            raise MtsaeError(f"checkpoint {info.path} reads layer {info.layer}, but {model} has {dims.n_layers} layers; "
+                             "evaluate it on the model it was trained on (check --model and the checkpoint)")
         if info.d_in != dims.d_model:
             raise MtsaeError(f"checkpoint {info.path} has d_in {info.d_in}, but {model}'s residual stream is "
                              f"{dims.d_model} wide; it was trained on another model")

@@ -67,6 +67,8 @@ class SAEConfig:
             not unknown,
             f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(names)}",
         )
+        for name, value in values.items():
+            _check_field_type(cls, name, value)
         try:
             return cls(**values)
         except TypeError as exc:  # missing required field
@@ -79,6 +81,33 @@ class SAEConfig:
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         }
+
+
+def _check_field_type(cls: type, name: str, value: Any) -> None:
+    """Refuse a value of the wrong kind (a string for a coefficient) with the field's name, before it breaks a check."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = 0  # d_in, d_sae: required integers
+    if default is None or value is None:
+        return
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        kind = "list" if isinstance(default, (tuple, list)) else type(default).__name__
+        raise MtsaeError(f"{cls.__name__}.{name} = {value!r} is not a {kind} (like {default!r}); "
+                         f"fix the {name} value (--arch-option / [arch_config])")
 
 
 class Encoded(NamedTuple):

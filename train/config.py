@@ -215,7 +215,8 @@ class TrainConfig:
             (_is_int(self.eval_tokens) and self.eval_tokens >= 0, f"--eval-tokens must be >= 0, got {self.eval_tokens!r}"),
             (_is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
              f"--checkpoint-every must be >= 0, got {self.checkpoint_every!r}"),
-            (_is_int(self.seed) and self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed!r}"),
+            (_is_int(self.seed) and 0 <= self.seed < 2**64,
+             f"--seed must be an integer in [0, 2**64) (torch's seed range), got {self.seed!r}"),
             (isinstance(self.device, str) and self.device != "", "--device must be auto, cpu, cuda or cuda:N"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (_is_int(self.prefetch_batches) and self.prefetch_batches >= 0,
@@ -226,10 +227,10 @@ class TrainConfig:
                 raise MtsaeError(message)
         # The architecture's own checks (placeholder d_in: nothing there depends on it).
         cls = get_architecture(self.arch)
-        reserved = sorted({"d_in", "d_sae"} & set(self.arch_config))
         if self.target_l0 is not None and cls.sparsity_coefficient is None:
             raise MtsaeError(f"--target-l0 adapts a sparsity coefficient, and {self.arch} has none; "
                              "set its L0 directly with --k")
+        reserved = sorted({"d_in", "d_sae"} & set(self.arch_config))
         if reserved:
             raise MtsaeError(f"arch_config may not set {reserved}: d_in comes from the cache and d_sae is its own option")
         cls.config_class.from_dict({"d_in": 1, "d_sae": self.d_sae, **self.arch_config})
@@ -280,6 +281,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MtsaeError(f"cannot read config file {path} ({exc.strerror}); check the --config path") from None
+    except UnicodeDecodeError as exc:
+        raise MtsaeError(f"config file {path} is not valid TOML (not UTF-8 text: {exc.reason}); fix the encoding") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
