@@ -198,7 +198,9 @@ class _DocumentLedger:
 
     def track(self, documents: Iterator[tuple[int, list[int]]]) -> Iterator[tuple[int, list[int]]]:
         for row, ids in documents:
-            self.lengths = {r: n for r, n in self.lengths.items() if r == self.last_row}
+            # Rows increase; keep the last counted document and those read ahead of the counts (a batch
+            # reads up to batch-size documents before any is counted, and the budget check reads one more).
+            self.lengths = {r: n for r, n in self.lengths.items() if self.last_row is None or r >= self.last_row}
             self.lengths[row] = len(ids)
             yield row, ids
         self.exhausted = True
