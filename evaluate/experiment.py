@@ -66,6 +66,8 @@ BUILTIN = {
         "synth": {},
         "evals": [],
         "defaults": {**_MATCHED, "layer": 0, "train_tokens": 2_000_000},
+        # The truth has L0 ~ 5 (256 features x p 0.02); 16 shows the trend at a looser budget.
+        "match_l0": [5, 16],
         "runs": _SEED_RUNS + _BASELINES,
     },
 }
