@@ -20,7 +20,7 @@ from typing import Any, Callable
 from mtsae.cache import format as fmt
 from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
-from mtsae.cache.transfer import GB, complete_cache_attrs, pull, push, same_cache
+from mtsae.cache.transfer import GB, complete_cache_attrs, holds_complete_copy, pull, push
 from mtsae.errors import MtsaeError
 
 SHARED_ROOT_ENV = "MTSAE_SHARED_ROOT"
@@ -82,13 +82,13 @@ def local_cache(path: str, log: Callable[[str], None] = print, progress: bool = 
         return remote.local_path(path)
     attrs = complete_cache_attrs(path)
     dest = readthrough_dir() / attrs["fingerprint"][:12]
-    there = read_attrs(dest)
-    if same_cache(there, attrs) and there.get("status") == fmt.STATUS_COMPLETE:
+    if holds_complete_copy(str(dest), attrs):
         return str(dest)  # pulled before: one small read of the remote manifest, nothing else
     size, limit = sum(remote.list_objects(path).values()), readthrough_max_bytes()
     if size > limit:
         raise MtsaeError(f"{path} is {size / GB:,.2f} GB, over the read-through limit of {limit / GB:,.2f} GB; "
                          f"raise {READTHROUGH_MAX_GB_ENV} or `mtsae cache pull` it to a disk of your choice")
     log(f"reading {path} through a local copy in {dest}")
-    pull(path, str(dest), log=log, progress=progress)
+    # force: the folder is mtsae's own; another layout of the same content there is replaced, not an error.
+    pull(path, str(dest), force=True, log=log, progress=progress)
     return str(dest)

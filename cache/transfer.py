@@ -54,7 +54,7 @@ def push(path: str, url: str, *, force: bool = False, verify: bool = True, jobs:
         raise MtsaeError(f"push uploads a local cache; {path} is a URL (`mtsae cache pull` it first)")
     path, url = remote.local_path(path), url if remote.is_url(url) else remote.local_path(url)
     attrs = complete_cache_attrs(path)
-    if verify:
+    if verify and not holds_complete_copy(url, attrs):  # nothing would be uploaded: no need to read it all
         _verify_source(path, log)
     return _copy(path, url, attrs, force=force, jobs=jobs, log=log, progress=progress)
 
@@ -89,6 +89,12 @@ def complete_cache_attrs(path: str) -> dict[str, Any]:
 def same_cache(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
     """Same content, same layout, same bytes (as far as the per-chunk checksums tell)."""
     return a is not None and all(a.get(key) == b.get(key) for key in ("fingerprint", "storage", "checksums"))
+
+
+def holds_complete_copy(path: str, attrs: dict[str, Any]) -> bool:
+    """Whether ``path`` holds a complete copy of the cache whose manifest is ``attrs``."""
+    there = read_attrs(path)
+    return same_cache(there, attrs) and there.get("status") == fmt.STATUS_COMPLETE
 
 
 # --- the copy ---------------------------------------------------------------------------------------
