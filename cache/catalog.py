@@ -61,6 +61,9 @@ def info_lines(path: str | os.PathLike, attrs: dict[str, Any]) -> list[str]:
             f"harvested    {attrs.get('completed_at')} by mtsae {attrs.get('mtsae_version')} "
             f"at {attrs.get('harvest', {}).get('tokens_per_second', 0):,.0f} tokens/s",
         ]
+    elif "transfer" in attrs:  # a push or pull cut short (cache/transfer.py)
+        lines.append(f"             an unfinished copy of {attrs['transfer'].get('source')}: this cache must not be used; "
+                     "re-run the same push or pull to finish it")
     else:
         lines.append("             the harvest did not finish: this cache must not be used")
     return lines

@@ -191,7 +191,7 @@ def test_half_pushed_cache_is_incomplete_and_push_resumes(tiny_cache_path, url, 
     with pytest.raises(MtsaeError, match="incomplete"):
         open_cache(url)
     info = cli("cache", "info", url)
-    assert "status       incomplete" in info.stdout and "must not be used" in info.stdout
+    assert "status       incomplete" in info.stdout and "an unfinished copy of" in info.stdout
     refused = cli("cache", "pull", url, "--no-progress")
     assert refused.exit_code == 1 and "incomplete" in refused.stderr
 
