@@ -96,7 +96,10 @@ def filesystem(url: str):
     if not is_url(url):
         return fsspec.filesystem("file"), str(Path(local_path(url)).absolute())
     with remote_errors(url):
-        fs, path = fsspec.url_to_fs(str(url), **storage_options())
+        try:
+            fs, path = fsspec.url_to_fs(str(url), **storage_options())
+        except ValueError as exc:  # e.g. "Protocol not known: s4"
+            raise MtsaeError(f"{url}: {_first_line(exc)}; use a local path or an fsspec URL such as s3://bucket/prefix") from None
     return fs, path.rstrip("/")
 
 

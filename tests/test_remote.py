@@ -348,3 +348,5 @@ def test_missing_remote_cache_and_bucket_are_one_line_errors(s3_endpoint):
     assert missing.exit_code == 1 and "no mtsae cache at" in missing.stderr
     no_bucket = cli("cache", "verify", "s3://no-such-bucket-mtsae/x", "--no-progress")
     assert no_bucket.exit_code == 1 and len(no_bucket.stderr.strip().splitlines()) == 1
+    unknown = cli("cache", "ls", "s4://bucket/caches")
+    assert unknown.exit_code == 1 and "Protocol not known: s4" in unknown.stderr
