@@ -20,6 +20,8 @@ holding the features, their dwell times and firing probabilities.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,9 +56,10 @@ class SynthConfig:
         checks = [
             (self.d_model >= 1 and self.n_features >= 1, "--d-model and --n-features must be positive"),
             (self.n_sequences >= 1 and self.seq_len >= 2, "--n-sequences must be >= 1 and --seq-len >= 2"),
-            (1.0 <= self.min_dwell <= self.max_dwell, "need 1 <= --min-dwell <= --max-dwell"),
+            (1.0 <= self.min_dwell <= self.max_dwell < math.inf, "need 1 <= --min-dwell <= --max-dwell (finite)"),
             (0.0 < self.p_active < 0.5, "--p-active must be in (0, 0.5)"),
-            (self.noise >= 0, "--noise must be >= 0"),
+            (0 <= self.noise < math.inf, "--noise must be a finite number >= 0"),
+            (self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}"),
             (self.chunk_tokens >= 1, "--chunk-tokens must be positive"),
         ]
         for ok, message in checks:

@@ -34,13 +34,30 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except MtsaeError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {one_line(str(exc))}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except OSError as exc:  # the machine's part (a path too long, a folder that vanished), not a bug of ours
+            where = f" ({exc.filename})" if exc.filename else ""
+            typer.echo(f"error: {one_line(f'{exc.strerror or exc}{where}')}; check the paths given and their "
+                       "permissions, then re-run", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except MemoryError:
+            typer.echo("error: not enough memory for what the options ask; lower the sizes (--d-sae, "
+                       "--batch-size, --n-features, ...)", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: nothing was marked complete", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def one_line(text: str) -> str:
+    """Line breaks and control characters a user typed into a value (a path) must not split the error line."""
+    import unicodedata
+
+    return "".join(ch if ch == "\t" or unicodedata.category(ch) not in ("Cc", "Zl", "Zp")
+                   else ch.encode("unicode_escape").decode() for ch in text)
 
 
 def rank0_log(world: "World"):
@@ -401,10 +418,11 @@ def synth(
     """Write a synthetic cache of known multi-scale temporal features (ground truth stored beside them)."""
     from mtsae.cache.remote import exists
 
-    if exists(out):  # a path or a URL (s3://...)
-        raise MtsaeError(f"{out} already exists; choose a new --out")
     cfg = synth_module.SynthConfig(d_model=d_model, n_features=n_features, n_sequences=n_sequences, seq_len=seq_len,
                                    min_dwell=min_dwell, max_dwell=max_dwell, p_active=p_active, noise=noise, seed=seed)
+    cfg.validate()  # before the output check: a bad value is named even when --out is taken
+    if exists(out):  # a path or a URL (s3://...)
+        raise MtsaeError(f"{out} already exists; choose a new --out")
     attrs = synth_module.synthesize(cfg, out)
     typer.echo(f"wrote {attrs['counts']['tokens']:,} tokens of {n_features} known features to {out}", err=True)
     typer.echo(out)
