@@ -14,6 +14,7 @@ its last write; a push checks the local source before the first.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -28,12 +29,14 @@ from typing import IO, Any, Callable, Iterator
 from mtsae.cache import format as fmt
 from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
-from mtsae.errors import MtsaeError
+from mtsae.errors import MtsaeError, write_error
 
 PULL_LOCK = ".mtsae-pull.lock"
 PART_SUFFIX = ".mtsae-part"  # a local object being downloaded; renamed into place when whole
 DEFAULT_JOBS = 8
 GB = 10**9
+# Write failures only a local disk gives (s3fs reports a refused request as EACCES too, so that one is not here).
+LOCAL_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 @dataclass
@@ -219,10 +222,15 @@ def _downloader(src: str, dst: str) -> Callable[[str], None]:
 
     def download(key: str) -> None:
         target = Path(dst, key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + PART_SUFFIX)
-        fs.get_file(f"{root}/{key}", str(part))
-        os.replace(part, target)  # a file at its final name is always whole
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{root}/{key}", str(part))
+            os.replace(part, target)  # a file at its final name is always whole
+        except OSError as exc:
+            if exc.errno in LOCAL_WRITE_ERRNOS:  # the local disk's fault, not the remote's
+                raise write_error(exc, str(target), "re-run the same pull to resume") from None
+            raise
 
     return download
 
@@ -252,10 +260,13 @@ def _write_root_metadata(path: str, data: bytes) -> None:
             fs.pipe_file(f"{root}/{remote.ROOT_METADATA}", data)  # one PUT: atomic on object stores
         return
     target = Path(path, remote.ROOT_METADATA)
-    target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + PART_SUFFIX)
-    part.write_bytes(data)
-    os.replace(part, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(data)
+        os.replace(part, target)
+    except OSError as exc:
+        raise write_error(exc, str(target), "re-run the same command to resume") from None
 
 
 def _clear(path: str) -> None:

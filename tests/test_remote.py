@@ -231,6 +231,27 @@ def test_half_pulled_copy_is_incomplete_and_pull_resumes(pushed, tmp_path, monke
     assert outcome.skipped == 10 and open_cache(dest).complete and verify_cache(dest) == []
 
 
+def test_pull_past_the_file_size_limit_is_one_line_and_resumes(pushed, tmp_path):
+    import resource
+    import signal
+    import subprocess
+
+    def file_size_limit() -> None:  # writes past it fail with EFBIG, as on a full disk, instead of killing the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))  # above the root metadata, below a chunk
+
+    dest = tmp_path / "limited"
+    done = subprocess.run([sys.executable, "-m", "mtsae", "cache", "pull", pushed, str(dest), "--no-progress"],
+                          preexec_fn=file_size_limit, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "file too large" in errors[0] and "re-run the same pull" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert read_attrs(dest)["status"] == fmt.STATUS_INCOMPLETE
+    pull(pushed, str(dest), log=lambda _line: None, progress=False)  # without the limit: finishes the copy
+    assert open_cache(dest).complete and verify_cache(dest) == []
+
+
 def test_destinations_that_are_not_this_cache_are_refused(tiny_cache_path, url, tmp_path):
     _fs().pipe_file(_key(url, "notes.txt"), b"someone else's data")
     foreign = cli("cache", "push", tiny_cache_path, url, "--no-progress")
