@@ -500,6 +500,9 @@ def _write_model(directory: Path) -> None:
         torch.manual_seed(MODEL_SEED)
         model = Gemma2ForCausalLM(config)
     model.to(torch.float32).save_pretrained(directory)
+    if not (directory / "config.json").is_file():  # save_pretrained skips non-zero ranks of a process group
+        raise RuntimeError(f"save_pretrained wrote no config.json into {directory}; build the embedded model "
+                           "before torch.distributed is initialised")
     (directory / "README.md").write_text(_MODEL_CARD.format(name=MODEL_DIRNAME, seed=MODEL_SEED))
 
 

@@ -1,10 +1,16 @@
 """torchrun support shared by every stage: who am I, and the few collectives the stages need.
 
 `torchrun` (or `srun` + `torchrun`) sets ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK``; :func:`process_group` reads them and opens the default
+``LOCAL_RANK``; :func:`process_group` reads them and provides the default
 ``torch.distributed`` process group for the length of one command. Without
 them everything runs as one process and every collective here is a no-op, so
 the single-process code paths stay exactly what they were.
+
+The group is opened lazily, at the first collective: until then the ranks are
+plain independent processes. That matters because libraries change behaviour
+under an initialised group (transformers' ``save_pretrained`` writes only on
+rank 0, which would leave other ranks materialising the embedded model with
+half a directory).
 
 A failure on one rank stops that process; torchrun then stops the others,
 which would otherwise wait forever at their next collective.
@@ -37,14 +43,24 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def connect(self) -> None:
+        """Open the process group now (collectives do it themselves)."""
+        if self.size > 1 and not torch.distributed.is_initialized():
+            if _pending_backend is None:
+                raise RuntimeError("no process group: call this inside mtsae.distributed.process_group()")
+            timeout = datetime.timedelta(seconds=float(os.environ.get("MTSAE_DIST_TIMEOUT", "1800")))
+            torch.distributed.init_process_group(_pending_backend, timeout=timeout)
+
     def barrier(self) -> None:
         if self.size > 1:
+            self.connect()
             torch.distributed.barrier()
 
     def all_gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (any picklable object), in rank order."""
         if self.size == 1:
             return [value]
+        self.connect()
         gathered: list[Any] = [None] * self.size
         torch.distributed.all_gather_object(gathered, value)
         return gathered
@@ -63,6 +79,7 @@ class World:
         """Run ``action`` on rank 0 only and hand its result (or its user error) to every rank."""
         if self.size == 1:
             return action()
+        self.connect()
         outcome: list[Any] = [None]
         if self.is_main:
             try:
@@ -89,6 +106,7 @@ class World:
 
 
 SINGLE_PROCESS = World()
+_pending_backend: str | None = None  # set by process_group(); the group opens at the first collective
 
 
 def world_from_env() -> World:
@@ -107,16 +125,18 @@ def world_from_env() -> World:
 @contextlib.contextmanager
 def process_group(backend: str = "gloo") -> Iterator[World]:
     """The process group of one command (``gloo``, or ``nccl`` for CUDA training); a no-op outside torchrun."""
+    global _pending_backend
     world = world_from_env()
     if world.size == 1 or torch.distributed.is_initialized():
         yield world
         return
-    timeout = datetime.timedelta(seconds=float(os.environ.get("MTSAE_DIST_TIMEOUT", "1800")))
-    torch.distributed.init_process_group(backend, timeout=timeout)
+    _pending_backend = backend
     try:
         yield world
     finally:
-        torch.distributed.destroy_process_group()
+        _pending_backend = None
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _digest(value: Any) -> str:

@@ -223,3 +223,25 @@ def test_document_ledger_knows_documents_read_ahead_of_the_counts():
     for row, ids in read[:3]:
         ledger.count(row, len(ids))
     assert ledger.last_truncated is False
+
+
+def test_ranks_launched_with_different_settings_stop_with_one_line_each(tmp_path):
+    """What a mistyped multi-node launch looks like: every rank names the disagreement, nothing is written."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "never.zarr"
+    ranks = []
+    for rank, max_tokens in enumerate([600, 700]):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        command = [sys.executable, "-m", "mtsae", "harvest", *HARVEST_ARGS, f"--max-tokens={max_tokens}", f"--out={out}"]
+        ranks.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for process in ranks:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 1
+        assert stderr.strip().splitlines()[-1].startswith("error: the 2 processes disagree on the harvest settings")
+        assert "Traceback" not in stderr
+    assert not out.exists()

@@ -73,6 +73,7 @@ class DataParallel:
         self.sae, self.world = sae, world
         self.ddp = None
         if world.size > 1:
+            world.connect()
             self.ddp = nn.parallel.DistributedDataParallel(
                 _Loss(sae), device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_BROADCAST)
 
