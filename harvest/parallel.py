@@ -104,7 +104,7 @@ def harvest_in_parallel(cfg, out: str, force: bool, fingerprint: str, content: d
         target = prepare_target(out, fingerprint, force, log)
         if target.action is Action.RESUME:  # progress marks of a one-process run; ranks cannot share them
             log(f"{out} holds an unfinished one-process harvest; a parallel harvest starts it over")
-            target = _restart(target, fingerprint, log)
+            target = _restart(target)
         return target.action.value, target.attrs
 
     try:
@@ -135,11 +135,12 @@ def harvest_in_parallel(cfg, out: str, force: bool, fingerprint: str, content: d
     return out, attrs, False
 
 
-def _restart(target, fingerprint: str, log: Callable[[str], None]):
-    """Drop a one-process harvest's partial store under the lock we hold and start fresh."""
+def _restart(target):
+    """Drop a one-process harvest's partial store (under the lock we hold, for a local path) and start fresh."""
+    from mtsae.cache import remote
     from mtsae.harvest.target import _clear
 
-    _clear(target.path)
+    remote.remove_tree(target.path) if remote.is_url(str(target.path)) else _clear(target.path)
     target.action, target.attrs = Action.CREATE, None
     return target
 
