@@ -87,7 +87,9 @@ class Report:
 
     def markdown(self) -> str:
         lines = [f"Profile `{self.profile}` on {self.machine.get('device_name', self.device)}, "
-                 f"commit {self.machine.get('commit', '?')}, torch {self.machine.get('torch', '?')}.", "",
+                 f"commit {self.machine.get('commit', '?')}{' (uncommitted changes)' if self.machine.get('dirty') else ''}, "
+                 f"torch {self.machine.get('torch', '?')}, load average at start "
+                 f"{self.machine.get('load_average_1min', '?')}.", "",
                  "| benchmark | variant | value | unit | ratio | vs | note |", "|---|---|---|---|---|---|---|"]
         for m in self.measurements:
             ratio = f"{m.ratio:.2f}×" if m.ratio is not None else ""
