@@ -52,8 +52,13 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-def _kill_and_resume(out: Path, delay: float) -> str:
+def _kill_and_resume(out: Path, delay: float, after_store_exists: bool) -> str:
+    """SIGKILL a harvest ``delay`` s after its start, or after its store appears (start-up time, which
+    varies with the machine's load, then cannot swallow every kill), re-run it; the state it was killed in."""
     proc = subprocess.Popen(_harvest_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while after_store_exists and read_attrs(out) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -67,7 +72,8 @@ def _kill_loop(reference: Path, tmp_path: Path, kills: int, seed: int) -> list[s
     states = []
     for i in range(kills):
         out = tmp_path / f"run{i}.zarr"
-        states.append(_kill_and_resume(out, rng.uniform(2.0, 9.0)))
+        mid_write = i % 2 == 0  # alternate: kills while writing, kills at any moment from the start
+        states.append(_kill_and_resume(out, rng.uniform(0.0, 0.6) if mid_write else rng.uniform(1.0, 8.0), mid_write))
         assert_same_store(reference, out)
     return states
 
