@@ -88,7 +88,7 @@ class Report:
     def markdown(self) -> str:
         lines = [f"Profile `{self.profile}` on {self.machine.get('device_name', self.device)}, "
                  f"commit {self.machine.get('commit', '?')}{' (uncommitted changes)' if self.machine.get('dirty') else ''}, "
-                 f"torch {self.machine.get('torch', '?')}, load average at start "
+                 f"torch {self.machine.get('torch', '?')} ({self.machine.get('torch_threads', '?')} threads), load average at start "
                  f"{self.machine.get('load_average_1min', '?')}.", "",
                  "| benchmark | variant | value | unit | ratio | vs | note |", "|---|---|---|---|---|---|---|"]
         for m in self.measurements:
@@ -122,6 +122,7 @@ def machine_info(device: torch.device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "commit": _git("rev-parse", "--short", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),

@@ -133,10 +133,15 @@ def _load_body(model_path: Path, profile: Profile, device: torch.device):
 
 
 def _timed_loop(step, batches, device: torch.device) -> Callable[[], float]:
-    """A measurement: tokens/s of ``step(ids, mask)`` over every batch (one untimed warm-up batch first)."""
+    """A measurement: tokens/s of ``step(ids, mask)`` over every batch.
+
+    One untimed batch of every distinct shape runs first, so a compiled model
+    never recompiles (a last, smaller batch) inside the timed loop.
+    """
     to_device = [(torch.from_numpy(i).to(device), torch.from_numpy(m).to(device)) for i, m in batches]
     n_tokens = sum(int(m.sum()) for _, m in batches)
-    step(*to_device[0])
+    for ids, mask in {tuple(ids.shape): (ids, mask) for ids, mask in to_device}.values():
+        step(ids, mask)
 
     def measure() -> float:
         synchronize(device)
@@ -152,7 +157,7 @@ def _timed_loop(step, batches, device: torch.device) -> Callable[[], float]:
 def forward_only(model_path, batches, layers, profile, device, *, compiled: bool) -> Callable[[], float]:
     model = _load_body(model_path, profile, device)
     if compiled:
-        model = torch.compile(model)
+        model = torch.compile(model, dynamic=False)
     return _timed_loop(ResidualCapture(model, layers), batches, device)
 
 

@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"), help="where results go")
     parser.add_argument("--work", default=None, help="scratch folder for stores and models (default: a temp dir)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads in this process (0: torch's default); 1 avoids OpenMP "
+                             "spin-wait slow-downs on a CPU shared with other jobs")
     return parser.parse_args(argv)
 
 
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> Report:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     profile = PROFILES[args.profile or ("gpu" if device.type == "cuda" else "cpu")]
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(only) - set(BENCHMARKS)
     if unknown:
