@@ -89,8 +89,8 @@ def run(report: Report, profile: Profile, device: torch.device, work: Path) -> N
 
 def _e2e_reason(e2e: float, forward: float, disk: float) -> str:
     bound = "forward" if forward <= disk else "disk"
-    return (f"end to end reaches {e2e / min(forward, disk):.0%} of the {bound} ceiling: the per-batch host copy, "
-            "finite check and writer hand-off run on the same cores/stream as the forward pass")
+    return (f"end to end reaches {e2e / min(forward, disk):.0%} of the {bound} ceiling: tokenization, the "
+            "per-batch host copy, finite check and writer hand-off run in series with the forward pass")
 
 
 def token_batches(model_path: Path, corpus: Path, profile: Profile) -> list[tuple[np.ndarray, np.ndarray]]:
