@@ -279,6 +279,18 @@ def test_batchtopk_training_and_threshold():
     torch.testing.assert_close(sae.encode(x), pre.relu() * (pre > sae.threshold))
 
 
+def test_batchtopk_threshold_is_a_plain_mean_until_the_ema_takes_over():
+    """With β = 0.999 a plain EMA would still hold ~37 % of the first batch's value after 1000 steps."""
+    sae = make("batchtopk", {"k": 4, "threshold_beta": 0.999}).train()
+    x = batch()
+    minima = []
+    for scale in (1.0, 0.5, 0.25):
+        out = sae.loss(x * scale)
+        minima.append(out.codes[out.codes > 0].min())
+    torch.testing.assert_close(sae.threshold, torch.stack(minima).mean())
+    assert sae.threshold_updates.item() == 3 and "threshold_updates" in sae.tensors_for_saving()[1]
+
+
 def test_jumprelu_threshold_semantics_and_gradients():
     theta = torch.tensor([1.0, 1.0, 1.0, 1.0])
     pre = torch.tensor([[0.5, 1.0, 1.5, -1.0]])

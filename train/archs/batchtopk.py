@@ -12,8 +12,11 @@ Eval mode (per token, independent of the batch)::
 
 θ is one scalar buffer estimated during training, as in dictionary_learning:
 after each training ``loss()`` call, ``m`` = the smallest positive code in the
-batch, and ``θ ← m`` on the first update, else ``θ ← β·θ + (1-β)·m``. Before any
-training θ = -1, i.e. eval mode is a plain ReLU SAE. Because eval mode is a
+batch, and ``θ ← β_n·θ + (1-β_n)·m`` with ``β_n = min(β, n/(n+1))`` after ``n``
+updates: the plain mean of the first updates, then the EMA. (A plain EMA from
+the first batch's ``m`` keeps a third of the initial, unrepresentative value
+after 500 steps at β = 0.999: short runs then infer at L0 far below k.)
+Before any training θ = -1, i.e. eval mode is a plain ReLU SAE. Because eval mode is a
 JumpReLU with a constant threshold, checkpoints store ``threshold`` as a
 ``[d_sae]`` vector and open in SAELens as ``architecture="jumprelu"`` (which is
 also how SAELens itself exports its BatchTopK SAEs).
@@ -50,10 +53,12 @@ class BatchTopKSAE(TopKSAE):
     saelens_architecture = "jumprelu"
     cfg: BatchTopKSAEConfig
     threshold: torch.Tensor
+    training_state_buffers = TopKSAE.training_state_buffers + ("threshold_updates",)
 
     def __init__(self, cfg: BatchTopKSAEConfig) -> None:
         super().__init__(cfg)
         self.register_buffer("threshold", torch.tensor(-1.0))
+        self.register_buffer("threshold_updates", torch.tensor(0.0))
 
     def encode_full(self, x: torch.Tensor) -> Encoded:
         self.check_input(x)
@@ -68,9 +73,12 @@ class BatchTopKSAE(TopKSAE):
         codes = enc.codes
         # Written with torch.where (no .item()) so a GPU step does not sync.
         min_positive = torch.where(codes > 0, codes, torch.full_like(codes, torch.inf)).min().to(self.threshold.dtype)
-        beta = self.cfg.threshold_beta
-        updated = torch.where(self.threshold < 0, min_positive, beta * self.threshold + (1 - beta) * min_positive)
-        self.threshold.copy_(torch.where(torch.isfinite(min_positive), updated, self.threshold))
+        n = self.threshold_updates
+        beta = torch.clamp(n / (n + 1), max=self.cfg.threshold_beta).to(self.threshold.dtype)
+        updated = beta * self.threshold + (1 - beta) * min_positive
+        finite = torch.isfinite(min_positive)
+        self.threshold.copy_(torch.where(finite, updated, self.threshold))
+        self.threshold_updates.add_(finite.to(n.dtype))
 
     def saelens_config(self) -> dict[str, Any]:
         return {}  # SAELens's JumpReLUSAEConfig has no extra fields
@@ -89,4 +97,6 @@ class BatchTopKSAE(TopKSAE):
                 "(load it with SAELens as a JumpReLU SAE instead)",
             )
             weights = {**weights, "threshold": vector[0].clone()}
+        if "threshold_updates" not in state:  # saved before the count existed: treat θ as settled
+            state = {**state, "threshold_updates": torch.tensor(float(2**24))}
         super().load_saved_tensors_(weights, state)
