@@ -127,7 +127,37 @@ def compare_all_cases() -> dict[str, str | None]:
             outcomes[_case_id(case, training)] = None
         except AssertionError as exc:
             outcomes[_case_id(case, training)] = str(exc)
+    outcomes.update(first_use_check_outcomes())
     return outcomes
+
+
+def first_use_check_outcomes() -> dict[str, str | None]:
+    """The CUDA first-use check, run on interpreted kernels: passes as they are, refuses a corrupted copy."""
+    import mtsae.train.temporal_triton as module
+    from mtsae.errors import MtsaeError
+
+    outcomes: dict[str, str | None] = {}
+    try:
+        module.check_on_first_use(torch.device("cpu"), "replicate")
+        outcomes["first-use-check-passes"] = None
+    except MtsaeError as exc:
+        outcomes["first-use-check-passes"] = str(exc)
+    honest, module._checked_devices = module.fused_temporal_mix, set()
+    module.fused_temporal_mix = lambda *args, **kwargs: honest(*args, **kwargs) * 1.01
+    try:
+        module.check_on_first_use(torch.device("cpu"), "circular")
+        outcomes["first-use-check-refuses-a-wrong-kernel"] = "a 1 % error passed the check"
+    except MtsaeError as exc:
+        ok = "MTSAE_FUSED_TEMPORAL=0" in str(exc) and "\n" not in str(exc)
+        outcomes["first-use-check-refuses-a-wrong-kernel"] = None if ok else f"unhelpful message: {exc}"
+    finally:
+        module.fused_temporal_mix = honest
+    return outcomes
+
+
+@pytest.mark.parametrize("name", ["first-use-check-passes", "first-use-check-refuses-a-wrong-kernel"])
+def test_first_use_check_on_interpreted_kernels(interpreted_outcomes, name):
+    assert interpreted_outcomes[name] is None, interpreted_outcomes[name]
 
 
 @pytest.mark.parametrize("case,training", RUNS, ids=[_case_id(*run) for run in RUNS])

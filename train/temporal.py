@@ -246,6 +246,7 @@ class TemporalMixer(nn.Module):
             from mtsae.train import temporal_triton
 
             if temporal_triton.fused_available():
+                temporal_triton.check_on_first_use(pre_BTF.device, self.padding)
                 mix = temporal_triton.fused_temporal_mix
         return mix(
             pre_BTF,

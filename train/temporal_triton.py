@@ -58,6 +58,45 @@ def fused_available() -> bool:
     return triton is not None and os.environ.get("MTSAE_FUSED_TEMPORAL", "1") != "0"
 
 
+_checked_devices: set[torch.device] = set()
+
+
+def check_on_first_use(device: torch.device, padding: str) -> None:
+    """Compare the fused kernels with the PyTorch path once per device and padding, forward and gradients.
+
+    A compiler or card the kernels were never run on must fail loudly here,
+    not train a wrong model: any mismatch or compile error raises
+    ``MtsaeError`` naming the switch back to the PyTorch path.
+    """
+    from mtsae.errors import MtsaeError
+    from mtsae.train.temporal import temporal_mix
+
+    key = (torch.device(device), padding)
+    if key in _checked_devices:
+        return
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    B, T, F, dil = 3, 37, 70, (1, 2, 5)
+    tensors = [torch.randn(B, T, F, generator=gen), torch.randn(len(dil), F, 3, generator=gen) / 3,
+               1 + torch.rand(len(dil), F, generator=gen), torch.randn(len(dil), F, generator=gen) / 10]
+    try:
+        results = []
+        for mix in (temporal_mix, fused_temporal_mix):
+            leaves = [t.to(device).requires_grad_() for t in tensors]
+            stats = [torch.zeros(len(dil), F, device=device), torch.ones(len(dil), F, device=device)]
+            out = mix(*leaves, *stats, dilations=dil, padding=padding, training=True)
+            out.float().pow(2).sum().backward()
+            results.append([out.detach().float(), *stats, *(t.grad for t in leaves)])
+        for ref, got in zip(*results):
+            torch.testing.assert_close(got, ref, rtol=1e-3, atol=1e-3)
+    except Exception as exc:  # noqa: BLE001 - any failure means the kernels cannot be trusted here
+        raise MtsaeError(
+            f"the fused Triton temporal kernels failed their first-use check on {device} ({padding} padding): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; set MTSAE_FUSED_TEMPORAL=0 to train "
+            "with the PyTorch path, and please report it"
+        ) from exc
+    _checked_devices.add(key)
+
+
 if triton is not None:
 
     @triton.jit
