@@ -14,7 +14,7 @@ Eval mode (per token, independent of the batch)::
 after each training ``loss()`` call, ``m`` = the smallest positive code in the
 batch, and ``θ ← β_n·θ + (1-β_n)·m`` with ``β_n = min(β, n/(n+1))`` after ``n``
 updates: the plain mean of the first updates, then the EMA. (A plain EMA from
-the first batch's ``m`` keeps a third of the initial, unrepresentative value
+the first batch's ``m`` keeps ~60 % of that early, unrepresentative value
 after 500 steps at β = 0.999: short runs then infer at L0 far below k.)
 Before any training θ = -1, i.e. eval mode is a plain ReLU SAE. Because eval mode is a
 JumpReLU with a constant threshold, checkpoints store ``threshold`` as a
