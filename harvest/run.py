@@ -26,6 +26,7 @@ from mtsae.harvest.capture import ResidualCapture, check_finite, to_storage
 from mtsae.harvest.config import HarvestConfig, default_context_len
 from mtsae.harvest.sequences import batched, iter_sequences, pad_batch
 from mtsae.harvest.target import Action, prepare_target
+from mtsae.prefetch import Prefetcher
 
 SEQUENCE_POLICY = "one document per sequence; BOS prefixed to every sequence; long documents continue after a new BOS"
 
@@ -123,7 +124,8 @@ def _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, p
     bar = tqdm(total=cfg.max_tokens, initial=writer.n_tokens if writer else 0, unit="tok", unit_scale=True,
                desc="harvest", disable=not progress)
     try:
-        for batch in batched(sequences, cfg.batch_size):
+        # Tokenizing and packing the next batches in a thread overlaps them with this batch's forward pass.
+        for batch in Prefetcher(lambda: batched(sequences, cfg.batch_size), depth=2):
             if writer is None:  # created only once there is something to write
                 writer = CacheWriter.create(out, layers=cfg.layers, d_model=header["d_model"], dtype_name=cfg.dtype,
                                             capacity_tokens=cfg.max_tokens, chunk_tokens=cfg.chunk_tokens,

@@ -10,7 +10,7 @@ Modules (see docs/architectures.md):
 - ``presets``    the seed experiment's runs (run0..run3)
 - ``checkpoint`` ``save_checkpoint`` / ``load_checkpoint`` in the SAELens directory layout
 - ``windows``    window index math over a cache's sequences: starts, held-out split, epoch order
-- ``loader``     ``WindowDataset`` (``[B, T, d]`` float32 batches, specials zeroed) and ``Prefetcher``
+- ``loader``     ``WindowDataset`` (``[B, T, d]`` float32 batches, specials zeroed; ``mtsae.prefetch.Prefetcher`` reads ahead)
 - ``config``     ``TrainConfig`` (the options of ``mtsae train``), ``load_config`` (TOML + overrides)
 - ``trainer``    ``Trainer`` / ``train``: schedules, logging, checkpoints, exact resume (docs/training.md)
 

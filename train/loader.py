@@ -26,15 +26,15 @@ from __future__ import annotations
 import collections
 import mmap
 import os
-import queue
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from mtsae.cache import ActivationCache, open_cache
 from mtsae.errors import MtsaeError
+from mtsae.prefetch import Prefetcher
 from mtsae.train import windows as W
 
 SPLITS = ("train", "heldout")
@@ -272,67 +272,3 @@ class WindowDataset:
                 x = x.to(device, non_blocking=True)
                 special = special.to(device, non_blocking=True)
             yield (x, special) if with_special else x
-
-
-class _Raised:
-    """Wraps an exception raised in the producer thread."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_END = object()
-
-
-class Prefetcher:
-    """Iterate ``make_iterator()`` in a background thread, ``depth`` items ahead.
-
-    Items come out in the producer's order. An exception in the producer is
-    re-raised in the consumer at the point it would have occurred. Closing
-    the consumer (``break``, garbage collection, an error) stops the thread.
-    """
-
-    def __init__(self, make_iterator: Callable[[], Iterator[Any]], depth: int = 2) -> None:
-        self._make_iterator = make_iterator
-        self._depth = max(1, depth)
-
-    def __iter__(self) -> Iterator[Any]:
-        q: queue.Queue = queue.Queue(maxsize=self._depth)
-        stop = threading.Event()
-
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def run() -> None:
-            try:
-                for item in self._make_iterator():
-                    if not put(item):
-                        return
-            except BaseException as exc:  # re-raised in the consumer
-                put(_Raised(exc))
-                return
-            put(_END)
-
-        thread = threading.Thread(target=run, name="mtsae-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Raised):
-                    raise item.exc
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
