@@ -165,11 +165,8 @@ def _missing_objects(src: str, dst: str, wanted: dict[str, int]) -> dict[str, in
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 23), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _check_room(src: str, dst: str, needed: int) -> None:

@@ -49,6 +49,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from mtsae.durable import fsync_path
+
 EMBEDDED_NAME = "embedded"
 
 MODEL_DIRNAME = "tiny-gemma2-v1"
@@ -521,19 +523,12 @@ def _is_complete_dir(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file()
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _fsync_tree(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
-            _fsync_path(path)
-    _fsync_path(root)
+            fsync_path(path)
+    fsync_path(root)
 
 
 def _sweep_stale_temps(parent: Path, name: str) -> None:
@@ -555,7 +550,7 @@ def _publish_dir(tmp: Path, final: Path) -> None:
     for _ in range(5):
         try:
             os.rename(tmp, final)  # fails if final is a non-empty directory
-            _fsync_path(final.parent)
+            fsync_path(final.parent)
             return
         except OSError:
             if _is_complete_dir(final):
@@ -600,11 +595,11 @@ def _materialise_file(final: Path, build: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         build(tmp)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         # Racing builders write identical bytes, so whichever rename lands last
         # is as good as the first; readers holding the old inode are unaffected.
         os.replace(tmp, final)
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return final

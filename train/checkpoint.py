@@ -46,6 +46,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import mtsae
+from mtsae.durable import fsync_path
 from mtsae.errors import MtsaeError
 from mtsae.train.base import SparseAutoencoder
 from mtsae.train.registry import get_architecture
@@ -137,13 +138,6 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise OSError(number, os.strerror(number) if number in errno.errorcode else str(exc), str(path)) from exc
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def save_checkpoint(
     sae: SparseAutoencoder, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None,
@@ -189,7 +183,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself survives a power cut
+        fsync_path(path.parent)  # the rename itself survives a power cut
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
