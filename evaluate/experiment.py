@@ -176,11 +176,17 @@ def _ensure_cache(cfg: ExperimentConfig, out: Path, log, progress) -> str:
             log(f"[experiment] writing the synthetic cache {path}")
             synthesize(SynthConfig(**cfg.synth), str(path))
         return str(path)
+    from mtsae.cache.shared import publish, shared_root as shared_root_in_effect
     from mtsae.harvest.config import HarvestConfig
     from mtsae.harvest.run import harvest
 
-    # The default, content-addressed path (caches/<fingerprint>): shared with any harvest of the same settings.
-    return harvest(HarvestConfig(**cfg.harvest), cfg.harvest_out, log=log, progress=progress).path
+    # The default, content-addressed path (caches/<fingerprint>): shared with any harvest of the same settings;
+    # with a team's shared root (MTSAE_SHARED_ROOT), its copy is reused, or this harvest is published there.
+    shared_root = shared_root_in_effect(None)
+    outcome = harvest(HarvestConfig(**cfg.harvest), cfg.harvest_out, log=log, progress=progress, shared_root=shared_root)
+    if shared_root:
+        publish(outcome.path, shared_root, log=log, progress=progress)
+    return outcome.path
 
 
 def _train(cfg: ExperimentConfig, spec: dict[str, Any], cache: str, run_dir: Path, log, progress) -> bool:

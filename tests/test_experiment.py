@@ -132,3 +132,25 @@ def test_match_l0_levels_are_checked(tmp_path):
                       + '[[runs]]\nname = "topk"\narch = "topk"\n')
     with pytest.raises(MtsaeError, match="not a whole number"):
         load_experiment(str(config)).expanded_runs()
+
+
+def test_experiment_harvests_reuse_and_publish_to_the_shared_root(tmp_path, monkeypatch):
+    root = tmp_path / "team-caches"
+    monkeypatch.setenv("MTSAE_SHARED_ROOT", str(root))
+    config = tmp_path / "exp.toml"
+    body = ('evals = []\nharvest_out = "{cache}"\n[harvest]\nmax_tokens = 3000\ncontext_len = 64\nbatch_size = 4\n'
+            'chunk_tokens = 256\n[defaults]\nlayer = 5\nd_sae = 32\nwindow = 16\nbatch_windows = 4\nsteps = 3\n'
+            '[[runs]]\nname = "relu"\narch = "relu"\n')
+    config.write_text(f'out = "{tmp_path / "first"}"\n' + body.format(cache=tmp_path / "mine"))
+    first: list[str] = []
+    run_experiment(load_experiment(str(config)), progress=False, log=first.append)
+    published = [p for p in root.iterdir() if (p / "zarr.json").is_file()]
+    assert len(published) == 1 and not any("reusing" in line for line in first)
+
+    # A teammate with the same settings and no local copy is handed the shared cache, not a new harvest.
+    config.write_text(f'out = "{tmp_path / "second"}"\n' + body.format(cache=tmp_path / "theirs"))
+    second: list[str] = []
+    data = run_experiment(load_experiment(str(config)), progress=False, log=second.append)
+    assert any("already holds this harvest" in line for line in second)
+    assert not (tmp_path / "theirs").exists() and data["runs"][0]["finished"]
+    assert data["runs"][0]["cache_fingerprint"].startswith(published[0].name)
