@@ -29,7 +29,7 @@ from typing import IO, Any, Callable, Iterator
 from mtsae.cache import format as fmt
 from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
-from mtsae.errors import MtsaeError, write_error
+from mtsae.errors import MtsaeError, write_error, writing
 
 PULL_LOCK = ".mtsae-pull.lock"
 PART_SUFFIX = ".mtsae-part"  # a local object being downloaded; renamed into place when whole
@@ -136,7 +136,7 @@ def _prepare_destination(src: str, dst: str, attrs: dict[str, Any], force: bool,
         raise MtsaeError(f"{dst} holds {state} (fingerprint {str(there.get('fingerprint'))[:12]}); "
                          "choose another destination or pass --force to replace it")
     log(f"--force: replacing the cache at {dst}")
-    _clear(dst)
+    remote.clear_cache(dst)
     return "new"
 
 
@@ -258,23 +258,10 @@ def _write_root_metadata(path: str, data: bytes) -> None:
         return
     target = Path(path, remote.ROOT_METADATA)
     part = target.with_name(target.name + PART_SUFFIX)
-    try:
+    with writing(str(target), "re-run the same command to resume"):
         target.parent.mkdir(parents=True, exist_ok=True)
         part.write_bytes(data)
         os.replace(part, target)
-    except OSError as exc:
-        raise write_error(exc, str(target), "re-run the same command to resume") from None
-
-
-def _clear(path: str) -> None:
-    """Empty an mtsae cache (only ever called on one), keeping a lock file we may hold."""
-    if remote.is_url(path):
-        remote.remove_tree(path)
-        return
-    for entry in Path(path).iterdir():
-        if entry.name.startswith(".mtsae-") and entry.name.endswith(".lock"):
-            continue
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 # --- checks ---------------------------------------------------------------------------------------------

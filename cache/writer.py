@@ -21,27 +21,23 @@ import queue
 import threading
 import time
 import zlib
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import zarr
 import zarr.codecs
 
 from mtsae.cache import format as fmt
-from mtsae.errors import write_error
 from mtsae.cache import remote  # paths or fsspec URLs: each chunk is one whole PUT
+from mtsae.errors import writing
 
 COMPRESSIONS = ("none", "zstd", "blosc")
 RESUME_HINT = "re-run the same command to resume (what is on disk is kept)"
 
 
-@contextlib.contextmanager
-def _writing(what: str) -> Iterator[None]:
+def _writing(what: str) -> contextlib.AbstractContextManager[None]:
     """A full disk or an unwritable folder as one line; the store stays incomplete and resumable."""
-    try:
-        yield
-    except OSError as exc:
-        raise write_error(exc, what, RESUME_HINT) from None
+    return writing(what, RESUME_HINT)
 
 
 def compressors_for(compression: str) -> Any:

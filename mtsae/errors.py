@@ -7,7 +7,9 @@ a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+from typing import Iterator
 
 
 class MtsaeError(Exception):
@@ -29,3 +31,12 @@ def write_error(exc: OSError, what: str, then: str) -> MtsaeError:
     """A failed write as one line: what could not be written, why, and how to go on (``then``)."""
     reason, fix = _WRITE_FAILURES.get(exc.errno, (exc.strerror or str(exc), "fix the cause"))
     return MtsaeError(f"cannot write {what}: {reason}; {fix} and {then}")
+
+
+@contextlib.contextmanager
+def writing(what: str, then: str) -> Iterator[None]:
+    """Inside it, a failed write (full disk, read-only folder) becomes `write_error`'s one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(exc, what, then) from None

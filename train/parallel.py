@@ -82,7 +82,7 @@ class DataParallel:
             return self.sae.loss(x, sparsity_scale=sparsity_scale)
         counters_before = self.sae.tokens_since_fired.clone()
         out = self.ddp(x, sparsity_scale)
-        self._sync_buffers(counters_before, tokens=_tokens(x))
+        self._sync_buffers(counters_before, tokens=token_count(x))
         return out._replace(components=self._average(out.components))
 
     @torch.no_grad()
@@ -111,5 +111,6 @@ class DataParallel:
         return dict(zip(components, (values / self.world.size).tolist()))
 
 
-def _tokens(x: torch.Tensor) -> int:
+def token_count(x: torch.Tensor) -> int:
+    """Tokens in a batch: ``[B, T, d]`` windows or ``[N, d]`` rows."""
     return x.shape[0] * (x.shape[1] if x.dim() == 3 else 1)

@@ -58,12 +58,12 @@ from mtsae.cache import hook_name, open_cache
 from mtsae.cache.shared import local_cache
 from mtsae.devices import resolve_device
 from mtsae.distributed import SINGLE_PROCESS, World
-from mtsae.errors import MtsaeError, write_error
+from mtsae.errors import MtsaeError, writing
 from mtsae.train.base import SparseAutoencoder, linear_warmup
 from mtsae.train.checkpoint import save_checkpoint
 from mtsae.train.config import TrainConfig
 from mtsae.train.loader import WindowDataset
-from mtsae.train.parallel import DataParallel, check_batch_divides
+from mtsae.train.parallel import DataParallel, check_batch_divides, token_count
 from mtsae.train.registry import create_sae
 from mtsae.train.sparsity_control import L0Controller
 from mtsae.train.windows import sample_windows
@@ -251,7 +251,7 @@ class Trainer:
         if self.l0_control is not None:
             self.l0_control.update(self.step, out.components["l0"])
         self.step += 1
-        self.tokens += x.shape[0] * (x.shape[1] if x.dim() == 3 else 1) * self.world.size
+        self.tokens += token_count(x) * self.world.size
         self.next_batch += 1
         if self.next_batch >= self.batches_per_epoch:
             self.epoch, self.next_batch = self.epoch + 1, 0
@@ -593,13 +593,9 @@ class Trainer:
                 if not quietly:
                     raise
 
-    @contextlib.contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
+    def _writing(self, what: str) -> contextlib.AbstractContextManager[None]:
         """A failed write (full disk, read-only folder) as one line that says how to go on."""
-        try:
-            yield
-        except OSError as exc:
-            raise write_error(exc, what, RESUME_HINT) from None
+        return writing(what, RESUME_HINT)
 
     def _create_sae(self) -> SparseAutoencoder:
         cfg = self.cfg
