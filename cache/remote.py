@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -158,15 +159,20 @@ def subfolders(path: str | os.PathLike) -> list[str]:
     return [join(path, name) for name in names]
 
 
+def clear_cache(path: str | os.PathLike) -> None:
+    """Empty an mtsae cache at a path or URL (callers only ever pass one), keeping the lock files held on it."""
+    if is_url(path):
+        remove_tree(path)
+        return
+    for entry in Path(local_path(path)).iterdir():
+        if entry.name.startswith(".mtsae-") and entry.name.endswith(".lock"):
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 def remove_tree(path: str | os.PathLike) -> None:
     """Delete every object below a remote ``path`` (callers only ever pass an mtsae cache)."""
     fs, root = filesystem(str(path))
     with remote_errors(str(path)):
         if fs.exists(root):
             fs.rm(root, recursive=True)
-
-
-def mtsae_home() -> Path:
-    """``$MTSAE_HOME`` if set, else ``~/.cache/mtsae`` (as for the embedded assets)."""
-    env = os.environ.get("MTSAE_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mtsae"

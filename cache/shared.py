@@ -22,6 +22,7 @@ from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
 from mtsae.cache.transfer import GB, complete_cache_attrs, holds_complete_copy, pull, push
 from mtsae.errors import MtsaeError
+from mtsae.home import mtsae_home
 
 SHARED_ROOT_ENV = "MTSAE_SHARED_ROOT"
 READTHROUGH_DIR_ENV = "MTSAE_REMOTE_CACHE_DIR"
@@ -64,7 +65,7 @@ def publish(path: str, root: str, log: Callable[[str], None] = print, progress: 
 # --- read-through ---------------------------------------------------------------------------------------
 def readthrough_dir() -> Path:
     env = os.environ.get(READTHROUGH_DIR_ENV)
-    return Path(env).expanduser() if env else remote.mtsae_home() / "remote-caches"
+    return Path(env).expanduser() if env else mtsae_home() / "remote-caches"
 
 
 def readthrough_max_bytes() -> int:

@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mtsae.durable import fsync_path
+from mtsae.home import mtsae_home
 
 EMBEDDED_NAME = "embedded"
 
@@ -81,10 +82,7 @@ _BUILD_LOCK = threading.Lock()
 # --------------------------------------------------------------------------
 
 
-def embedded_home() -> Path:
-    """``$MTSAE_HOME`` if set, else ``~/.cache/mtsae``."""
-    env = os.environ.get("MTSAE_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mtsae"
+embedded_home = mtsae_home  # the embedded assets live in <home>/embedded/
 
 
 def _embedded_dir(home: Path | None) -> Path:

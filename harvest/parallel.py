@@ -138,9 +138,8 @@ def harvest_in_parallel(cfg, out: str, force: bool, fingerprint: str, content: d
 def _restart(target):
     """Drop a one-process harvest's partial store (under the lock we hold, for a local path) and start fresh."""
     from mtsae.cache import remote
-    from mtsae.harvest.target import _clear
 
-    remote.remove_tree(target.path) if remote.is_url(str(target.path)) else _clear(target.path)
+    remote.clear_cache(target.path)
     target.action, target.attrs = Action.CREATE, None
     return target
 

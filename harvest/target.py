@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -65,13 +64,11 @@ def _prepare_remote_target(url: str, fingerprint: str, force: bool, log: Callabl
     """A URL has no flock: keeping to one harvest per URL at a time is the user's part (docs/remote-caches.md)."""
     if read_attrs(url) is None and remote.list_objects(url):
         raise MtsaeError(f"{url} holds objects that are not an mtsae cache; refusing to overwrite them, choose another --out")
-    action, attrs = _decide(url, fingerprint, force, log, clear=remote.remove_tree)
+    action, attrs = _decide(url, fingerprint, force, log)
     return Target(url, action, attrs, lock=None)
 
 
-def _decide(path: Path | str, fingerprint: str, force: bool, log: Callable[[str], None],
-            clear: Callable[[Any], None] | None = None) -> tuple[Action, dict | None]:
-    clear = clear or _clear
+def _decide(path: Path | str, fingerprint: str, force: bool, log: Callable[[str], None]) -> tuple[Action, dict | None]:
     attrs = read_attrs(path)
     if attrs is None:
         return Action.CREATE, None
@@ -79,7 +76,7 @@ def _decide(path: Path | str, fingerprint: str, force: bool, log: Callable[[str]
     complete = attrs.get("status") == fmt.STATUS_COMPLETE
     if force:
         log(f"--force: replacing the cache at {path}")
-        clear(path)
+        remote.clear_cache(path)
         return Action.CREATE, None
     if same and complete:
         log(f"cache {path} already holds this harvest (fingerprint {fingerprint[:12]}); nothing to do")
@@ -87,7 +84,7 @@ def _decide(path: Path | str, fingerprint: str, force: bool, log: Callable[[str]
     if same and attrs.get("progress", {}).get("tokens", 0) > 0:
         return Action.RESUME, attrs
     if same:  # unfinished before anything was durable: nothing to keep
-        clear(path)
+        remote.clear_cache(path)
         return Action.CREATE, None
     state = "a different cache" if complete else "an unfinished harvest of different settings"
     raise MtsaeError(
@@ -113,10 +110,3 @@ def _acquire_lock(path: Path) -> IO:
         raise MtsaeError(f"another harvest is writing {path}; wait for it to finish or choose another --out") from None
     return lock
 
-
-def _clear(path: Path) -> None:
-    """Empty a cache directory, keeping the lock file we hold."""
-    import shutil
-
-    for entry in _foreign_entries(path):
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else os.unlink(entry)

@@ -121,11 +121,6 @@ def _to_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors' save_file, with its I/O failures (full disk…) raised as the OSError they are."""
     try:
@@ -136,7 +131,6 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
             raise
         number = int(code.group(1))
         raise OSError(number, os.strerror(number) if number in errno.errorcode else str(exc), str(path)) from exc
-
 
 
 def save_checkpoint(
@@ -174,7 +168,7 @@ def save_checkpoint(
         for name, write in (extra_files or {}).items():
             write(tmp / name)
         for name in (WEIGHTS_FILENAME, STATE_FILENAME, CFG_FILENAME, *(extra_files or {})):
-            _fsync(tmp / name)
+            fsync_path(tmp / name)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             old.rmdir()
