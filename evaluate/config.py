@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mtsae.errors import MtsaeError
+from mtsae.values import same_kind
 from mtsae.evaluate.names import is_embedded
 
 EVALS = ("core", "sparse_probing", "unlearning", "absorption")
@@ -187,13 +188,7 @@ def _check_type(path: str, section: str, key: str, value: Any) -> None:
     expected = _default_value(section, key)
     if expected is None:
         return
-    if isinstance(expected, bool) or isinstance(value, bool):
-        ok = isinstance(value, bool) and isinstance(expected, bool)
-    elif isinstance(expected, (int, float)):
-        ok = isinstance(value, int) if isinstance(expected, int) else isinstance(value, (int, float))
-    else:
-        ok = isinstance(value, type(expected))
-    if not ok:
+    if not same_kind(value, expected):
         raise MtsaeError(f"config file {path}: [{section}] {key} = {value!r} should be a {type(expected).__name__} "
                          f"like {expected!r}; fix the value")
 

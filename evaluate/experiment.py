@@ -106,12 +106,10 @@ class ExperimentConfig:
 
 def at_l0(spec: dict[str, Any], level: float, defaults: dict[str, Any]) -> dict[str, Any]:
     """``spec`` trained at L0 ``level``: ``k`` for TopK-style architectures, ``target_l0`` for the others."""
-    from mtsae.train.presets import get_preset
+    from mtsae.train.config import TrainConfig
     from mtsae.train.registry import get_architecture
 
-    arch = spec.get("arch") or defaults.get("arch")
-    if arch is None:
-        arch = get_preset(spec["preset"]).architecture if spec.get("preset") else "mtsae"
+    arch = TrainConfig.from_dict(_train_fields(defaults, spec)).arch  # the trainer's own preset/default resolution
     matched = {**spec, "name": f"{spec['name']}-l0_{level:g}"}
     if get_architecture(arch).sparsity_coefficient is None:
         if level != int(level):
@@ -176,13 +174,14 @@ def _ensure_cache(cfg: ExperimentConfig, out: Path, log, progress) -> str:
             log(f"[experiment] writing the synthetic cache {path}")
             synthesize(SynthConfig(**cfg.synth), str(path))
         return str(path)
-    from mtsae.cache.shared import publish, shared_root as shared_root_in_effect
+    from mtsae.cache.shared import publish
+    from mtsae.cache.shared import shared_root as root_in_effect
     from mtsae.harvest.config import HarvestConfig
     from mtsae.harvest.run import harvest
 
     # The default, content-addressed path (caches/<fingerprint>): shared with any harvest of the same settings;
     # with a team's shared root (MTSAE_SHARED_ROOT), its copy is reused, or this harvest is published there.
-    shared_root = shared_root_in_effect(None)
+    shared_root = root_in_effect()  # MTSAE_SHARED_ROOT, as for `mtsae harvest`
     outcome = harvest(HarvestConfig(**cfg.harvest), cfg.harvest_out, log=log, progress=progress, shared_root=shared_root)
     if shared_root:
         publish(outcome.path, shared_root, log=log, progress=progress)
@@ -197,9 +196,8 @@ def _train(cfg: ExperimentConfig, spec: dict[str, Any], cache: str, run_dir: Pat
     if (run_dir / "final").is_dir():
         log(f"[experiment] {spec['name']}: already trained, skipping")
         return True
-    fields = {**cfg.defaults, **{k: v for k, v in spec.items() if k != "name"}}
     try:
-        train_cfg = TrainConfig(**fields, cache=cache, out=str(run_dir))
+        train_cfg = TrainConfig(**_train_fields(cfg.defaults, spec), cache=cache, out=str(run_dir))
         log(f"[experiment] {spec['name']}: training ({train_cfg.arch}, preset {train_cfg.preset})")
         train(train_cfg, force=True, progress=progress, log=log)
     except MtsaeError as exc:
@@ -207,6 +205,11 @@ def _train(cfg: ExperimentConfig, spec: dict[str, Any], cache: str, run_dir: Pat
     except TypeError as exc:
         raise MtsaeError(f"run {spec['name']}: {exc}") from None
     return (run_dir / "final").is_dir()
+
+
+def _train_fields(defaults: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A run's TrainConfig fields: the experiment's defaults, then the run's own (its name is not one)."""
+    return {**defaults, **{k: v for k, v in spec.items() if k != "name"}}
 
 
 def _evaluate(cfg: ExperimentConfig, run_dirs: list[Path], out: Path, log) -> None:

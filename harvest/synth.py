@@ -21,7 +21,6 @@ holding the features, their dwell times and firing probabilities.
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mtsae.errors import MtsaeError
+from mtsae.values import same_kind
 from mtsae.train import losses
 
 
@@ -94,17 +95,7 @@ def _check_field_type(cls: type, name: str, value: Any) -> None:
         default = 0  # d_in, d_sae: required integers
     if default is None or value is None:
         return
-    if isinstance(default, bool) or isinstance(value, bool):
-        ok = isinstance(default, bool) and isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float))
-    elif isinstance(default, (tuple, list)):
-        ok = isinstance(value, (tuple, list))
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
+    if not same_kind(value, default):
         kind = "list" if isinstance(default, (tuple, list)) else type(default).__name__
         raise MtsaeError(f"{cls.__name__}.{name} = {value!r} is not a {kind} (like {default!r}); "
                          f"fix the {name} value (--arch-option / [arch_config])")
