@@ -60,6 +60,7 @@ class MtsaeSAEConfig(CustomSAEConfig):
     mtsae_checkpoint: str = ""
     mtsae_architecture: str = ""
     mtsae_is_temporal: bool = False
+    mtsae_is_causal: bool = True
     mtsae_trained_on_model: str = ""
     mtsae_cache_fingerprint: str | None = None
     mtsae_version: str = ""
@@ -165,6 +166,7 @@ def _bench_config(base: CustomSAEConfig, sae: SparseAutoencoder, info: Checkpoin
         mtsae_checkpoint=str(info.path),
         mtsae_architecture=sae.architecture,
         mtsae_is_temporal=sae.is_temporal,
+        mtsae_is_causal=sae.cfg.is_causal,
         mtsae_trained_on_model=info.model_name,
         mtsae_cache_fingerprint=info.cache_fingerprint,
         mtsae_version=mtsae.__version__,

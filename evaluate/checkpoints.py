@@ -36,11 +36,14 @@ class CheckpointInfo:
     context_size: int | None = None
     dataset: str | None = None
     tokens_seen: int | None = None
+    is_causal: bool = True
+    """False when a token's codes read later tokens (an MTSAE without causal padding)."""
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly provenance for summaries."""
         return {
             "checkpoint": str(self.path), "architecture": self.architecture, "temporal": self.is_temporal,
+            "causal": self.is_causal,
             "trained_on_model": self.model_name, "layer": self.layer, "hook_name": self.hook_name,
             "d_in": self.d_in, "d_sae": self.d_sae, "dtype": self.dtype,
             "cache_fingerprint": self.cache_fingerprint, "tokens_seen": self.tokens_seen,
@@ -83,6 +86,7 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), dtype=str(cfg.get("dtype", "float32")),
         cache_fingerprint=meta.get("cache_fingerprint"), context_size=meta.get("context_size"),
         dataset=meta.get("dataset_path"), tokens_seen=meta.get("tokens_seen"),
+        is_causal=arch.config_class.from_dict(dict(block.get("config") or {})).is_causal,
     )
 
 
