@@ -340,7 +340,10 @@ def train(
     if not world.is_main:
         return
     metrics = " ".join(f"{name}={result.metrics[name]:.4g}" for name in ("mse", "fve", "l0", "dead_fraction", "sep"))
-    typer.echo(f"held-out after {result.steps:,} steps ({result.tokens:,} tokens): {metrics}")
+    short, sequences, short_tokens, tokens = result.too_short
+    typer.echo(f"held-out after {result.steps:,} steps ({result.tokens:,} tokens): {metrics}; never trained on: "
+               f"{short:,} of {sequences:,} train sequences ({short_tokens:,} of {tokens:,} tokens, "
+               f"{short_tokens / max(tokens, 1):.1%}) are shorter than the {cfg.window}-token window")
     typer.echo(result.checkpoint)
 
 

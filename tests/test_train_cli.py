@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from mtsae.cache import open_cache
 from mtsae.cli import app
+from mtsae.train.loader import WindowDataset
 from mtsae.train.checkpoint import load_checkpoint
 from mtsae.train.config import TrainConfig, load_config
 from mtsae.train.registry import architecture_names
@@ -44,6 +47,13 @@ def test_preset_with_small_overrides(tiny_cache_path, tmp_path):
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == str(out / "final")
     assert lines[-2].startswith("held-out after 6 steps") and "fve=" in lines[-2] and "sep=" in lines[-2]
+    cache = open_cache(tiny_cache_path)
+    train = WindowDataset(cache, 19, window=16, split="train", holdout_fraction=0.1, seed=0).sequences
+    lengths = np.diff(cache.seq_offsets)[train]
+    assert 0 < (lengths < 16).sum() < len(train)  # the tiny cache has sequences shorter than the window
+    assert (f"never trained on: {(lengths < 16).sum()} of {len(train)} train sequences "
+            f"({lengths[lengths < 16].sum()} of {lengths.sum():,} tokens") in lines[-2]
+    assert "shorter than the 16-token window" in lines[-2]
     sae, meta = load_checkpoint(out / "final")
     assert sae.architecture == "mtsae" and sae.cfg.d_sae == 32
     assert sae.cfg.dilations == (1, 2) and sae.cfg.l1_coefficient == 0.01

@@ -66,7 +66,7 @@ from mtsae.train.loader import WindowDataset
 from mtsae.train.parallel import DataParallel, check_batch_divides, token_count
 from mtsae.train.registry import create_sae
 from mtsae.train.sparsity_control import L0Controller
-from mtsae.train.windows import sample_windows
+from mtsae.train.windows import sample_windows, too_short
 
 RUN_FILENAME = "run.json"
 LOG_FILENAME = "log.jsonl"
@@ -95,6 +95,8 @@ class TrainResult:
     finished: bool
     tokens_per_second: float = 0.0
     """Training throughput of this session (train steps only: evaluation and checkpoints excluded)."""
+    too_short: tuple[int, int, int, int] | None = None
+    """Train split: (sequences shorter than the window, all sequences, their tokens, all tokens) — never trained on."""
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, progress: bool = True,
@@ -205,7 +207,13 @@ class Trainer:
         rate = self.clock.rate(self.tokens)
         self.log(f"trained {self.tokens - self.clock.start_tokens:,} tokens at {rate:,.0f} tokens/s "
                  "(train steps only, evaluation and checkpoints excluded)")
-        return TrainResult(self.out, checkpoint, dict(self.metrics), self.step, self.tokens, finished, rate)
+        return TrainResult(self.out, checkpoint, dict(self.metrics), self.step, self.tokens, finished, rate,
+                           self._too_short())
+
+    def _too_short(self) -> tuple[int, int, int, int]:
+        offsets, train = self.cache.seq_offsets, self.train_set.sequences
+        sequences, tokens = too_short(offsets, self.cfg.window, train)
+        return sequences, len(train), tokens, int((offsets[train + 1] - offsets[train]).sum())
 
     # ================================================================ steps
     def train_batches(self) -> Iterator[torch.Tensor]:
