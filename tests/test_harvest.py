@@ -15,7 +15,7 @@ from conftest import TINY_HARVEST, tiny_harvest
 from mtsae.cache import open_cache, read_attrs
 from mtsae.cache import format as fmt
 from mtsae.errors import MtsaeError
-from mtsae.harvest import embedded
+from mtsae.harvest import embedded, sources
 from mtsae.harvest.sequences import Sequence, iter_sequences, pad_batch, split_document
 
 
@@ -99,7 +99,7 @@ def test_index_reconstructs_every_sequence_and_document(tiny_cache_path):
     assert np.all(cache.tokens[cache.seq_offsets[:-1]] == bos)  # every sequence starts with BOS
     assert np.array_equal(np.flatnonzero(cache.special_mask), cache.seq_offsets[:-1])  # and nothing else is special
     for j in range(cache.n_documents):
-        doc = np.array(tokenizer(rows[cache.doc_row[j]]["text"], add_special_tokens=False)["input_ids"])
+        doc = np.array(sources.tokenize_text(tokenizer, [rows[cache.doc_row[j]]["text"]])[0])
         stored = cache.document_tokens(j)
         last = j == cache.n_documents - 1
         if last and cache.manifest["last_document_truncated"]:
