@@ -312,6 +312,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help=_train_help("device"))] = None,
     dtype: Annotated[Optional[str], typer.Option(help=_train_help("dtype"))] = None,
     prefetch_batches: Annotated[Optional[int], typer.Option(help=_train_help("prefetch_batches"))] = None,
+    wandb: Annotated[Optional[str], typer.Option("--wandb", metavar="PROJECT", help=_train_help("wandb"))] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint (same options).")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing run in --out (never a folder that is not an mtsae run).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -333,6 +334,7 @@ def train(
         sparsity_warmup_steps=sparsity_warmup_steps, target_l0=target_l0, grad_clip=grad_clip, normalize_activations=normalize_activations,
         holdout_fraction=holdout_fraction, eval_every=eval_every, eval_tokens=eval_tokens,
         checkpoint_every=checkpoint_every, seed=seed, device=device, dtype=dtype, prefetch_batches=prefetch_batches,
+        wandb=wandb,
     )
     cfg = train_config.load_config(config, overrides)
     with process_group(training_backend(cfg.device)) as world:  # torchrun: data-parallel (docs/scaling.md)
