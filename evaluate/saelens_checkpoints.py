@@ -127,8 +127,8 @@ def from_saelens(theirs: Any, label: str) -> SparseAutoencoder:
         b_enc = b_enc + theirs.b_dec @ theirs.W_enc
     for name, value in (("W_enc", theirs.W_enc), ("W_dec", theirs.W_dec), ("b_enc", b_enc), ("b_dec", theirs.b_dec)):
         getattr(ours, name).copy_(value)
-    if kind == "jumprelu":
-        ours.threshold.copy_(theirs.threshold)
+    if kind == "jumprelu":  # SAELens: relu(pre)·1[pre > θ]; ours: pre·1[pre > θ]; equal once θ >= 0
+        ours.threshold.copy_(theirs.threshold.clamp(min=0))
     return ours
 
 

@@ -77,6 +77,23 @@ def test_saelens_native_layouts_are_rewritten_exactly(tmp_path, kind):
         assert torch.equal(adapter.encode(x) != 0, expected_codes != 0)
 
 
+def test_negative_jumprelu_thresholds_act_as_zero(tmp_path):
+    """SAELens applies a ReLU before its threshold mask; a negative threshold must not let negative codes through."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    torch.manual_seed(0)
+    theirs = JumpReLUSAE(JumpReLUSAEConfig(d_in=D_MODEL, d_sae=48, metadata=sae_lens.saes.sae.SAEMetadata(**metadata())))
+    with torch.no_grad():
+        theirs.threshold.fill_(-0.3)
+        theirs.W_dec.div_(theirs.W_dec.norm(dim=-1, keepdim=True))
+    theirs.save_model(tmp_path / "neg")
+    x = acts(3, 20)
+    with torch.no_grad():
+        codes = load_adapter(tmp_path / "neg").encode(x)
+        assert codes.min() >= 0
+        torch.testing.assert_close(codes, theirs.encode(x), rtol=1e-5, atol=1e-5)
+
+
 def test_eval_runs_a_saelens_folder_beside_ours(tmp_path):
     ours = save(tmp_path, "topk")
     (tmp_path / "x").mkdir()
