@@ -100,7 +100,12 @@ def load_saelens_sae(info: CheckpointInfo, device: str | torch.device = "cpu") -
     from sae_lens import SAE
 
     if info.path is not None:
-        theirs = SAE.load_from_disk(str(info.path), device="cpu")
+        try:
+            theirs = SAE.load_from_disk(str(info.path), device="cpu")
+        except Exception as exc:  # noqa: BLE001  (safetensors, torch and SAELens each raise their own kinds)
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise MtsaeError(f"SAELens cannot load {info.path}: {type(exc).__name__}: {first}; the checkpoint is "
+                             "damaged or not SAELens's layout, re-save it") from None
     else:
         release, sae_id = parse_release(str(info.saelens))
         with _hub_errors(str(info.saelens)):

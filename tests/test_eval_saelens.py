@@ -146,6 +146,19 @@ def test_cli_saelens_option_errors_are_one_line(tmp_path):
     assert result.exit_code == 1 and "at least one checkpoint" in result.stderr
 
 
+def test_damaged_saelens_weights_are_one_error_line(tmp_path):
+    from safetensors.torch import save_file
+
+    _, _, folder = saelens_resave(tmp_path, "relu")
+    save_file({"W_enc": torch.zeros(3, 3)}, folder / "sae_weights.safetensors")
+    with pytest.raises(MtsaeError, match="SAELens cannot load .*re-save it") as caught:
+        load_adapter(folder)
+    assert "\n" not in str(caught.value)
+    (folder / "sae_weights.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(MtsaeError, match="SAELens cannot load"):
+        load_adapter(folder)
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda c: c.update(architecture="gated"), "architecture 'gated'"),
     (lambda c: c.update(normalize_activations="expected_average_only_in"), "normalises its input"),
