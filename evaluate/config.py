@@ -88,7 +88,10 @@ def _doc(text: str, **kw: Any) -> Any:
 
 @dataclass
 class EvalConfig:
-    checkpoints: list[str] = _doc("Checkpoint directories (or training run directories holding final/).", default_factory=list)
+    checkpoints: list[str] = _doc("Checkpoint directories (mtsae's, a training run directory holding final/, or a "
+                                  "folder SAELens saved).", default_factory=list)
+    saelens: list[str] = _doc("SAELens releases to evaluate beside the checkpoints, as RELEASE:ID (SAELens's "
+                              "pretrained_saes.yaml names; loaded from the Hugging Face hub).", default_factory=list)
     out: str = _doc("Output folder: <eval>/ with SAE-Bench's JSON results, summary.json.", default="")
     evals: list[str] = _doc(f"Evals to run, from {', '.join(EVALS)}.", default_factory=lambda: list(EVALS))
     model: str | None = _doc("Model to evaluate on. Default: the model the checkpoints were trained on.", default=None)
@@ -120,8 +123,8 @@ class EvalConfig:
 
     def validate(self) -> None:
         """Checks that need no disk, model or network."""
-        if not self.checkpoints:
-            raise MtsaeError("give at least one checkpoint directory to evaluate")
+        if not self.checkpoints and not self.saelens:
+            raise MtsaeError("give at least one checkpoint directory (or --saelens RELEASE:ID) to evaluate")
         if not self.out:
             raise MtsaeError("--out is required: the folder for SAE-Bench's results and summary.json")
         unknown = [e for e in self.evals if e not in EVALS]

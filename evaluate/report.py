@@ -368,43 +368,25 @@ def _markdown(records: list[RunRecord], data: dict[str, Any], extra_sections: li
 
 
 def _html(markdown: str, out: Path) -> str:
-    """A self-contained page: the Markdown rendered simply, figures inlined as base64."""
-    body = []
-    in_table = False
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= {"-"}:
-                continue
-            tag = "th" if not in_table else "td"
-            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
-            in_table = True
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            name = line[line.index("(") + 1 : line.rindex(")")]
-            encoded = base64.b64encode((out / name).read_bytes()).decode()
-            body.append(f'<img alt="{name}" src="data:image/png;base64,{encoded}" style="max-width:100%">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            body.append(f"<li>{_inline(line[2:])}</li>")
-        elif line.strip():
-            body.append(f"<p>{_inline(line)}</p>")
-    if in_table:
-        body.append("</table>")
+    """A self-contained page: the Markdown rendered by markdown-it-py (CommonMark + tables, raw HTML
+    escaped: run names are user data), the figures in ``out`` inlined as base64."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(markdown)
+    for token in tokens:
+        for child in token.children or []:
+            if child.type == "image":
+                _inline_figure(child, out)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}h2{margin-top:1.5em}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>mtsae report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}h2{margin-top:1.5em}img{max-width:100%}")
+    body = md.renderer.render(tokens, md.options, {})
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>mtsae report</title><style>{style}</style></head><body>{body}</body></html>\n"
 
 
-def _inline(text: str) -> str:
-    import html
-    import re
-
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+def _inline_figure(image: Any, out: Path) -> None:
+    """Point an image token at its PNG's bytes when the PNG is a file directly in ``out`` (else leave it)."""
+    name = str(image.attrGet("src") or "")
+    path = out / name
+    if name.endswith(".png") and "/" not in name and "\\" not in name and path.is_file():
+        image.attrSet("src", "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode())

@@ -312,6 +312,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help=_train_help("device"))] = None,
     dtype: Annotated[Optional[str], typer.Option(help=_train_help("dtype"))] = None,
     prefetch_batches: Annotated[Optional[int], typer.Option(help=_train_help("prefetch_batches"))] = None,
+    wandb: Annotated[Optional[str], typer.Option("--wandb", metavar="PROJECT", help=_train_help("wandb"))] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint (same options).")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing run in --out (never a folder that is not an mtsae run).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -333,6 +334,7 @@ def train(
         sparsity_warmup_steps=sparsity_warmup_steps, target_l0=target_l0, grad_clip=grad_clip, normalize_activations=normalize_activations,
         holdout_fraction=holdout_fraction, eval_every=eval_every, eval_tokens=eval_tokens,
         checkpoint_every=checkpoint_every, seed=seed, device=device, dtype=dtype, prefetch_batches=prefetch_batches,
+        wandb=wandb,
     )
     cfg = train_config.load_config(config, overrides)
     with process_group(training_backend(cfg.device)) as world:  # torchrun: data-parallel (docs/scaling.md)
@@ -358,13 +360,16 @@ from mtsae.evaluate import config as eval_config  # noqa: E402  (the eval comman
         "  mtsae eval runs/demo/final --out results/demo                 # embedded model: offline, tiny settings\n\n"
         "  mtsae eval runs/g2b/final --out results/g2b --forget-corpus bio-forget-corpus.jsonl   # gemma-2-2b, standard\n\n"
         "  mtsae eval runs/a/final runs/b/final --out results/ab --evals core,sparse_probing --config eval.toml\n\n"
-        "  mtsae eval runs/g2b/final --out results/g2b --offline /data/sae-bench-mirror"
+        "  mtsae eval runs/g2b/final --out results/g2b --offline /data/sae-bench-mirror\n\n"
+        "  mtsae eval runs/g2b/final --saelens gemma-scope-2b-pt-res-canonical:layer_19/width_16k/canonical --out results/vs"
     ),
 )
 @user_errors
 def eval_command(
-    checkpoints: Annotated[list[str], typer.Argument(help=eval_config.help_text("checkpoints"))],
-    out: Annotated[str, typer.Option(help=eval_config.help_text("out"))],
+    checkpoints: Annotated[Optional[list[str]], typer.Argument(help=eval_config.help_text("checkpoints"))] = None,
+    out: Annotated[str, typer.Option(help=eval_config.help_text("out"))] = "",
+    saelens: Annotated[Optional[list[str]], typer.Option(
+        "--saelens", metavar="RELEASE:ID", help=eval_config.help_text("saelens") + " Repeatable.")] = None,
     evals: Annotated[str, typer.Option(help=eval_config.help_text("evals") + " Comma-separated.")] = ",".join(eval_config.EVALS),
     model: Annotated[Optional[str], typer.Option(help=eval_config.help_text("model"))] = None,
     unlearning_model: Annotated[Optional[str], typer.Option(help=eval_config.help_text("unlearning_model"))] = None,
@@ -383,7 +388,7 @@ def eval_command(
     from mtsae.evaluate.run import evaluate
 
     cfg = eval_config.EvalConfig(
-        checkpoints=checkpoints, out=out, evals=[e.strip() for e in evals.split(",") if e.strip()], model=model,
+        checkpoints=checkpoints or [], saelens=saelens or [], out=out, evals=[e.strip() for e in evals.split(",") if e.strip()], model=model,
         unlearning_model=unlearning_model, profile=profile, config_file=config, offline=offline,
         forget_corpus=forget_corpus, device=device, llm_dtype=llm_dtype, llm_batch_size=llm_batch_size,
         force=force, keep_artifacts=keep_artifacts, allow_non_causal=allow_non_causal,

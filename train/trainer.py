@@ -101,8 +101,13 @@ class TrainResult:
 
 def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, world: World = SINGLE_PROCESS) -> TrainResult:
-    """Validate ``cfg``, train, and write ``cfg.out``; see :class:`Trainer`."""
-    return Trainer(cfg, resume=resume, force=force, progress=progress, log=log, world=world).fit()
+    """Validate ``cfg``, train, and write ``cfg.out``; see :class:`Trainer`. ``cfg.wandb``: mirrored to wandb."""
+    trainer = Trainer(cfg, resume=resume, force=force, progress=progress, log=log, world=world)
+    if cfg.wandb is None or not world.is_main:
+        return trainer.fit()
+    from mtsae.train.wandb_log import fit_with_wandb  # wandb is imported only when asked for
+
+    return fit_with_wandb(trainer, cfg.wandb)
 
 
 class Trainer:
@@ -150,6 +155,7 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.metrics_step = -1
         self.log_records = 0  # records in log.jsonl; a checkpoint stores it so that resume cuts the log there
+        self.record_sinks: list[Callable[[dict[str, Any]], None]] = []  # also given each log.jsonl record (wandb)
         self.l0_control = None if cfg.target_l0 is None else L0Controller.for_run(
             cfg.target_l0, cfg.sparsity_warmup_steps, self.total_steps)
 
@@ -602,6 +608,8 @@ class Trainer:
         with self._writing(f"the training log {self.out / LOG_FILENAME}"):
             self._log_file.write(json.dumps(record) + "\n")
         self.log_records += 1
+        for sink in self.record_sinks:
+            sink(record)
 
     def _flush_log(self, durable: bool = False) -> None:
         if getattr(self, "_log_file", None) is not None and not self._log_file.closed:

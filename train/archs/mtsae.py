@@ -105,7 +105,7 @@ class MTSAEConfig(SAEConfig):
 
 @register("mtsae")
 class MTSAE(SparseAutoencoder):
-    """Multi-Scale Temporal SAE (see module docstring). Not loadable by SAELens."""
+    """Multi-Scale Temporal SAE (see module docstring). SAELens opens it after ``import mtsae.saelens``."""
 
     config_class = MTSAEConfig
     saelens_architecture = None
@@ -127,19 +127,8 @@ class MTSAE(SparseAutoencoder):
 
     def encode_full(self, x: torch.Tensor) -> Encoded:
         self.check_input(x)
-        pre = self.pre_activations(x)
-        pre_BTF = pre if x.dim() == 3 else pre.unsqueeze(1)  # [N, d] → N sequences of length 1
-        if self.training and pre_BTF.shape[0] * pre_BTF.shape[1] < 2:
-            raise MtsaeError(
-                "a training-mode MTSAE needs at least 2 tokens per batch for its BatchNorm statistics; "
-                "call sae.eval() to encode a single token"
-            )
-        mixed = self.temporal(pre_BTF)
-        if x.dim() == 2:
-            mixed = mixed.squeeze(1)
-        if self.cfg.activation == "topk":
-            return Encoded(topk_relu(mixed, self.cfg.k), mixed)
-        return Encoded(mixed.relu(), mixed)
+        mixed = mix_over_time(self.temporal, self.pre_activations(x))
+        return Encoded(sparsify(mixed, self.cfg), mixed)
 
     def penalties(self, x, enc, recon, sparsity_scale, dead_mask) -> dict[str, Term]:
         terms = {
@@ -152,3 +141,24 @@ class MTSAE(SparseAutoencoder):
             terms["auxk"] = Term(aux, self.cfg.auxk_coefficient)
         return terms
 
+
+def mix_over_time(temporal: TemporalMixer, pre: torch.Tensor) -> torch.Tensor:
+    """``pre`` [B, T, d_sae] mixed over time; [N, d_sae] is N sequences of length 1.
+
+    Shared with the SAELens class (mtsae.saelens), so both encode alike.
+    """
+    pre_BTF = pre if pre.dim() == 3 else pre.unsqueeze(1)
+    if temporal.training and pre_BTF.shape[0] * pre_BTF.shape[1] < 2:
+        raise MtsaeError(
+            "a training-mode MTSAE needs at least 2 tokens per batch for its BatchNorm statistics; "
+            "call sae.eval() to encode a single token"
+        )
+    mixed = temporal(pre_BTF)
+    return mixed if pre.dim() == 3 else mixed.squeeze(1)
+
+
+def sparsify(mixed: torch.Tensor, cfg: MTSAEConfig) -> torch.Tensor:
+    """The codes: ReLU of the mixed pre-activations, or TopK then ReLU (``activation="topk"``)."""
+    if cfg.activation == "topk":
+        return topk_relu(mixed, cfg.k)
+    return mixed.relu()
