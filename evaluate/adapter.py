@@ -61,6 +61,7 @@ class MtsaeSAEConfig(CustomSAEConfig):
     mtsae_saelens: str | None = None
     mtsae_architecture: str = ""
     mtsae_is_temporal: bool = False
+    mtsae_is_causal: bool = True
     mtsae_trained_on_model: str = ""
     mtsae_cache_fingerprint: str | None = None
     mtsae_version: str = ""
@@ -167,6 +168,7 @@ def _bench_config(base: CustomSAEConfig, sae: SparseAutoencoder, info: Checkpoin
         mtsae_architecture=sae.architecture,
         mtsae_saelens=info.saelens,
         mtsae_is_temporal=sae.is_temporal,
+        mtsae_is_causal=sae.cfg.is_causal,
         mtsae_trained_on_model=info.model_name,
         mtsae_cache_fingerprint=info.cache_fingerprint,
         mtsae_version=mtsae.__version__,

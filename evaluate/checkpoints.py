@@ -8,6 +8,7 @@ saved by hand with :func:`mtsae.train.checkpoint.save_checkpoint` need at least
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ class CheckpointInfo:
     context_size: int | None = None
     dataset: str | None = None
     tokens_seen: int | None = None
+    is_causal: bool = True
+    """False when a token's codes read later tokens (an MTSAE without causal padding)."""
     saelens: str | None = None
     """Set when mtsae did not write it: the SAELens folder, or ``RELEASE:ID`` of a SAELens release."""
 
@@ -49,7 +52,7 @@ class CheckpointInfo:
         """JSON-friendly provenance for summaries."""
         return {
             "checkpoint": self.label, "saelens": self.saelens,
-            "architecture": self.architecture, "temporal": self.is_temporal,
+            "architecture": self.architecture, "temporal": self.is_temporal, "causal": self.is_causal,
             "trained_on_model": self.model_name, "layer": self.layer, "hook_name": self.hook_name,
             "d_in": self.d_in, "d_sae": self.d_sae, "dtype": self.dtype,
             "cache_fingerprint": self.cache_fingerprint, "tokens_seen": self.tokens_seen,
@@ -83,7 +86,8 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
                          f"reads format {FORMAT_VERSION}; evaluate it with the mtsae version that wrote it")
     arch = get_architecture(str(block.get("architecture")))
     meta = dict(block.get("metadata") or {})
-    return info_from_metadata(path, cfg, meta, arch.architecture, arch.is_temporal, f"checkpoint {path}")
+    info = info_from_metadata(path, cfg, meta, arch.architecture, arch.is_temporal, f"checkpoint {path}")
+    return dataclasses.replace(info, is_causal=arch.config_class.from_dict(dict(block.get("config") or {})).is_causal)
 
 
 def info_from_metadata(path: Path | None, cfg: dict[str, Any], meta: dict[str, Any], architecture: str,

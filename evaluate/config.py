@@ -46,6 +46,9 @@ EVALS = ("core", "sparse_probing", "unlearning", "absorption")
 PROFILES = ("auto", "standard", "tiny")
 COMMON_KEYS = ("llm_batch_size", "llm_dtype", "random_seed")
 FORGET_CORPUS_ENV = "MTSAE_WMDP_FORGET_CORPUS"
+SPLICING_EVALS = ("core", "unlearning")
+"""Evals that put ``decode(encode(resid))`` back into the model's forward pass: a non-causal SAE there
+lets position t see tokens after t (sparse probing and absorption only read the codes)."""
 
 _CORE_FLAGS = {
     "compute_featurewise_density_statistics": True,
@@ -112,6 +115,11 @@ class EvalConfig:
     llm_batch_size: int | None = _doc("Prompts per model forward at 128 tokens. Default: the profile's.", default=None)
     force: bool = _doc("Recompute results already in --out (default: keep and reuse them).", default=False)
     keep_artifacts: bool = _doc("Keep SAE-Bench's working files under <out>/artifacts/.", default=False)
+    allow_non_causal: bool = _doc(
+        f"Run {' and '.join(SPLICING_EVALS)} on SAEs whose codes read later tokens (MTSAE without causal padding); "
+        "their scores come from a model that sees its future and are flagged as such. Default: refuse them.",
+        default=False,
+    )
 
     def validate(self) -> None:
         """Checks that need no disk, model or network."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import mtsae
 from mtsae.errors import MtsaeError
+from mtsae.evaluate.config import SPLICING_EVALS
 
 CHANCE_ACCURACY = 0.5  # SAE-Bench's sparse-probing tasks are binary
 CHANCE_MARGIN = 0.05
@@ -48,10 +49,11 @@ class RunRecord:
     component_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # eval -> {status, metrics, reason}
     flags: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)  # shown next to the run (and its figure label), not left out
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.arch}, seed {self.seed})"
+        return f"{self.name} ({self.arch}, seed {self.seed}){' [non-causal]' if self.caveats else ''}"
 
 
 # --------------------------------------------------------------------------------- reading runs
@@ -115,8 +117,14 @@ def _read_final(path: Path, record: RunRecord) -> None:
 def _read_evals(path: Path, record: RunRecord) -> None:
     if not path.is_file():
         return
+    leaky = set()
     for row in json.loads(path.read_text()).get("results", []):
         record.evals[row["eval"]] = {"status": row["status"], "metrics": row.get("metrics", {}), "reason": row.get("reason")}
+        if row.get("causal") is False and row["eval"] in SPLICING_EVALS and row["status"] == "ok":
+            leaky.add(row["eval"])
+    if leaky:
+        record.caveats.append(f"non-causal SAE: its {' and '.join(sorted(leaky))} scores come from a model that "
+                              "sees later tokens through it")
 
 
 # ------------------------------------------------------------------------------------ guardrails
@@ -302,7 +310,7 @@ def write_report(run_paths: list[str | Path], out: str | Path, *, loss_component
 
 def _run_summary(r: RunRecord) -> dict[str, Any]:
     keep = ("name", "path", "arch", "preset", "seed", "cache_fingerprint", "mtsae_version", "steps", "finished",
-            "sparsity_coefficient", "final", "evals", "flags")
+            "sparsity_coefficient", "final", "evals", "flags", "caveats")
     return {k: v for k, v in asdict(r).items() if k in keep}
 
 
@@ -326,7 +334,7 @@ def metric_table(records: list[RunRecord]) -> list[str]:
             _num(ev.get("unlearning", {}).get("unlearning_score")) if "unlearning" in ev else status.get("unlearning", "–"),
             _num(ev.get("absorption", {}).get("mean_absorption_fraction_score")) if "absorption" in ev else status.get("absorption", "–"),
             _num(ev.get("core", {}).get("explained_variance")) if "core" in ev else status.get("core", "–"),
-            ("**FLAGGED: " + "; ".join(r.flags) + "**") if r.flags else "ok",
+            "; ".join(([f"**FLAGGED: {'; '.join(r.flags)}**"] if r.flags else []) + r.caveats) or "ok",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
@@ -344,6 +352,10 @@ def _markdown(records: list[RunRecord], data: dict[str, Any], extra_sections: li
     if flagged:
         lines += ["## ⚠ Flagged runs (left out of every figure)", ""]
         lines += [f"- **{r.name}**: {'; '.join(r.flags)}" for r in flagged] + [""]
+    caveated = [r for r in records if r.caveats]
+    if caveated:
+        lines += ["## ⚠ Non-causal SAEs (kept in the figures, marked [non-causal])", ""]
+        lines += [f"- **{r.name}**: {'; '.join(r.caveats)}" for r in caveated] + [""]
     lines += ["## Metrics", "", *metric_table(records), "",
               "fve/mse/l0/dead/sep: held-out metrics of the final checkpoint (sep = mean cosine of codes at adjacent "
               "tokens). probe: SAE-Bench sparse probing test accuracy. unlearning/absorption/core: SAE-Bench headline "

@@ -26,7 +26,8 @@ from mtsae.errors import MtsaeError
 from mtsae.evaluate.adapter import load_adapter
 from mtsae.evaluate.checkpoints import CheckpointInfo, read_checkpoint_info
 from mtsae.evaluate.saelens_checkpoints import release_info
-from mtsae.evaluate.config import FORGET_CORPUS_ENV, EvalConfig, context_lengths, resolve_profile, resolve_settings
+from mtsae.evaluate.config import (FORGET_CORPUS_ENV, SPLICING_EVALS, EvalConfig, context_lengths, resolve_profile,
+                                   resolve_settings)
 from mtsae.evaluate.embedded_mirror import ensure_embedded_mirror, rows_needed
 from mtsae.evaluate.evals import Job, Outcome, Target, headline_metrics, not_scorable_path, result_path, run_job
 from mtsae.evaluate.models import ModelDims, hub_model_dims
@@ -62,6 +63,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
     cfg.validate()
     cfg = _absolute_paths(cfg)  # each eval runs in its own working directory
     infos = [read_checkpoint_info(path) for path in cfg.checkpoints] + [release_info(spec) for spec in cfg.saelens]
+    _check_causal(cfg, infos, log)
     model = _evaluation_model(cfg.model, infos)
     profile = resolve_profile(cfg.profile, model)
     settings = resolve_settings(cfg, profile)
@@ -90,7 +92,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
     header = {
         "model": model, "unlearning_model": unlearning_model if "unlearning" in cfg.evals else None,
         "offline_mirror": str(mirror.root) if mirror else None, "device": device, "profile": profile,
-        "evals": cfg.evals, "settings": {e: settings[e] for e in cfg.evals},
+        "evals": cfg.evals, "settings": {e: settings[e] for e in cfg.evals}, "allow_non_causal": cfg.allow_non_causal,
         "checkpoints": [{"release": r, **i.describe()} for r, i in zip(releases, infos)],
     }
     summary = write_summary(out, header, rows)
@@ -99,6 +101,22 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
 
 
 # --------------------------------------------------------------------------- checks before running
+
+
+def _check_causal(cfg: EvalConfig, infos: list[CheckpointInfo], log: Callable[[str], None]) -> None:
+    """Refuse to splice an SAE whose codes read later tokens into the model, unless allowed (then say so)."""
+    splicing = [e for e in cfg.evals if e in SPLICING_EVALS]
+    leaky = [info for info in infos if not info.is_causal]
+    if not splicing or not leaky:
+        return
+    names = ", ".join(info.label for info in leaky)
+    if not cfg.allow_non_causal:
+        raise MtsaeError(
+            f"{names}: not causal (its codes at token t read tokens after t), so {' and '.join(splicing)} would "
+            "score a model that sees its own future; train with --padding causal, leave those evals out with "
+            "--evals, or pass --allow-non-causal to run them anyway (results are flagged)")
+    log(f"warning: {names} not causal; their {' and '.join(splicing)} scores come from a model that sees later "
+        "tokens (flagged non-causal in summary.json)")
 
 
 def _evaluation_model(requested: str | None, infos: list[CheckpointInfo]) -> str:
@@ -275,4 +293,5 @@ def _row(eval_name: str, target: Target, outcome: Outcome, out: Path) -> dict[st
         "status": outcome.status, "result": str(outcome.result.relative_to(out)) if outcome.result else None,
         "reason": outcome.reason, "metrics": outcome.metrics, "seconds": outcome.seconds, "reused": outcome.reused,
         "cache_fingerprint": target.info.cache_fingerprint, "architecture": target.info.architecture,
+        "causal": target.info.is_causal,
     }

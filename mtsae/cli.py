@@ -287,7 +287,7 @@ def train(
     k: Annotated[Optional[int], typer.Option(help=_arch_help("active latents per token (topk, batchtopk, mtsae with activation=topk)."))] = None,
     dilations: Annotated[Optional[str], typer.Option(help=_arch_help("comma-separated dilation rates, e.g. 1,3,9 (mtsae)."))] = None,
     cos_coefficient: Annotated[Optional[float], typer.Option(help=_arch_help("adjacent-step cosine separation weight (mtsae)."))] = None,
-    padding: Annotated[Optional[str], typer.Option(help=_arch_help("temporal padding: circular, replicate, zeros or causal (mtsae)."))] = None,
+    padding: Annotated[Optional[str], typer.Option(help=_arch_help("temporal padding: causal (the architecture default; the only one that may be spliced into a model), or circular, replicate, zeros, which read later tokens (mtsae)."))] = None,
     kernel_size: Annotated[Optional[int], typer.Option(help=_arch_help("taps per temporal kernel (mtsae)."))] = None,
     dead_tokens_threshold: Annotated[Optional[int], typer.Option(help=_arch_help("training tokens without firing after which a feature counts as dead (all)."))] = None,
     arch_option: Annotated[Optional[list[str]], typer.Option(help="Any other architecture option as KEY=VALUE (JSON value), repeatable, e.g. --arch-option activation=topk.")] = None,
@@ -342,7 +342,10 @@ def train(
     if not world.is_main:
         return
     metrics = " ".join(f"{name}={result.metrics[name]:.4g}" for name in ("mse", "fve", "l0", "dead_fraction", "sep"))
-    typer.echo(f"held-out after {result.steps:,} steps ({result.tokens:,} tokens): {metrics}")
+    short, sequences, short_tokens, tokens = result.too_short
+    typer.echo(f"held-out after {result.steps:,} steps ({result.tokens:,} tokens): {metrics}; never trained on: "
+               f"{short:,} of {sequences:,} train sequences ({short_tokens:,} of {tokens:,} tokens, "
+               f"{short_tokens / max(tokens, 1):.1%}) are shorter than the {cfg.window}-token window")
     typer.echo(result.checkpoint)
 
 
@@ -379,6 +382,7 @@ def eval_command(
     llm_batch_size: Annotated[Optional[int], typer.Option(help=eval_config.help_text("llm_batch_size"))] = None,
     force: Annotated[bool, typer.Option(help=eval_config.help_text("force"))] = False,
     keep_artifacts: Annotated[bool, typer.Option(help=eval_config.help_text("keep_artifacts"))] = False,
+    allow_non_causal: Annotated[bool, typer.Option(help=eval_config.help_text("allow_non_causal"))] = False,
 ):
     """Run SAE-Bench's core, sparse probing, unlearning and absorption evals on checkpoints; prints a summary."""
     from mtsae.evaluate.run import evaluate
@@ -387,7 +391,7 @@ def eval_command(
         checkpoints=checkpoints or [], saelens=saelens or [], out=out, evals=[e.strip() for e in evals.split(",") if e.strip()], model=model,
         unlearning_model=unlearning_model, profile=profile, config_file=config, offline=offline,
         forget_corpus=forget_corpus, device=device, llm_dtype=llm_dtype, llm_batch_size=llm_batch_size,
-        force=force, keep_artifacts=keep_artifacts,
+        force=force, keep_artifacts=keep_artifacts, allow_non_causal=allow_non_causal,
     )
     summary = evaluate(cfg, log=lambda line: typer.echo(line, err=True))
     typer.echo(summary.table())

@@ -99,6 +99,24 @@ def test_not_a_run_is_refused(tmp_path):
         write_report([], tmp_path / "r")
 
 
+def test_non_causal_runs_are_marked_but_kept_in_figures(tmp_path):
+    """A run evaluated with --allow-non-causal: its core row says causal false; the report says what that means."""
+    run = make_run(tmp_path, "run2", arch="mtsae")
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    for row in summary["results"]:
+        row["causal"] = False
+    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    causal = make_run(tmp_path, "relu")
+    data = write_report([run, causal], tmp_path / "report")
+    runs = {r["name"]: r for r in data["runs"]}
+    assert runs["run2"]["caveats"] == ["non-causal SAE: its core scores come from a model that sees later tokens "
+                                       "through it"] and runs["run2"]["flags"] == []
+    assert runs["relu"]["caveats"] == []
+    assert "run2 (mtsae, seed 0) [non-causal]" in data["figures"]["accuracy_comparison.png"]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## ⚠ Non-causal SAEs" in md and "| run2 | mtsae |" in md and "non-causal SAE: its core" in md
+
+
 def test_html_is_rendered_by_markdown_it_with_user_text_escaped(tmp_path):
     """report.html comes from markdown-it-py: tables, emphasis, code; raw HTML in run names stays text."""
     from mtsae.evaluate.report import _html

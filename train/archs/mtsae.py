@@ -50,7 +50,7 @@ from mtsae.train import losses
 from mtsae.train.activations import topk_relu
 from mtsae.train.base import Encoded, SAEConfig, SparseAutoencoder, Term, require
 from mtsae.train.registry import register
-from mtsae.train.temporal import TemporalMixer, validate_temporal_args
+from mtsae.train.temporal import TemporalMixer, is_causal, validate_temporal_args
 
 ACTIVATIONS = ("relu", "topk")
 
@@ -65,8 +65,9 @@ class MTSAEConfig(SAEConfig):
     """Dilation rates, one depth-wise conv + BatchNorm branch each."""
     kernel_size: int = 3
     """Taps per branch; must be odd unless ``padding="causal"``."""
-    padding: str = "circular"
-    """Boundary rule over the window: ``circular | replicate | zeros | causal``."""
+    padding: str = "causal"
+    """Boundary rule over the window: ``causal | circular | replicate | zeros``. Only ``causal``
+    (taps at t, t-r, …) lets the SAE be spliced into a model; the others read future tokens."""
     activation: str = "relu"
     """``relu``, or ``topk`` (TopK on the mixed pre-activations, with AuxK)."""
     k: int = 64
@@ -96,6 +97,10 @@ class MTSAEConfig(SAEConfig):
         require(self.auxk_coefficient >= 0, f"auxk_coefficient must be >= 0, got {self.auxk_coefficient}")
         require(0 <= self.bn_momentum <= 1, f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
         require(self.bn_eps > 0, f"bn_eps must be positive, got {self.bn_eps}")
+
+    @property
+    def is_causal(self) -> bool:
+        return is_causal(self.kernel_size, self.dilations, self.padding)
 
 
 @register("mtsae")
