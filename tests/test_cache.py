@@ -33,7 +33,7 @@ def _write(path, seqs, *, layers=(0, 2), d=6, dtype="bfloat16", chunk=16, compre
         for layer in layers:
             acts[layer].append(stored[layer])
     if finish:
-        w.finish({"counts": {"tokens": total}})
+        w.finish({"counts": {"tokens": total, "sequences": w.n_sequences, "documents": w.n_documents}})
     else:
         w.abort()
     return np.concatenate(tokens), {layer: np.concatenate(a) for layer, a in acts.items()}
@@ -69,9 +69,9 @@ def test_bfloat16_special_values_survive(tmp_path):
     path = tmp_path / "c.zarr"
     values = torch.tensor([[0.0, -0.0, 1e-40, -3.3895e38, float("inf"), 7.5]], dtype=torch.bfloat16)
     w = CacheWriter.create(str(path), layers=[0], d_model=6, dtype_name="bfloat16", capacity_tokens=1, chunk_tokens=4,
-                    header={"fingerprint": "x", "layers": [0], "d_model": 6, "dtype": "bfloat16"})
+                    header={"fingerprint": "b" * 64, "layers": [0], "d_model": 6, "dtype": "bfloat16"})
     w.add_sequence(0, np.array([2], np.int32), np.array([True]), {0: values.view(torch.uint16).numpy()})
-    w.finish({})
+    w.finish({"counts": {"tokens": 1, "sequences": 1, "documents": 1}})
     back = open_cache(path).activations(0, 0, 1)
     assert back.dtype == torch.bfloat16
     assert torch.equal(back.view(torch.uint16), values.view(torch.uint16))
