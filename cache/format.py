@@ -95,8 +95,11 @@ def n_chunks(n_tokens: int, chunk_tokens: int) -> int:
     return -(-n_tokens // chunk_tokens)
 
 
-def chunk_key(array: str, index: int, ndim: int) -> str:
-    """Object key of row-chunk ``index`` of ``array`` (zarr v3 default encoding: ``c/<i>/0`` for 2-D)."""
+def chunk_key(array: str, index: int, ndim: int | None = None) -> str:
+    """Object key of row-chunk ``index`` of ``array`` (zarr v3 default encoding: ``c/<i>/0`` for 2-D).
+
+    ``ndim`` defaults to the format's: 2 for activations, 1 for every other array."""
+    ndim = ndim if ndim is not None else (2 if array.startswith("activations/") else 1)
     return "/".join([array, "c", str(index)] + ["0"] * (ndim - 1))
 
 
@@ -105,11 +108,10 @@ def expected_objects(attrs: dict[str, Any]) -> set[str]:
     keys = {f"{group}/zarr.json".lstrip("/") for group in GROUPS}
     layers, chunks = attrs["layers"], attrs["storage"]["chunk_tokens"]
     for name in per_token_arrays(layers):
-        ndim = 2 if name.startswith("activations/") else 1
         keys.add(f"{name}/zarr.json")
-        keys.update(chunk_key(name, i, ndim) for i in range(n_chunks(attrs["counts"]["tokens"], chunks)))
+        keys.update(chunk_key(name, i) for i in range(n_chunks(attrs["counts"]["tokens"], chunks)))
     for name in INDEX_ARRAYS:  # one chunk each (cache/writer.py)
-        keys.update({f"{name}/zarr.json", chunk_key(name, 0, 1)})
+        keys.update({f"{name}/zarr.json", chunk_key(name, 0)})
     return keys
 
 

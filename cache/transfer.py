@@ -332,12 +332,11 @@ def _objects_to_fetch_again(problems, attrs: dict[str, Any]) -> set[str]:
     """The objects behind ``problems``, named by the format from its own list of arrays, never by the manifest."""
     keys = set()
     for name in fmt.array_names(attrs["layers"]):
-        ndim = 2 if name.startswith("activations/") else 1
         for problem in (p for p in problems if p.array == name):
             if problem.kind == "mismatch":  # the array's metadata disagrees with the manifest
                 keys.add(f"{name}/zarr.json")
             else:  # a damaged chunk, or an index array (always one chunk)
-                keys.add(fmt.chunk_key(name, problem.chunk or 0, ndim))
+                keys.add(fmt.chunk_key(name, problem.chunk or 0))
     return keys
 
 

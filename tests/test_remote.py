@@ -441,6 +441,7 @@ def test_a_manifest_naming_other_arrays_deletes_nothing(tiny_cache_path, url, tm
     ("counts", {"tokens": -1, "sequences": 0, "documents": 0}, "field 'counts'"),
     ("checksums", {"algorithm": "crc32", "chunks": {}, "arrays": {}}, "checksums.chunks has no entry for"),
     ("checksums", {}, "records no checksums"),
+    ("fingerprint", "0" * 64, "inconsistent manifest: manifest fingerprint 000000000000 is not the sha256 of its content"),
 ])
 def test_every_manifest_field_is_schema_checked_before_a_pull(pushed, tmp_path, url, field, value, phrase):
     fs = _fs()
