@@ -215,3 +215,16 @@ def test_damaged_caches_are_one_line_in_train_and_listed_by_verify(cache_copy, t
     verified = runner.invoke(app, ["cache", "verify", str(cache_copy), "--no-progress"])
     assert verified.exit_code == 1 and "Traceback" not in verified.output, verified.output
     assert verify_phrase in verified.stdout and verified.stderr.strip().startswith("error: ")
+
+
+def test_a_damaged_compressed_chunk_is_one_line_in_train(tmp_path):
+    from conftest import tiny_harvest
+
+    out = tmp_path / "z.zarr"
+    tiny_harvest(out, compression="zstd", max_tokens=1000)
+    victim = _chunk_files(out, LAYER19)[2]
+    victim.write_bytes(victim.read_bytes()[:100])
+    trained = runner.invoke(app, ["train", "--cache", str(out), "--out", str(tmp_path / "run"), *TRAIN_SMALL])
+    assert trained.exit_code == 1 and "Traceback" not in trained.output, trained.output
+    errors = trained.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: chunk 2 of " + LAYER19) and "cannot be decoded" in errors[0]
