@@ -161,7 +161,7 @@ def _header_problems(attrs: dict[str, Any]) -> list[str]:
         ("layers", lambda v: isinstance(v, list) and v and all(_is_int(x) for x in v) and len(set(v)) == len(v),
          "a non-empty list of distinct layer numbers"),
         ("d_model", lambda v: _is_int(v, 1), "a positive integer"),
-        ("dtype", lambda v: v in STORAGE_DTYPES, f"one of {sorted(STORAGE_DTYPES)}"),
+        ("dtype", lambda v: isinstance(v, str) and v in STORAGE_DTYPES, f"one of {sorted(STORAGE_DTYPES)}"),
         ("storage", lambda v: isinstance(v, dict) and _is_int(v.get("chunk_tokens"), 1), "an object with a positive chunk_tokens"),
     ]
     for key, valid, want in checks:
