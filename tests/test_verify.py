@@ -228,3 +228,14 @@ def test_a_damaged_compressed_chunk_is_one_line_in_train(tmp_path):
     assert trained.exit_code == 1 and "Traceback" not in trained.output, trained.output
     errors = trained.stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: chunk 2 of " + LAYER19) and "cannot be decoded" in errors[0]
+
+
+def test_info_and_ls_describe_an_invalid_manifest_without_a_traceback(cache_copy):
+    _edit_manifest(cache_copy, lambda m: m.update(layers="5", model=3, counts=[1], harvest="fast"))
+    info = runner.invoke(app, ["cache", "info", str(cache_copy)])
+    assert info.exit_code == 0 and "Traceback" not in info.output, info.output
+    assert "invalid manifest: manifest field 'layers' is '5'" in info.stdout
+    listing = runner.invoke(app, ["cache", "ls", str(cache_copy.parent)])
+    assert listing.exit_code == 0 and "invalid manifest" in listing.stdout, listing.output
+    verified = runner.invoke(app, ["cache", "verify", str(cache_copy), "--no-progress"])
+    assert verified.exit_code == 1 and "manifest: invalid (manifest field 'layers'" in verified.stdout
