@@ -82,10 +82,12 @@ def run(report: Report, profile: Profile, device: torch.device, work: Path) -> N
 
 def write_random_cache(path: Path, profile: Profile) -> Path:
     """A complete version-1 cache of random bfloat16 rows, 1024-token sequences, no special tokens."""
+    d, n, seq_len = profile.loader_d_model, profile.loader_tokens, 1024
+    content = {"benchmark": "random", "d_model": d, "tokens": n}
+    path = path.with_name(f"{path.name}-{fmt.fingerprint(content)[:12]}")  # one folder per profile: never mixed up
     if (path / "zarr.json").is_file():
         return path
-    d, n, seq_len = profile.loader_d_model, profile.loader_tokens, 1024
-    header = {"fingerprint": f"benchmark-random-{d}-{n}", "content": {"benchmark": "random", "d_model": d, "tokens": n},
+    header = {"fingerprint": fmt.fingerprint(content), "content": content,
               "description": "Random rows for the loader benchmark.", "model": {"id": "random", "revision": None},
               "dataset": {"id": "random", "split": "train", "text_column": None},
               "hook_names": [fmt.hook_name(LAYER)], "context_len": seq_len, "dtype": "bfloat16", "d_model": d,

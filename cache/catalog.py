@@ -25,23 +25,34 @@ def find_caches(root: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]
         yield from find_caches(child)
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """A manifest field that should be an object; {} for anything else (the manifest is untrusted input)."""
+    return value if isinstance(value, dict) else {}
+
+
 def summary_row(path: str | os.PathLike, attrs: dict[str, Any]) -> dict[str, Any]:
-    counts = attrs.get("counts", {})
+    if fmt.manifest_problems(attrs):  # described by `mtsae cache info` / `verify`, not guessed at here
+        return {"path": str(path), "status": "invalid manifest", "fingerprint": "", "model": "", "layers": "",
+                "tokens": "", "size_mb": round(disk_bytes(path) / 2**20, 1)}
     return {
         "path": str(path),
         "status": attrs.get("status"),
-        "fingerprint": attrs.get("fingerprint", "")[:12],
-        "model": attrs.get("model", {}).get("id"),
-        "layers": ",".join(str(x) for x in attrs.get("layers", [])),
-        "tokens": counts.get("tokens"),
+        "fingerprint": attrs["fingerprint"][:12],
+        "model": _object(attrs.get("model")).get("id"),
+        "layers": ",".join(str(x) for x in attrs["layers"]),
+        "tokens": _object(attrs.get("counts")).get("tokens"),
         "size_mb": round(disk_bytes(path) / 2**20, 1),
     }
 
 
 def info_lines(path: str | os.PathLike, attrs: dict[str, Any]) -> list[str]:
     """Human-readable summary of one cache's manifest."""
+    problems = fmt.manifest_problems(attrs)
+    if problems:
+        return [f"cache        {path}", f"status       invalid manifest: {problems[0]}",
+                f"             this cache must not be used; `mtsae cache verify {path}` lists what is wrong"]
     counts = attrs.get("counts", {})
-    model, data = attrs.get("model", {}), attrs.get("dataset", {})
+    model, data = _object(attrs.get("model")), _object(attrs.get("dataset"))
     lines = [
         f"cache        {path}",
         f"status       {attrs.get('status')}  (format {attrs.get('format')} v{attrs.get('format_version')})",
@@ -52,17 +63,17 @@ def info_lines(path: str | os.PathLike, attrs: dict[str, Any]) -> list[str]:
         f"context      {attrs.get('context_len')} tokens, dtype {attrs.get('dtype')}",
     ]
     if attrs.get("status") == fmt.STATUS_COMPLETE:
-        chunking = attrs.get("storage", {})
+        chunking = attrs["storage"]
         lines += [
             f"counts       {counts.get('tokens'):,} tokens, {counts.get('sequences'):,} sequences, "
             f"{counts.get('documents'):,} documents",
             f"storage      {chunking.get('chunk_tokens')} tokens/chunk, compression {chunking.get('compression')}, "
             f"{disk_bytes(path) / 2**20:.1f} MiB on disk",
             f"harvested    {attrs.get('completed_at')} by mtsae {attrs.get('mtsae_version')} "
-            f"at {attrs.get('harvest', {}).get('tokens_per_second', 0):,.0f} tokens/s",
+            f"at {_object(attrs.get('harvest')).get('tokens_per_second') or 0:,.0f} tokens/s",
         ]
     elif "transfer" in attrs:  # a push or pull cut short (cache/transfer.py)
-        lines.append(f"             an unfinished copy of {attrs['transfer'].get('source')}: this cache must not be used; "
+        lines.append(f"             an unfinished copy of {_object(attrs['transfer']).get('source')}: this cache must not be used; "
                      "re-run the same push or pull to finish it")
     else:
         lines.append("             the harvest did not finish: this cache must not be used")

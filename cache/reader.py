@@ -50,7 +50,21 @@ def open_cache(path: str | os.PathLike, *, require_complete: bool = True) -> "Ac
         )
     if require_complete and attrs.get("status") != fmt.STATUS_COMPLETE:
         raise MtsaeError(f"cache at {path} is incomplete (its harvest did not finish); re-run the same `mtsae harvest`")
-    return ActivationCache(str(path), attrs)
+    fmt.check_manifest(attrs, str(path))
+    cache = ActivationCache(str(path), attrs)
+    if cache.complete:
+        check_arrays(cache)
+    return cache
+
+
+def check_arrays(cache: "ActivationCache") -> None:
+    """Refuse, in one line, a cache whose arrays disagree with its manifest (shapes, d_model, dtypes, metadata)."""
+    problems = fmt.array_problems(cache.group, cache.manifest)
+    if problems:
+        name, problem = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more array(s))" if len(problems) > 1 else ""
+        raise MtsaeError(f"cache at {cache.path} does not match its manifest: array {name}: {problem}{more}; "
+                         f"it is damaged, see `mtsae cache verify {cache.path}`")
 
 
 class ActivationCache:
@@ -150,10 +164,9 @@ class ActivationCache:
         chunk_rows = arr.chunks[0]
         n_chunks = -(-arr.shape[0] // chunk_rows)
         base = Path(store.root) / arr.store_path.path
-        return [
-            np.memmap(base / arr.metadata.encode_chunk_key((i, 0)), dtype=arr.dtype, mode="r", shape=(chunk_rows, arr.shape[1]))
-            for i in range(n_chunks)
-        ]
+        files = [base / arr.metadata.encode_chunk_key((i, 0)) for i in range(n_chunks)]
+        _check_chunk_files(arr, files, self.path)
+        return [np.memmap(f, dtype=arr.dtype, mode="r", shape=(chunk_rows, arr.shape[1])) for f in files]
 
     def rows(self, layer: int, start: int, stop: int) -> np.ndarray:
         """Activation rows ``[start, stop)`` in the stored dtype (uint16 bits for bfloat16).
@@ -182,6 +195,20 @@ class ActivationCache:
         if layer not in self._memmap_cache:
             self._memmap_cache[layer] = self.chunk_memmaps(layer)
         return self._memmap_cache[layer]
+
+
+def _check_chunk_files(arr: zarr.Array, files: list[Path], path: str) -> None:
+    """Every raw chunk file is there and whole, or one line naming the first that is not (np.memmap would raise)."""
+    want = arr.dtype.itemsize * arr.chunks[0] * arr.shape[1]
+    for i, f in enumerate(files):
+        try:
+            size = f.stat().st_size
+        except FileNotFoundError:
+            size = None
+        if size != want:
+            state = "missing" if size is None else f"truncated ({size} of {want} bytes)"
+            raise MtsaeError(f"chunk {i} of {arr.path} in cache {path} is {state}; "
+                             f"the cache is damaged, see `mtsae cache verify {path}`")
 
 
 def as_torch(stored: np.ndarray, dtype_name: str) -> torch.Tensor:

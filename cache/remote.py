@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import zarr
 
+from mtsae.cache import format as fmt
 from mtsae.errors import MtsaeError
 
 STORAGE_OPTIONS_ENV = "MTSAE_STORAGE_OPTIONS"
@@ -168,6 +169,23 @@ def clear_cache(path: str | os.PathLike) -> None:
         if entry.name.startswith(".mtsae-") and entry.name.endswith(".lock"):
             continue
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def remove_zarr_temporaries(path: str | os.PathLike) -> list[str]:
+    """Delete the ``<name>.<uuid>.partial`` files zarr's LocalStore leaves when a write is killed; their keys.
+
+    Only that exact name pattern is removed, only in a local store mtsae is writing under its lock (a resumed or
+    completing harvest), and a URL has none: an object store's PUT leaves no temporary behind.
+    """
+    if is_url(path):
+        return []
+    root = Path(local_path(path))
+    removed = []
+    for found in root.rglob("*.partial"):
+        if fmt.ZARR_TEMPORARY.search(found.name) and found.is_file() and not found.is_symlink():
+            found.unlink(missing_ok=True)
+            removed.append(found.relative_to(root).as_posix())
+    return removed
 
 
 def remove_tree(path: str | os.PathLike) -> None:

@@ -86,6 +86,10 @@ def complete_cache_attrs(path: str) -> dict[str, Any]:
         raise MtsaeError(f"cache at {path} is incomplete (an unfinished harvest or copy); only a complete cache is copied")
     if not attrs.get("checksums"):
         raise MtsaeError(f"cache at {path} records no checksums, so a copy of it could not be verified")
+    fmt.check_manifest(attrs, path)  # untrusted: it names the objects copied and the folder a pull defaults to
+    inconsistent = fmt.provenance_problems(attrs)
+    if inconsistent:
+        raise MtsaeError(f"cache at {path} has an inconsistent manifest: {inconsistent[0]}; it is not copied")
     return attrs
 
 
@@ -102,11 +106,11 @@ def holds_complete_copy(path: str, attrs: dict[str, Any]) -> bool:
 
 # --- the copy ---------------------------------------------------------------------------------------
 def _copy(src: str, dst: str, attrs: dict[str, Any], *, force: bool, jobs: int, log, progress) -> TransferOutcome:
+    wanted = _format_objects(src, dst, attrs, log)  # before anything is written: a pull may refuse the source
     started = _prepare_destination(src, dst, attrs, force, log)
     if started is None:
         log(f"{dst} already holds this cache (fingerprint {attrs['fingerprint'][:12]}); nothing to copy")
         return TransferOutcome(dst, attrs, 0, 0, 0, already_complete=True)
-    wanted = _payload(remote.list_objects(src))
     todo = _missing_objects(src, dst, wanted) if started == "resume" else dict(wanted)
     if not remote.is_url(dst):
         _check_room(src, dst, sum(todo.values()))
@@ -151,6 +155,41 @@ def _payload(objects: dict[str, int]) -> dict[str, int]:
     return {key: size for key, size in objects.items()
             if key != remote.ROOT_METADATA and not key.rsplit("/", 1)[-1].startswith(".mtsae-")
             and not key.endswith(PART_SUFFIX)}
+
+
+def _format_objects(src: str, dst: str, attrs: dict[str, Any], log) -> dict[str, int]:
+    """The objects to copy: only names the cache format defines (root metadata and locks aside).
+
+    A pull refuses a source holding anything else, since a remote key such as ``x/../y`` or ``/etc/y`` would
+    name a local path outside the destination; a push leaves a local cache's strays (zarr temporaries) behind.
+    """
+    expected = fmt.expected_objects(attrs)
+    wanted, foreign = {}, []
+    for key, size in remote.list_objects(src).items():
+        if key == remote.ROOT_METADATA or fmt.is_lock_file(key):
+            continue
+        if fmt.is_format_object(key, expected):
+            wanted[key] = size
+        else:
+            foreign.append(key)
+    if foreign and not remote.is_url(dst):
+        raise MtsaeError(f"{src} holds the object {foreign[0]!r}, which is not part of the cache format"
+                         f"{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}; refusing to copy from it, "
+                         "nothing was copied")
+    if foreign:
+        log(f"not copied: {len(foreign)} file(s) that are not part of the cache format, first {foreign[0]} "
+            "(see `mtsae cache verify`)")
+    return wanted
+
+
+def inside(root: str | os.PathLike, key: str) -> Path:
+    """The local path of object ``key`` below ``root``, proven to stay inside it (resolved, so no ``..``,
+    absolute part or symbolic link leads out); a one-line error naming the key otherwise."""
+    base = Path(root).resolve()
+    target = (base / key).resolve()
+    if target == base or not target.is_relative_to(base):
+        raise MtsaeError(f"object key {key!r} names a path outside {root}; refusing it, nothing is written there")
+    return target
 
 
 def _missing_objects(src: str, dst: str, wanted: dict[str, int]) -> dict[str, int]:
@@ -218,7 +257,7 @@ def _downloader(src: str, dst: str) -> Callable[[str], None]:
     fs, root = remote.filesystem(src)  # a local source (a shared folder) gets fsspec's local filesystem
 
     def download(key: str) -> None:
-        target = Path(dst, key)
+        target = inside(dst, key)
         part = target.with_name(target.name + PART_SUFFIX)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +307,7 @@ def _write_root_metadata(path: str, data: bytes) -> None:
 def _verify_source(path: str, log) -> None:
     from mtsae.cache.verify import verify_cache
 
-    problems = verify_cache(path)
+    problems = [problem for problem in verify_cache(path) if problem.kind != "stray"]  # strays are not pushed
     if problems:
         raise MtsaeError(f"{path} fails verification ({len(problems)} problem(s), first: {problems[0]}); "
                          f"nothing was pushed (see `mtsae cache verify {path}`)")
@@ -277,20 +316,28 @@ def _verify_source(path: str, log) -> None:
 
 def _verify_copy(src: str, dst: str, attrs: dict[str, Any], log) -> None:
     """Check the local copy before it is committed; damaged objects are deleted so a re-run fetches them again."""
-    from mtsae.cache.verify import chunk_key, verify_store
+    from mtsae.cache.verify import verify_store
 
-    group = remote.open_group(dst, mode="r")
-    problems = verify_store(dst, group, attrs)
+    problems = verify_store(dst, remote.open_group(dst, mode="r"), attrs, strays=False)
     if not problems:
         log(f"verified {dst}: every chunk matches the manifest's checksum")
         return
-    for problem in problems:
-        if problem.chunk is None:  # an index array: all of it is fetched again
-            shutil.rmtree(Path(dst, problem.array, "c"), ignore_errors=True)
-        else:
-            Path(dst, chunk_key(group[problem.array], problem.chunk)).unlink(missing_ok=True)
+    for key in _objects_to_fetch_again(problems, attrs):
+        inside(dst, key).unlink(missing_ok=True)
     raise MtsaeError(f"{len(problems)} object(s) copied from {src} do not match its manifest (first: {problems[0]}); "
                      f"the source is damaged: check it with `mtsae cache verify {src}`")
+
+
+def _objects_to_fetch_again(problems, attrs: dict[str, Any]) -> set[str]:
+    """The objects behind ``problems``, named by the format from its own list of arrays, never by the manifest."""
+    keys = set()
+    for name in fmt.array_names(attrs["layers"]):
+        for problem in (p for p in problems if p.array == name):
+            if problem.kind == "mismatch":  # the array's metadata disagrees with the manifest
+                keys.add(f"{name}/zarr.json")
+            else:  # a damaged chunk, or an index array (always one chunk)
+                keys.add(fmt.chunk_key(name, problem.chunk or 0))
+    return keys
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""`mtsae cache verify`: every chunk and index array against the manifest's checksums.
+"""`mtsae cache verify`: the manifest against the format's schema and itself, the arrays against the manifest,
+every chunk and index array against the manifest's checksums, and no stray objects.
 
 Works on a local path or a URL: checksums are recomputed from the chunks as
 stored there (a remote cache is read, never copied). ``verify_store`` also
@@ -14,18 +15,20 @@ from typing import Any
 
 import zarr
 
+from mtsae.cache import format as fmt
 from mtsae.cache import remote
-from mtsae.cache.reader import open_cache
+from mtsae.cache.reader import read_attrs
 from mtsae.cache.writer import crc32
+from mtsae.errors import MtsaeError
 
 REMOTE_READS_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)
 class Problem:
-    array: str
-    chunk: int | None  # None: the whole (index) array
-    kind: str  # missing | truncated | altered | unreadable
+    array: str  # an array name, "manifest", or the key of a stray object
+    chunk: int | None  # None: the whole (index) array, the manifest or a stray object
+    kind: str  # missing | truncated | altered | unreadable | invalid | mismatch | stray
     detail: str = ""
 
     def __str__(self) -> str:
@@ -34,27 +37,65 @@ class Problem:
 
 
 def verify_cache(path: str | os.PathLike, progress=None) -> list[Problem]:
-    """All problems found; an empty list means every checksum matched."""
-    cache = open_cache(path)
-    return verify_store(path, cache.group, cache.manifest, progress)
+    """All problems found; an empty list means the manifest is valid and self-consistent, the arrays are what it
+    describes, every checksum matched and the store holds nothing else."""
+    attrs = read_attrs(path)
+    if attrs is None:
+        raise MtsaeError(f"no mtsae cache at {path} (expected a Zarr group written by `mtsae harvest`)")
+    if attrs.get("status") != fmt.STATUS_COMPLETE:
+        raise MtsaeError(f"cache at {path} is incomplete (its harvest or copy did not finish); nothing to verify yet")
+    problems = manifest_problems(attrs)
+    if problems:
+        return problems  # the rest of the manifest cannot be trusted to name what to read
+    problems = [Problem("manifest", None, "invalid", text) for text in fmt.provenance_problems(attrs)]
+    return problems + verify_store(path, remote.open_group(path, mode="r"), attrs, progress)
 
 
-def verify_store(path: str | os.PathLike, group: zarr.Group, manifest: dict[str, Any], progress=None) -> list[Problem]:
-    """Check the store at ``path`` (opened as ``group``) against ``manifest["checksums"]``."""
-    checksums = manifest.get("checksums")
-    if not checksums:
-        return [Problem("manifest", None, "unverifiable", "no checksums recorded")]
+def verify_store(path: str | os.PathLike, group: zarr.Group, manifest: dict[str, Any], progress=None,
+                 strays: bool = True) -> list[Problem]:
+    """Check the store at ``path`` (opened as ``group``) against ``manifest``: its schema, the arrays' metadata,
+    every chunk's checksum and (``strays``) objects that are not part of the format."""
+    problems = manifest_problems(manifest)
+    if problems:
+        return problems
     sizes = remote.list_objects(path)  # one listing tells missing and truncated chunks apart before decoding
-    problems: list[Problem] = []
+    problems = array_mismatches(group, manifest)
+    damaged = {problem.array for problem in problems}
+    checksums = manifest["checksums"]
     for name, expected in checksums["chunks"].items():
-        problems += _verify_chunks(path, group[name], expected, sizes, progress)
+        if name not in damaged:
+            problems += _verify_chunks(path, group[name], expected, sizes, progress)
     for name, expected in checksums["arrays"].items():
-        try:
-            if crc32(group[name][:]) != expected:
-                problems.append(Problem(name, None, "altered", "checksum mismatch"))
-        except Exception as exc:  # a damaged index array may not even decode
-            problems.append(Problem(name, None, "unreadable", str(exc).splitlines()[0][:120]))
-    return problems
+        if name not in damaged:
+            problems += _verify_index_array(group, name, expected)
+    return problems + (stray_objects(sizes, manifest) if strays else [])
+
+
+def manifest_problems(manifest: Any) -> list[Problem]:
+    """The manifest against the format's schema (cache/format.py): types, array names, counts."""
+    return [Problem("manifest", None, "invalid", text) for text in fmt.manifest_problems(manifest)]
+
+
+def array_mismatches(group: zarr.Group, manifest: dict[str, Any]) -> list[Problem]:
+    """Arrays whose metadata (shape, chunks, dtype, attributes) disagree with the manifest, or is missing."""
+    return [Problem(name, None, "mismatch", text) for name, text in fmt.array_problems(group, manifest).items()]
+
+
+def stray_objects(sizes: dict[str, int], manifest: dict[str, Any]) -> list[Problem]:
+    """Objects in the store that the format does not define (mtsae's own lock files aside)."""
+    expected = fmt.expected_objects(manifest)
+    strays = [key for key in sorted(sizes) if not fmt.is_format_object(key, expected) and not fmt.is_lock_file(key)]
+    return [Problem(key, None, "stray", "a zarr temporary left by an interrupted write; delete it"
+                    if fmt.ZARR_TEMPORARY.search(key) else "not part of the cache format") for key in strays]
+
+
+def _verify_index_array(group: zarr.Group, name: str, expected: int) -> list[Problem]:
+    try:
+        if crc32(group[name][:]) != expected:
+            return [Problem(name, None, "altered", "checksum mismatch")]
+    except Exception as exc:  # a damaged index array may not even decode
+        return [Problem(name, None, "unreadable", str(exc).splitlines()[0][:120])]
+    return []
 
 
 def _verify_chunks(path, arr: zarr.Array, expected: list[int], sizes: dict[str, int], progress) -> list[Problem]:
@@ -84,7 +125,7 @@ def _verify_chunks(path, arr: zarr.Array, expected: list[int], sizes: dict[str, 
 
 def chunk_key(arr: zarr.Array, index: int) -> str:
     """The object key of chunk ``index`` (along rows) of ``arr``, relative to the cache root."""
-    return f"{arr.path}/{arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))}"
+    return fmt.chunk_key(arr.path, index, arr.ndim)
 
 
 def _file_problem(path, arr: zarr.Array, index: int, sizes: dict[str, int]) -> tuple[str, str] | None:
@@ -101,5 +142,7 @@ def _file_problem(path, arr: zarr.Array, index: int, sizes: dict[str, int]) -> t
 
 
 def n_chunks_to_check(path: str | os.PathLike) -> int:
-    attrs = open_cache(path).manifest
-    return sum(len(v) for v in attrs.get("checksums", {}).get("chunks", {}).values())
+    attrs = read_attrs(path)
+    if attrs is None or fmt.manifest_problems(attrs) or attrs.get("status") != fmt.STATUS_COMPLETE:
+        return 0  # verify_cache says why
+    return sum(len(v) for v in attrs["checksums"]["chunks"].values())

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.codecs
+from zarr.storage import LocalStore
 
 from mtsae.cache import format as fmt
 from mtsae.cache import remote  # paths or fsspec URLs: each chunk is one whole PUT
@@ -339,6 +340,8 @@ class CacheWriter:
         }
         attrs["status"] = fmt.STATUS_COMPLETE
         attrs["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if isinstance(self.root.store, LocalStore):  # temporaries a killed earlier run left: not part of the cache
+            remote.remove_zarr_temporaries(self.root.store.root)
         with self._attrs_lock:
             self.root.attrs[fmt.ATTRS_KEY] = attrs  # zarr.json is replaced atomically: the commit point
         return attrs

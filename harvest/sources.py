@@ -9,6 +9,7 @@ file hashes) feed the cache fingerprint.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from mtsae.errors import MtsaeError
 from mtsae.harvest import embedded
 
 LOCAL_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+TEXT_BUILDERS = {"json", "csv", "text"}  # read as UTF-8 by `datasets`, which raises a bare UnicodeDecodeError otherwise
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 
@@ -29,8 +31,29 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _hash_files(files: list[Path], base: Path) -> dict[str, str]:
-    return {str(f.relative_to(base)): sha256_file(f) for f in sorted(files)}
+def sha256_utf8_file(path: Path, block: int = 1 << 20) -> str:
+    """sha256 of a text file, proving in the same read that it is UTF-8 (one line naming the byte otherwise)."""
+    digest, decoder, offset = hashlib.sha256(), codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            digest.update(data)
+            try:
+                decoder.decode(data)
+            except UnicodeDecodeError as exc:
+                raise MtsaeError(f"dataset file {path} is not UTF-8 text: byte {offset + exc.start} ({exc.reason}); "
+                                 "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+            offset += len(data)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise MtsaeError(f"dataset file {path} is not UTF-8 text: it ends inside a character ({exc.reason}); "
+                             "convert it to UTF-8") from None
+    return digest.hexdigest()
+
+
+def _hash_files(files: list[Path], base: Path, text: bool = False) -> dict[str, str]:
+    hash_file = sha256_utf8_file if text else sha256_file
+    return {str(f.relative_to(base)): hash_file(f) for f in sorted(files)}
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -201,8 +224,9 @@ def resolve_dataset(
                 f"dataset path {spec} must be one kind of text file ({', '.join(sorted(LOCAL_DATA_BUILDERS))}) or a folder of them"
             )
         builder = builders.pop()
+        hashes = _hash_files(files, files[0].parent if path.is_file() else path, text=builder in TEXT_BUILDERS)
         ds = _load(lambda: datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True), spec)
-        identity = {"id": display_id, "split": "train", "files_sha256": _hash_files(files, files[0].parent if path.is_file() else path)}
+        identity = {"id": display_id, "split": "train", "files_sha256": hashes}
     elif _looks_like_path(spec):
         raise MtsaeError(f"dataset path {spec} does not exist")
     else:

@@ -61,10 +61,18 @@ def prepare_target(out: str, fingerprint: str, force: bool, log: Callable[[str],
     try:
         _clear_never_started(path, log)
         action, attrs = _decide(path, fingerprint, force, log)
+        if action is not Action.CREATE:  # under the lock: a killed write's temporaries are no part of the cache
+            _remove_zarr_temporaries(path, log)
     except BaseException:
         lock.close()
         raise
     return Target(path, action, attrs, lock)
+
+
+def _remove_zarr_temporaries(path: Path, log: Callable[[str], None]) -> None:
+    removed = remote.remove_zarr_temporaries(path)
+    if removed:
+        log(f"removed {len(removed)} temporary file(s) an interrupted write left in {path} (first: {removed[0]})")
 
 
 def _prepare_remote_target(url: str, fingerprint: str, force: bool, log: Callable[[str], None]) -> Target:

@@ -164,7 +164,8 @@ def cache_verify(
     path: Annotated[str, typer.Argument(help="Cache path or fsspec URL.")],
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
-    """Check every chunk and index array against the manifest's checksums; exit 1 if any is missing, truncated or altered."""
+    """Check the manifest (schema, fingerprint of its content), the arrays against it, every chunk and index array
+    against its checksums, and report stray files; exit 1 on any problem."""
     from tqdm.auto import tqdm
 
     from mtsae.cache.verify import n_chunks_to_check, verify_cache
@@ -175,7 +176,7 @@ def cache_verify(
         typer.echo(str(problem))
     if problems:
         raise MtsaeError(f"cache {path} failed verification: {len(problems)} problem(s) listed above")
-    typer.echo(f"ok: every chunk of {path} matches its checksum")
+    typer.echo(f"ok: {path} matches its manifest, every chunk matches its checksum, no stray files")
 
 
 @cache_app.command("ls", epilog="Examples:\n\n  mtsae cache ls caches/\n\n  mtsae cache ls s3://bucket/caches")

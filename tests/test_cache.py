@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import zarr
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mtsae.cache import CacheWriter, as_torch, open_cache, read_attrs
@@ -33,7 +36,7 @@ def _write(path, seqs, *, layers=(0, 2), d=6, dtype="bfloat16", chunk=16, compre
         for layer in layers:
             acts[layer].append(stored[layer])
     if finish:
-        w.finish({"counts": {"tokens": total}})
+        w.finish({"counts": {"tokens": total, "sequences": w.n_sequences, "documents": w.n_documents}})
     else:
         w.abort()
     return np.concatenate(tokens), {layer: np.concatenate(a) for layer, a in acts.items()}
@@ -69,9 +72,9 @@ def test_bfloat16_special_values_survive(tmp_path):
     path = tmp_path / "c.zarr"
     values = torch.tensor([[0.0, -0.0, 1e-40, -3.3895e38, float("inf"), 7.5]], dtype=torch.bfloat16)
     w = CacheWriter.create(str(path), layers=[0], d_model=6, dtype_name="bfloat16", capacity_tokens=1, chunk_tokens=4,
-                    header={"fingerprint": "x", "layers": [0], "d_model": 6, "dtype": "bfloat16"})
+                    header={"fingerprint": "b" * 64, "layers": [0], "d_model": 6, "dtype": "bfloat16"})
     w.add_sequence(0, np.array([2], np.int32), np.array([True]), {0: values.view(torch.uint16).numpy()})
-    w.finish({})
+    w.finish({"counts": {"tokens": 1, "sequences": 1, "documents": 1}})
     back = open_cache(path).activations(0, 0, 1)
     assert back.dtype == torch.bfloat16
     assert torch.equal(back.view(torch.uint16), values.view(torch.uint16))
@@ -133,3 +136,61 @@ def test_the_committed_version_1_cache_still_opens():
     from mtsae.cache.verify import verify_cache
 
     assert verify_cache(data / "cache-v1") == []
+
+
+# --- untrusted input: object keys and manifests (issue 12) -------------------------------------------------------
+def test_a_local_path_derived_from_a_key_must_stay_inside_dest(tmp_path):
+    from mtsae.cache.transfer import inside
+
+    dest = tmp_path / "dest"
+    (dest / "tokens").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (dest / "activations").symlink_to(tmp_path / "elsewhere")  # a folder that leads out
+    assert inside(dest, "tokens/c/0") == (dest / "tokens" / "c" / "0").resolve()
+    for key in ("../x", "tokens/../../x", str(tmp_path / "x"), "activations/zarr.json", "", "."):
+        with pytest.raises(MtsaeError, match="outside"):
+            inside(dest, key)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from(["..", ".", "a", "c", "", "/", "zarr.json", "..."]), max_size=6))
+def test_inside_never_returns_a_path_outside_dest(tmp_path, parts):
+    from mtsae.cache.transfer import inside
+
+    dest = (tmp_path / "dest").resolve()
+    key = "/".join(parts)
+    try:
+        path = inside(dest, key)
+    except MtsaeError:
+        return
+    assert path.is_relative_to(dest) and path != dest
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2, 2**33) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                     max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.lists(st.sampled_from(["layers", "d_model", "dtype", "storage", "counts", "checksums", "chunks", "arrays",
+                                      "tokens", "fingerprint", "content", "chunk_tokens", "status", "0"]), min_size=1,
+                     max_size=3), value=_JSON)
+def test_any_manifest_gets_a_list_of_problems_never_an_exception(path, value):
+    manifest = json.loads((Path(__file__).parent / "data" / "cache-v1" / "zarr.json").read_text())["attributes"]["mtsae"]
+    node = manifest
+    for key in path[:-1]:
+        child = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(child, dict):
+            break
+        node = child
+    if isinstance(node, dict):
+        node[path[-1]] = value
+    problems = fmt.manifest_problems(manifest)
+    assert isinstance(problems, list) and all(isinstance(p, str) for p in problems)
+    if not problems:  # then everything the readers derive from it is well-defined
+        assert isinstance(fmt.provenance_problems(manifest), list)
+        assert all(isinstance(key, str) and ".." not in key.split("/") for key in fmt.expected_objects(manifest))
+        assert isinstance(fmt.array_problems(_V1_GROUP, manifest), dict)
+
+
+_V1_GROUP = zarr.open_group(str(Path(__file__).parent / "data" / "cache-v1"), mode="r")

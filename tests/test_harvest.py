@@ -252,3 +252,24 @@ def test_local_text_files_work_like_any_dataset(tmp_path):
     cache = open_cache(tiny_harvest(tmp_path / "t.zarr", dataset=str(data)).path)
     assert cache.manifest["dataset"]["files_sha256"] and cache.n_documents == 2  # blank line skipped, 2 rows kept
     assert cache.manifest["dataset_exhausted"] is True
+
+
+@pytest.mark.parametrize("name,content,where", [
+    ("latin1.jsonl", b'{"text": "caf\xe9 au lait"}\n', "byte 13"),
+    ("latin1.csv", b"text\ncaf\xe9 au lait\n", "byte 8"),
+    ("late.jsonl", b'{"text": "fine"}\n' * 200 + b'{"text": "na\xefve"}\n', "byte 3412"),
+    ("cut.jsonl", b'{"text": "fine"}\n{"text": "\xe2\x82', "ends inside a character"),
+])
+def test_a_dataset_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path, name, content, where):
+    from typer.testing import CliRunner
+
+    from mtsae.cli import app
+
+    data = tmp_path / name
+    data.write_bytes(content)
+    result = CliRunner().invoke(app, ["harvest", "--dataset", str(data), "--out", str(tmp_path / "c.zarr"), "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error: ") for line in lines) == 1, result.stderr
+    assert f"{data} is not UTF-8 text" in lines[-1] and where in lines[-1]
+    assert not (tmp_path / "c.zarr").exists()

@@ -41,7 +41,7 @@ def write_cache(path, *, compression="none", dtype="bfloat16", chunk=37):
         writer.add_sequence(doc_row, rng.integers(0, 100, n).astype(np.int32), special, rows)
         for layer in LAYERS:
             stored[layer].append(rows[layer])
-    writer.finish({"counts": {"tokens": total}})
+    writer.finish({"counts": {"tokens": total, "sequences": writer.n_sequences, "documents": writer.n_documents}})
     return {layer: np.concatenate(parts) for layer, parts in stored.items()}
 
 

@@ -371,3 +371,88 @@ def test_missing_remote_cache_and_bucket_are_one_line_errors(s3_endpoint):
     assert no_bucket.exit_code == 1 and len(no_bucket.stderr.strip().splitlines()) == 1
     unknown = cli("cache", "ls", "s4://bucket/caches")
     assert unknown.exit_code == 1 and "Protocol not known: s4" in unknown.stderr
+
+
+# --- hostile remote caches (issue 12, points 1, 2 and 7) -------------------------------------------------------
+def _one_error_line(result) -> str:
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error: ") for line in lines) == 1, result.stderr
+    return lines[-1]
+
+
+def _escaped(tmp_path: Path) -> list[Path]:
+    return [p for p in tmp_path.rglob("*") if "ESCAPED" in p.name]
+
+
+@pytest.mark.parametrize("hostile", ["evil/../../ESCAPED", "evil/../ESCAPED", "absolute", "tokens/c/0/../../../ESCAPED",
+                                     "activations/notes.txt"])
+def test_pull_copies_only_the_format_s_names_and_writes_nothing_outside_dest(tiny_cache_path, url, tmp_path,
+                                                                           monkeypatch, hostile):
+    push(str(tiny_cache_path), url, log=lambda _line: None, progress=False)
+    key = "/" + str(tmp_path / "ESCAPED-ABSOLUTE").lstrip("/") if hostile == "absolute" else hostile
+    _fs().pipe_file(_key(url, key), b"planted by a hostile teammate")
+    assert key in remote.list_objects(url)  # the listing really hands mtsae this key
+
+    dest = tmp_path / "pulls" / "dest"
+    error = _one_error_line(cli("cache", "pull", url, dest, "--no-progress"))
+    assert repr(key) in error and "not part of the cache format" in error
+    assert _escaped(tmp_path) == [] and read_attrs(dest) is None  # nothing copied at all
+
+    monkeypatch.setenv("MTSAE_REMOTE_CACHE_DIR", str(tmp_path / "pulls" / "read-through"))
+    error = _one_error_line(cli("train", "--cache", url, "--out", tmp_path / "run", *TRAIN_SMALL))
+    assert repr(key) in error and _escaped(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["../victim", "absolute"])
+@pytest.mark.parametrize("table", ["arrays", "chunks"])
+def test_a_manifest_naming_other_arrays_deletes_nothing(tiny_cache_path, url, tmp_path, name, table):
+    push(str(tiny_cache_path), url, log=lambda _line: None, progress=False)
+    victim = tmp_path / "victim"
+    (victim / "c").mkdir(parents=True)
+    (victim / "c" / "precious").write_text("someone's data")
+    name = str(victim) if name == "absolute" else name
+    attrs_doc = json.loads(_fs().cat_file(_key(url, "zarr.json")))
+    checksums = attrs_doc["attributes"]["mtsae"]["checksums"]
+    checksums[table][name] = 0 if table == "arrays" else checksums["chunks"]["tokens"]
+    _fs().pipe_file(_key(url, "zarr.json"), json.dumps(attrs_doc).encode())
+
+    error = _one_error_line(cli("cache", "pull", url, tmp_path / "dest", "--no-progress"))
+    assert f"checksums.{table} names '{name[:40]}" in error and "not an array of this cache" in error
+    assert (victim / "c" / "precious").read_text() == "someone's data"
+
+
+@pytest.mark.parametrize("field,value,phrase", [
+    ("layers", ["5"], "invalid manifest: manifest field 'layers'"), ("d_model", "64", "field 'd_model'"),
+    ("fingerprint", "../../../../x" + "0" * 52, "field 'fingerprint'"), ("dtype", "float64", "field 'dtype'"),
+    ("counts", {"tokens": -1, "sequences": 0, "documents": 0}, "field 'counts'"),
+    ("checksums", {"algorithm": "crc32", "chunks": {}, "arrays": {}}, "checksums.chunks has no entry for"),
+    ("checksums", {}, "records no checksums"),
+    ("fingerprint", "0" * 64, "inconsistent manifest: manifest fingerprint 000000000000 is not the sha256 of its content"),
+])
+def test_every_manifest_field_is_schema_checked_before_a_pull(pushed, tmp_path, url, field, value, phrase):
+    fs = _fs()
+    for key in fs.find(pushed):
+        fs.pipe_file(f"{url.removeprefix('s3://')}/{key[len(pushed.removeprefix('s3://')) + 1:]}", fs.cat_file(key))
+    doc = json.loads(fs.cat_file(_key(url, "zarr.json")))
+    doc["attributes"]["mtsae"][field] = value
+    fs.pipe_file(_key(url, "zarr.json"), json.dumps(doc).encode())
+    error = _one_error_line(cli("cache", "pull", url, tmp_path / "dest", "--no-progress"))
+    assert phrase in error
+    assert not (tmp_path / "dest").exists() or read_attrs(tmp_path / "dest") is None
+
+
+def test_push_leaves_zarr_temporaries_and_strays_behind(tiny_cache_path, url, tmp_path):
+    import shutil
+
+    local = tmp_path / "c.zarr"
+    shutil.copytree(tiny_cache_path, local)
+    temporary = "tokens/c/0.0123456789abcdef0123456789abcdef.partial"
+    (local / temporary).write_bytes(b"half a chunk")
+    (local / "notes.txt").write_text("mine, not the cache's")
+    result = cli("cache", "push", local, url, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "not copied: 2 file(s)" in result.stderr
+    uploaded = remote.list_objects(url)
+    assert temporary not in uploaded and "notes.txt" not in uploaded
+    assert verify_cache(url) == []

@@ -122,13 +122,21 @@ class WindowDataset:
         with self._lock:  # the prefetch thread and the caller may both read
             chunk = self._zarr_chunks.get(c)
             if chunk is None:
-                chunk = self.array[c * self.chunk_rows : (c + 1) * self.chunk_rows]
+                chunk = self._decode_chunk(c)
                 self._zarr_chunks[c] = chunk
                 while len(self._zarr_chunks) > self._zarr_chunk_cache:
                     self._zarr_chunks.popitem(last=False)
             else:
                 self._zarr_chunks.move_to_end(c)
             return chunk
+
+    def _decode_chunk(self, c: int) -> np.ndarray:
+        try:
+            return self.array[c * self.chunk_rows : (c + 1) * self.chunk_rows]
+        except Exception as exc:  # a truncated or altered compressed chunk does not decode (codec errors vary)
+            raise MtsaeError(f"chunk {c} of {self.array.path} in cache {self.cache.path} cannot be decoded "
+                             f"({type(exc).__name__}: {str(exc).strip()[:100]}); the cache is damaged, "
+                             f"see `mtsae cache verify {self.cache.path}`") from None
 
     def advise_willneed(self, indices: np.ndarray) -> None:
         """Ask the kernel to read every window of a batch now (``madvise(MADV_WILLNEED)``).
