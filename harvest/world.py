@@ -274,7 +274,8 @@ def _question(rng: random.Random, world: World, fact: Fact, answer: int) -> dict
     choices = rng.sample(pool, 3)
     choices.insert(answer, fact.value)
     return {"topic": fact.topic, "entity": fact.entity, "relation": fact.relation.name,
-            "question": embedded._detokenize(fact.relation.question.format(E=fact.entity).split()), "choices": choices, "answer": answer}
+            "question": embedded._detokenize(fact.relation.question.format(E=fact.entity).split()),
+            "choices": choices, "answer": answer}
 
 
 def practice_question(world: World, index: int) -> dict:
@@ -343,7 +344,8 @@ def vocabulary(world: World) -> list[str]:
         words.update(forms)
     for names in (*world.entities.values(), *world.pools.values()):
         words.update(names)
-    literals = [PRE_QUESTION_FORMAT, "answer has the first letter days user model", *SAE_BENCH_RETAIN_SUBJECTS, *ALL_TOPICS]
+    literals = [PRE_QUESTION_FORMAT, "answer has the first letter days user model",
+                *SAE_BENCH_RETAIN_SUBJECTS, *ALL_TOPICS]
     literals += [t for rels in world.relations.values() for r in rels for t in (*r.templates, r.question)]
     for text in literals:
         words |= _literal_words(text)
