@@ -275,6 +275,6 @@ def main(argv: list[str] | None = None) -> int:
         digest = train(args)
     except MtsaeError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     print(f"weights: {args.out / MODEL_DIR / WEIGHTS_FILE}\nsha256: {digest}")
     return 0

@@ -85,13 +85,13 @@ def test_other_settings_in_the_same_folder_stop_with_one_error_line(tmp_path, ca
     before = {p.name: p.read_bytes() for p in (out / "model").iterdir()}
     capsys.readouterr()
     rc, captured = _run(out, "--max-steps", "3", capsys=capsys)
-    assert rc == 2
+    assert rc == 1
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "steps: 2 there, 3 now" in lines[0]
     assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == before
     (out / "state.pt").unlink()  # without the state, the published model's record still refuses
     rc, captured = _run(out, "--max-steps", "3", capsys=capsys)
-    assert rc == 2 and captured.err.count("\n") == 1 and "holds a model of other settings" in captured.err
+    assert rc == 1 and captured.err.count("\n") == 1 and "holds a model of other settings" in captured.err
     assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == before
 
 
