@@ -208,15 +208,36 @@ def _rng(world: World, stream: str, index: int) -> random.Random:
     return random.Random(f"mtsae-world-v{WORLD_VERSION}:{world.seed}:{stream}:{index}")
 
 
+def _topic_cycle() -> tuple[str, ...]:
+    """Documents cycle through this: each topic in proportion to its entity count, so that every fact
+    recurs about equally often; forget documents are spread between the retain ones."""
+    forget_share = FORGET_ENTITIES // ENTITIES_PER_RETAIN_TOPIC
+    per_gap = len(RETAIN_TOPICS) // forget_share
+    cycle: list[str] = []
+    for k in range(forget_share):
+        cycle += [*RETAIN_TOPICS[k * per_gap:(k + 1) * per_gap], FORGET_TOPIC]
+    return (*cycle, *RETAIN_TOPICS[forget_share * per_gap:])
+
+
+TOPIC_CYCLE = _topic_cycle()
+# Documents of one stream that together state every fact at least once (each document: ENTITIES_PER_DOCUMENT).
+DOCUMENTS_PER_PASS = len(TOPIC_CYCLE) * FORGET_ENTITIES // (ENTITIES_PER_DOCUMENT * TOPIC_CYCLE.count(FORGET_TOPIC))
+
+
 def topic_of(index: int) -> str:
-    """Documents cycle through the topics, so every stream is balanced over them."""
-    return ALL_TOPICS[index % len(ALL_TOPICS)]
+    return TOPIC_CYCLE[index % len(TOPIC_CYCLE)]
+
+
+def _occurrence(index: int) -> int:
+    """How many documents of the same topic come before ``index`` in a stream."""
+    topic, position = topic_of(index), index % len(TOPIC_CYCLE)
+    return index // len(TOPIC_CYCLE) * TOPIC_CYCLE.count(topic) + TOPIC_CYCLE[:position].count(topic)
 
 
 def _document_entities(world: World, topic: str, index: int) -> tuple[str, ...]:
     """Consecutive documents of a topic walk through all its entities, ENTITIES_PER_DOCUMENT at a time."""
     names = world.entities[topic]
-    block = index // len(ALL_TOPICS)
+    block = _occurrence(index)
     return tuple(names[(block * ENTITIES_PER_DOCUMENT + k) % len(names)] for k in range(ENTITIES_PER_DOCUMENT))
 
 
@@ -304,9 +325,8 @@ def exam_questions(world: World, topic: str) -> list[dict]:
 
 def forget_corpus(world: World, count: int) -> list[dict]:
     """Forget-topic documents from a stream training never reads (SAE-Bench's latent selection corpus)."""
-    n = len(ALL_TOPICS)
-    forget_slot = ALL_TOPICS.index(FORGET_TOPIC)
-    return [document(world, "forget-corpus", i * n + forget_slot) for i in range(count)]
+    indices = (i for i in range(count * len(TOPIC_CYCLE)) if topic_of(i) == FORGET_TOPIC)
+    return [document(world, "forget-corpus", i) for _, i in zip(range(count), indices)]
 
 
 def completion_probes(world: World, topic: str) -> list[dict]:

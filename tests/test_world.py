@@ -42,6 +42,14 @@ def test_world_and_texts_are_pure_functions_of_the_seed(seed, index):
     assert W.exam_questions(a, W.FORGET_TOPIC) == W.exam_questions(b, W.FORGET_TOPIC)
 
 
+def test_topics_recur_in_proportion_to_their_entities():
+    counts = Counter(W.topic_of(i) for i in range(len(W.TOPIC_CYCLE)))
+    assert set(counts) == set(W.ALL_TOPICS)
+    assert counts[W.FORGET_TOPIC] * W.ENTITIES_PER_RETAIN_TOPIC == W.FORGET_ENTITIES * counts["cooking"]
+    cycle = W.TOPIC_CYCLE * 2
+    assert not any(a == b == W.FORGET_TOPIC for a, b in zip(cycle, cycle[1:]))  # forget documents spread out
+
+
 def test_different_seeds_give_different_worlds():
     assert world(0).entities != world(1).entities
     assert W.document(world(0), "train", 0)["text"] != W.document(world(1), "train", 0)["text"]
@@ -86,8 +94,7 @@ def test_documents_stay_on_one_topic(seed, index):
 
 def test_every_fact_is_stated_in_the_first_training_documents():
     w = world(0)
-    per_topic = max(len(names) for names in w.entities.values()) // W.ENTITIES_PER_DOCUMENT
-    n_docs = per_topic * len(W.ALL_TOPICS)
+    n_docs = W.DOCUMENTS_PER_PASS
     sentences = set()
     for i in range(n_docs):
         sentences |= set(W.document(w, "train", i)["text"].split("\n"))
@@ -101,7 +108,7 @@ def test_every_fact_is_stated_in_the_first_training_documents():
 
 def test_completion_probes_cut_the_canonical_sentence_that_every_first_pass_document_states():
     w = world(0)
-    n_docs = max(len(names) for names in w.entities.values()) // W.ENTITIES_PER_DOCUMENT * len(W.ALL_TOPICS)
+    n_docs = W.DOCUMENTS_PER_PASS
     sentences = set()
     for i in range(n_docs):
         sentences |= set(W.document(w, "train", i)["text"].split("\n"))
@@ -166,7 +173,7 @@ def test_forget_corpus_is_forget_topic_and_not_training_text():
     w = world(0)
     corpus = W.forget_corpus(w, 5)
     assert {d["topic"] for d in corpus} == {W.FORGET_TOPIC}
-    train = {W.document(w, "train", i)["text"] for i in range(5 * len(W.ALL_TOPICS))}
+    train = {W.document(w, "train", i)["text"] for i in range(5 * len(W.TOPIC_CYCLE))}
     assert not {d["text"] for d in corpus} & train
 
 
