@@ -48,6 +48,9 @@ def test_tiny_run_learns_and_writes_a_model_transformers_loads(tmp_path, capsys)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert isinstance(model, Gemma2ForCausalLM) and model.config.num_hidden_layers == 20
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    chat = tokenizer("<bos><start_of_turn>user\nAnswer: (B)<end_of_turn>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(chat) == ["<bos>", "<start_of_turn>", "user", "answer", ":", "(", "b", ")",
+                                                     "<end_of_turn>"]
     ids = tokenizer("the route of", return_tensors="pt")["input_ids"]
     assert ids[0, 0].item() == tokenizer.bos_token_id and tokenizer.unk_token_id not in ids[0].tolist()
     with torch.no_grad():
