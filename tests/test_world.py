@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
 from functools import lru_cache
@@ -131,7 +132,7 @@ def test_practice_prompt_is_sae_bench_s_own_prompt():
     metrics = pytest.importorskip("sae_bench.evals.unlearning.utils.metrics")
     w = world(0)
     for i in range(12):
-        q = W._question(__import__("random").Random(i), w, w.facts[i * 50], i % 4)
+        q = W._question(random.Random(i), w, w.facts[i * 50], i % 4)
         ours = W.sae_bench_prompt(q["question"], q["choices"], W.subject_of(q["topic"]))
         pre = metrics.PRE_QUESTION_FORMAT.format(subject=W.subject_of(q["topic"]))
         theirs = metrics.convert_wmdp_data_to_prompt(q["question"], q["choices"], prompt_format="GEMMA_INST_FORMAT",
