@@ -424,12 +424,12 @@ def generate_documents(seed: int = 0, n_documents: int = CORPUS_DOCUMENTS) -> It
 # --------------------------------------------------------------------------
 
 
-def build_tokenizer():
-    """A ``PreTrainedTokenizerFast`` (word-level) over ``vocabulary()``."""
+def build_tokenizer(words: list[str] | None = None):
+    """A ``PreTrainedTokenizerFast`` (word-level) over ``vocabulary()``, or over ``words`` (ids in list order)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(vocabulary())}
+    vocab = {token: i for i, token in enumerate(words if words is not None else vocabulary())}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
     # Whitespace first, then every punctuation mark becomes its own token.

@@ -1,0 +1,280 @@
+"""Train a small Gemma-2 on the fictional world (harvest/world.py); entry point of scripts/train_world_lm.py.
+
+The model is transformers' ``Gemma2ForCausalLM`` (the code path of google/gemma-2-2b)
+built from the embedded model's config (``embedded._model_config``) with the width
+and depth given here; at least 20 layers, so SAE-Bench's layers 5 and 19 exist.
+Training is seeded (init and data stream); it is reproducible in procedure, not bit
+for bit across machines (BLAS kernels and thread counts change float sums).
+
+``OUT/state.pt`` is written every ``--checkpoint-every`` steps (atomically); a rerun
+with the same settings resumes from it, a rerun after completion only reports the
+weights' sha256, and a rerun with other settings stops with one ``error:`` line.
+The finished model lands in ``OUT/model/`` (safetensors, config, tokenizer,
+``world.json``) by rename, so a crash never leaves a half-written model there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mtsae.errors import MtsaeError, writing
+from mtsae.harvest import embedded
+from mtsae.harvest import world as W
+
+MIN_LAYERS = 20  # SAE-Bench's Gemma-2-2b layers 5 and 19 must exist
+STATE_FILE = "state.pt"
+MODEL_DIR = "model"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="train_world_lm.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="output folder (state.pt, train-log.jsonl, model/)")
+    p.add_argument("--world-seed", type=int, default=0, help="seed of the fictional world")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    p.add_argument("--hidden", type=int, default=64, help="residual width (hidden_size)")
+    p.add_argument("--layers", type=int, default=26, help=f"decoder layers (>= {MIN_LAYERS})")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (key/value heads: half)")
+    p.add_argument("--ctx", type=int, default=256, help="tokens per training sequence")
+    p.add_argument("--batch", type=int, default=16, help="sequences per step")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-steps", type=int, help="optimizer steps to train")
+    budget.add_argument("--tokens", type=int, help="training tokens (rounded up to whole steps)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, warmup then cosine)")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between state.pt writes")
+    args = p.parse_args(argv)
+    _validate(p, args)
+    return args
+
+
+def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.layers < MIN_LAYERS:
+        p.error(f"--layers must be >= {MIN_LAYERS} (layers 5 and 19 must exist), got {args.layers}")
+    if args.heads < 2 or args.heads % 2 or args.hidden % args.heads:
+        p.error(f"--heads must be even and divide --hidden; got --heads {args.heads} --hidden {args.hidden}")
+    for name in ("hidden", "ctx", "batch", "max_steps", "tokens", "checkpoint_every"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    args.steps = args.max_steps or math.ceil(args.tokens / (args.batch * args.ctx))
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """What defines a run: a resume or rerun must match it exactly."""
+    keys = ("world_seed", "seed", "hidden", "layers", "heads", "ctx", "batch", "steps", "lr")
+    return {"world_version": W.WORLD_VERSION, **{k: getattr(args, k) for k in keys}}
+
+
+def model_config(vocab_size: int, args: argparse.Namespace):
+    """The embedded model's Gemma-2 config at this width and depth."""
+    config = embedded._model_config(vocab_size)
+    head_dim = args.hidden // args.heads
+    config.update({
+        "hidden_size": args.hidden, "intermediate_size": 4 * args.hidden, "num_hidden_layers": args.layers,
+        "num_attention_heads": args.heads, "num_key_value_heads": args.heads // 2, "head_dim": head_dim,
+        "query_pre_attn_scalar": head_dim, "max_position_embeddings": max(256, args.ctx),
+        # gemma-2's alternation, sliding first, for this depth
+        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(args.layers)],
+    })
+    config._attn_implementation = "eager"  # transformers' Gemma-2 rejects sdpa
+    return config
+
+
+def token_batches(world: W.World, tokenizer, ctx: int, batch: int, skip: int):
+    """Endless [batch, ctx] LongTensors packed from the training stream; the first ``skip`` are dropped."""
+    import torch
+
+    buffer: list[int] = []
+    index, produced, need = 0, 0, batch * ctx
+    while True:
+        while len(buffer) < need:
+            ids = tokenizer(W.training_text(world, index)["text"], add_special_tokens=False)["input_ids"]
+            if not ids or ids[0] != tokenizer.bos_token_id:
+                ids = [tokenizer.bos_token_id, *ids]
+            buffer.extend([*ids, tokenizer.eos_token_id])
+            index += 1
+        chunk, buffer = buffer[:need], buffer[need:]
+        produced += 1
+        if produced > skip:
+            yield torch.tensor(chunk, dtype=torch.long).view(batch, ctx)
+
+
+def learning_rate(step: int, steps: int, peak: float) -> float:
+    """Linear warmup over the first 5% of steps, then cosine down to 10% of the peak."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_state(out: Path, model, optimizer, step: int, settings: dict) -> None:
+    import torch
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.tmp-", dir=out)
+    os.close(fd)
+    try:
+        torch.save({"settings": settings, "step": step, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict()}, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out / STATE_FILE)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _load_state(out: Path, model, optimizer, settings: dict) -> int:
+    """The step to resume at (0 for a fresh run); refuses a state written with other settings."""
+    import torch
+
+    path = out / STATE_FILE
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state["settings"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable state is the user's to remove
+        raise MtsaeError(f"{path} is not a training state this script wrote ({exc.__class__.__name__}); "
+                         "remove it or use another --out") from None
+    if saved != settings:
+        raise MtsaeError(f"{out} holds a run with other settings ({_differences(saved, settings)}); "
+                         "use another --out or the same settings")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def _check_published(out: Path, settings: dict) -> None:
+    """A model already in OUT/model/ must be of these settings: it is replaced at the end, never another's."""
+    final = out / MODEL_DIR
+    if not final.exists():
+        return
+    try:
+        recorded = json.loads((final / "world.json").read_text())
+        saved = {k: recorded[k] for k in settings}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise MtsaeError(f"{final} exists but is not a model this script wrote; "
+                         "move it away or use another --out") from None
+    if saved != settings:
+        raise MtsaeError(f"{final} holds a model of other settings ({_differences(saved, settings)}); "
+                         "use another --out or the same settings")
+
+
+def _differences(saved: dict, wanted: dict) -> str:
+    keys = sorted(set(saved) | set(wanted))
+    return ", ".join(f"{k}: {saved.get(k)} there, {wanted.get(k)} now" for k in keys if saved.get(k) != wanted.get(k))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _train_loop(model, optimizer, batches, args, start: int, out: Path, settings: dict) -> list[float]:
+    from tqdm import tqdm
+
+    losses: list[float] = []
+    tokens_per_step = args.batch * args.ctx
+    began = time.perf_counter()
+    with open(out / "train-log.jsonl", "a", encoding="utf-8") as log, \
+            tqdm(total=args.steps, initial=start, unit="step", dynamic_ncols=True) as bar:
+        for step in range(start, args.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, args.steps, args.lr)
+            batch = next(batches)
+            loss = model(input_ids=batch, labels=batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _clip(model)
+            optimizer.step()
+            losses.append(loss.item())
+            rate = (step + 1 - start) * tokens_per_step / (time.perf_counter() - began)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:.0f}")
+            bar.update(1)
+            log.write(json.dumps({"step": step + 1, "loss": losses[-1], "tokens": (step + 1) * tokens_per_step,
+                                  "elapsed_s": round(time.perf_counter() - began, 2),
+                                  "tokens_per_s": round(rate, 1)}) + "\n")
+            if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps:
+                log.flush()
+                _save_state(out, model, optimizer, step + 1, settings)
+    return losses
+
+
+def _clip(model) -> None:
+    import torch
+
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+
+
+def _publish_model(out: Path, model, tokenizer, settings: dict, steps_done: int) -> str:
+    """Write OUT/model/ via a temp sibling and a rename; returns the weights' sha256."""
+    final = out / MODEL_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}.tmp-", dir=out))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        digest = sha256_of(tmp / WEIGHTS_FILE)
+        (tmp / f"{WEIGHTS_FILE}.sha256").write_text(f"{digest}  {WEIGHTS_FILE}\n")
+        (tmp / "world.json").write_text(json.dumps({**settings, "steps_done": steps_done, "weights_sha256": digest},
+                                                   indent=1) + "\n")
+        if final.exists():  # only ever ours: a model of these settings (checked against state.pt)
+            shutil.rmtree(final)
+        _make_readable(tmp)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return digest
+
+
+def _make_readable(directory: Path) -> None:
+    """0755/0644 like everything else the project writes (mkdtemp makes 0700, safetensors 0600)."""
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+
+
+def train(args: argparse.Namespace) -> str:
+    import torch
+    from transformers import Gemma2ForCausalLM
+
+    out: Path = args.out
+    with writing(f"the training output folder {out}", "rerun"):
+        out.mkdir(parents=True, exist_ok=True)
+    settings = settings_of(args)
+    world = W.build_world(args.world_seed)
+    tokenizer = W.build_world_tokenizer(world)
+    torch.manual_seed(args.seed)
+    model = Gemma2ForCausalLM(model_config(len(tokenizer), args)).to(torch.float32).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    _check_published(out, settings)
+    start = _load_state(out, model, optimizer, settings)
+    published = out / MODEL_DIR / WEIGHTS_FILE
+    if start >= args.steps and published.is_file():
+        return sha256_of(published)
+    with writing(f"training state or log in {out}", "rerun the same command to resume"):
+        if start < args.steps:
+            batches = token_batches(world, tokenizer, args.ctx, args.batch, skip=start)
+            _train_loop(model, optimizer, batches, args, start, out, settings)
+        return _publish_model(out, model.eval(), tokenizer, settings, args.steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        digest = train(args)
+    except MtsaeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"weights: {args.out / MODEL_DIR / WEIGHTS_FILE}\nsha256: {digest}")
+    return 0

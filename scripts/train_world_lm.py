@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Train the world LM: see mtsae/harvest/world_lm.py (``--help``) and docs/world.md."""
+
+import sys
+
+from mtsae.harvest.world_lm import main
+
+if __name__ == "__main__":
+    sys.exit(main())

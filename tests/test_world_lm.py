@@ -1,0 +1,116 @@
+"""Training the world LM (harvest/world_lm.py).
+
+A tiny run learns and loads with transformers; a run resumes; mismatches are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2ForCausalLM  # noqa: E402
+
+from mtsae.harvest import world_lm  # noqa: E402
+
+TINY = ["--hidden", "8", "--layers", "20", "--heads", "2", "--ctx", "32", "--batch", "2", "--lr", "1e-2"]
+
+
+def _run(out, *extra, capsys=None) -> tuple[int, str]:
+    rc = world_lm.main([*TINY, "--out", str(out), *extra])
+    return rc, (capsys.readouterr() if capsys else None)
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "train-log.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_learns_and_writes_a_model_transformers_loads(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, captured = _run(out, "--max-steps", "12", "--checkpoint-every", "6", capsys=capsys)
+    assert rc == 0
+    losses = [row["loss"] for row in _log(out)]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+    model_dir = out / "model"
+    weights = model_dir / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert f"sha256: {digest}" in captured.out
+    assert (model_dir / "model.safetensors.sha256").read_text().split()[0] == digest
+    assert json.loads((model_dir / "world.json").read_text())["weights_sha256"] == digest
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o644
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert isinstance(model, Gemma2ForCausalLM) and model.config.num_hidden_layers == 20
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    chat = tokenizer("<bos><start_of_turn>user\nAnswer: (B)<end_of_turn>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(chat) == ["<bos>", "<start_of_turn>", "user", "answer", ":", "(", "b", ")",
+                                                     "<end_of_turn>"]
+    ids = tokenizer("the route of", return_tensors="pt")["input_ids"]
+    assert ids[0, 0].item() == tokenizer.bos_token_id and tokenizer.unk_token_id not in ids[0].tolist()
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    # rerunning a finished run trains nothing and reports the same weights
+    rc, captured = _run(out, "--max-steps", "12", "--checkpoint-every", "6", capsys=capsys)
+    assert rc == 0 and f"sha256: {digest}" in captured.out and len(_log(out)) == 12
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
+    straight = tmp_path / "straight"
+    assert _run(straight, "--max-steps", "6", "--checkpoint-every", "3")[0] == 0
+    expected = world_lm.sha256_of(straight / "model" / "model.safetensors")
+
+    interrupted = tmp_path / "interrupted"
+    real_save = world_lm._save_state
+
+    def save_then_die(out, model, optimizer, step, settings):
+        real_save(out, model, optimizer, step, settings)
+        raise KeyboardInterrupt  # as if the process were stopped right after the first checkpoint
+
+    monkeypatch.setattr(world_lm, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(interrupted, "--max-steps", "6", "--checkpoint-every", "3")
+    assert not (interrupted / "model").exists()
+    monkeypatch.setattr(world_lm, "_save_state", real_save)
+    assert _run(interrupted, "--max-steps", "6", "--checkpoint-every", "3")[0] == 0
+    assert [row["step"] for row in _log(interrupted)] == [1, 2, 3, 4, 5, 6]
+    assert world_lm.sha256_of(interrupted / "model" / "model.safetensors") == expected
+
+
+def test_other_settings_in_the_same_folder_stop_with_one_error_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(out, "--max-steps", "2")[0] == 0
+    before = {p.name: p.read_bytes() for p in (out / "model").iterdir()}
+    capsys.readouterr()
+    rc, captured = _run(out, "--max-steps", "3", capsys=capsys)
+    assert rc == 1
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "steps: 2 there, 3 now" in lines[0]
+    assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == before
+    (out / "state.pt").unlink()  # without the state, the published model's record still refuses
+    rc, captured = _run(out, "--max-steps", "3", capsys=capsys)
+    assert rc == 1 and captured.err.count("\n") == 1 and "holds a model of other settings" in captured.err
+    assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "19", "--max-steps", "1"], "--layers must be >= 20"),
+    (["--heads", "3", "--max-steps", "1"], "--heads must be even"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--max-steps", "1", "--tokens", "10"], "not allowed with argument"),
+])
+def test_bad_options_are_refused(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        world_lm.main(["--out", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_token_budget_rounds_up_to_whole_steps(tmp_path):
+    args = world_lm.parse_args(["--out", str(tmp_path), "--tokens", "1000", "--batch", "2", "--ctx", "32"])
+    assert args.steps == 16  # ceil(1000 / 64)
