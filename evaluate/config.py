@@ -137,9 +137,15 @@ def resolve_profile(profile: str, model: str) -> str:
     return "tiny" if is_embedded(model) else "standard"
 
 
-def resolve_settings(cfg: EvalConfig, profile: str) -> dict[str, dict[str, Any]]:
+def resolve_settings(cfg: EvalConfig, profile: str, device: str = "cuda") -> dict[str, dict[str, Any]]:
     """Per-eval SAE-Bench keyword arguments: profile < TOML file < command line."""
+    import torch
+
+    from mtsae.devices import compute_dtype
+
     settings = copy.deepcopy(PROFILE_SETTINGS[profile])
+    # The profile's dtype is a speed choice: on a CPU without native bfloat16, float32 is the fast one.
+    settings["common"]["llm_dtype"] = compute_dtype(settings["common"]["llm_dtype"], torch.device(device))
     for section, values in _read_toml(cfg.config_file).items():
         settings[section].update(values)
     cli = {"llm_batch_size": cfg.llm_batch_size, "llm_dtype": cfg.llm_dtype}

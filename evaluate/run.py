@@ -63,12 +63,12 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
     infos = [read_checkpoint_info(path) for path in cfg.checkpoints]
     model = _evaluation_model(cfg.model, infos)
     profile = resolve_profile(cfg.profile, model)
-    settings = resolve_settings(cfg, profile)
+    device = _device(cfg.device)
+    settings = resolve_settings(cfg, profile, device)
     mirror = _mirror(cfg, model, settings)
     unlearning_model = cfg.unlearning_model or instruct_model_name(model)
     _check_compatible(cfg, infos, model, unlearning_model, mirror, settings)
     corpus = _forget_corpus(cfg, mirror) if "unlearning" in cfg.evals else None
-    device = _device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     releases = release_names(infos)

@@ -35,7 +35,8 @@ class HarvestConfig:
     )
     max_tokens: int = _doc("Token budget (BOS included); harvest stops earlier if the dataset ends.", default=262_144)
     batch_size: int = _doc("Sequences per forward pass.", default=16)
-    dtype: str = _doc("Model and stored activation dtype: bfloat16, float16 or float32.", default="bfloat16")
+    dtype: str = _doc("Stored activation dtype: bfloat16, float16 or float32. The model computes in it, or in float32 "
+                      "on a CPU without native half precision (rounded once when stored).", default="bfloat16")
     device: str = _doc("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...", default="auto")
     attn_implementation: str = _doc("Attention kernel: eager or flex_attention (Gemma-2 has no sdpa path).", default="eager")
     chunk_tokens: int = _doc("Tokens per Zarr chunk (rows of each activation array).", default=4096)

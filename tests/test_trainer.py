@@ -95,6 +95,7 @@ def test_checkpoint_loads_back_with_metadata_and_acts_on_raw_activations(tiny_ca
     assert meta["train_config"] == json.loads(json.dumps(cfg.to_dict()))
     assert set(meta["final_metrics"]) >= {"mse", "fve", "l0", "dead_fraction", "sep"}
     assert meta["activation_scale"] > 0 and meta["activation_scale_folded"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["compute_dtype"] == "float32"  # auto on a CPU
     for step in (10, 20):
         path = tmp_path / "run" / "checkpoints" / f"step_{step:06d}"
         assert load_checkpoint(path).metadata["steps"] == step

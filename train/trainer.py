@@ -566,7 +566,8 @@ class Trainer:
                     shutil.rmtree(out / stale, ignore_errors=True)
                 self.log_records = keep_log_records(out / LOG_FILENAME, 0)
             info = {"config": self.cfg.to_dict(), "cache_fingerprint": self.cache.fingerprint,
-                    "mtsae_version": mtsae.__version__, "total_steps": self.total_steps}
+                    "mtsae_version": mtsae.__version__, "total_steps": self.total_steps,
+                    "compute_dtype": str(self.amp_dtype).removeprefix("torch.")}
             _atomic_write_text(out / RUN_FILENAME, json.dumps(info, indent=2) + "\n")
             self._log_file = open(out / LOG_FILENAME, "a", encoding="utf-8")
 
