@@ -153,7 +153,7 @@ def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
     run_dirs = [out / "runs" / spec["name"] for spec in runs]
     trained = [d for spec, d in zip(runs, run_dirs) if _train(cfg, spec, cache, d, log, progress)]
     if cfg.evals:
-        _evaluate(cfg, trained, out / "eval", log)
+        _evaluate(cfg, trained, out / "eval", log, progress)
     for run_dir in trained:
         _analyze(run_dir, cache, log)
     return _report(run_dirs, out / "report", log)
@@ -212,7 +212,7 @@ def _train_fields(defaults: dict[str, Any], spec: dict[str, Any]) -> dict[str, A
     return {**defaults, **{k: v for k, v in spec.items() if k != "name"}}
 
 
-def _evaluate(cfg: ExperimentConfig, run_dirs: list[Path], out: Path, log) -> None:
+def _evaluate(cfg: ExperimentConfig, run_dirs: list[Path], out: Path, log, progress: bool = True) -> None:
     """One SAE-Bench pass over every run not yet evaluated (the model and probing data load once);
     each run then gets its own rows in ``<run>/eval/summary.json``."""
     from mtsae.evaluate.config import EvalConfig
@@ -226,7 +226,7 @@ def _evaluate(cfg: ExperimentConfig, run_dirs: list[Path], out: Path, log) -> No
     log(f"[experiment] SAE-Bench {', '.join(cfg.evals)} on {', '.join(d.name for d in pending)}")
     try:
         summary = evaluate(EvalConfig(checkpoints=[str(d / "final") for d in pending], out=str(out),
-                                      evals=list(cfg.evals), **cfg.eval_options), log=log)
+                                      evals=list(cfg.evals), **cfg.eval_options), log=log, progress=progress)
     except MtsaeError as exc:
         log(f"[experiment] evaluation failed: {exc}")
         return

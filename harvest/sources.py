@@ -118,9 +118,11 @@ def load_truncated_model(source: ModelSource, last_layer: int, dtype: torch.dtyp
     text.num_hidden_layers = last_layer + 1
     if isinstance(getattr(text, "layer_types", None), list):
         text.layer_types = text.layer_types[: last_layer + 1]
-    # The weights of the skipped layers (and the LM head) are unused on purpose: silence that report.
-    verbosity = hf_logging.get_verbosity()
+    # The weights of the skipped layers (and the LM head) are unused on purpose: silence that report,
+    # and the loading bar (harvest shows one bar, its own).
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(
             source.name_or_path, config=config, dtype=dtype, attn_implementation=attn_implementation,
@@ -130,6 +132,8 @@ def load_truncated_model(source: ModelSource, last_layer: int, dtype: torch.dtyp
         raise MtsaeError(f"cannot load model weights of {source.identity['id']}: {_first_line(exc)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval()
 
 
