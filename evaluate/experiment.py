@@ -268,14 +268,35 @@ def analysis_sections(analyses: dict[str, dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for name, a in analyses.items():
         ts, dec = a["time_scales"], a["decoder"]
-        scales = f"{ts['p10']:.2f} / {ts['median']:.2f} / {ts['p90']:.2f}" if ts.get("alive_features") else "no live features"
+        scales = " / ".join(_time_scale(ts, q) for q in ("p10", "median", "p90")) if ts.get("alive_features") else "no live features"
         lines.append(f"| {name} | {a['architecture']} | {a['l0']:.1f} | {a['adjacent_separation']:.3f} | {scales} | "
                      f"{dec['max_cosine']:.3f} / {dec['mean_cosine']:.4f} | {dec['near_duplicate_pairs']} |")
-    lines.append("")
+    lines += ["", *_time_scale_limits(analyses), ""]
     truth = {name: a for name, a in analyses.items() if a.get("ground_truth")}
     if truth:
         lines += ground_truth_section(truth)
     return lines
+
+
+def _time_scale(ts: dict[str, Any], quantile: str) -> str:
+    """A time-scale percentile, as "≥ limit" when it sits at what the measurement can see."""
+    value, limit = ts[quantile], ts.get("limit")
+    return f"≥ {limit}" if limit is not None and value >= limit else f"{value:.2f}"
+
+
+def _time_scale_limits(analyses: dict[str, dict[str, Any]]) -> list[str]:
+    """Say which runs' time scales hit the measurement's limit instead of reporting the limit as a result."""
+    notes = []
+    for name, a in analyses.items():
+        ts = a["time_scales"]
+        if ts.get("at_limit_fraction"):
+            knob = "--max-lag" if ts["limited_by"] == "max_lag" else f"the {a.get('window')}-token window"
+            notes.append(f"{name}: {ts['at_limit_fraction']:.0%} of live features still correlate at lag {ts['limit']} "
+                         f"(the largest {knob} allows), so their time scale is at least that, not measured")
+    if not notes:
+        return []
+    return ["Time scales marked ≥ hit the measurement's limit: " + "; ".join(notes) + ". Re-run `mtsae analyze` with a "
+            "larger --max-lag (up to the window length - 1) to measure them."]
 
 
 def ground_truth_section(analyses: dict[str, dict[str, Any]]) -> list[str]:

@@ -452,7 +452,7 @@ def analyze(
 def report(
     runs: Annotated[list[str], typer.Argument(help="Training run directories (eval results read from <run>/eval/).")],
     out: Annotated[str, typer.Option(help="Folder for the figures, report.md, report.html and report.json.")],
-    loss_components: Annotated[bool, typer.Option(help="Also draw every loss component in loss_curves.png.")] = False,
+    loss_components: Annotated[bool, typer.Option(help="Also draw each run's own total loss, one axis per run, in loss_curves.png.")] = False,
 ):
     """Figures and a Markdown/HTML report of runs; broken runs are flagged and left out of the figures."""
     from mtsae.evaluate.report import write_report

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 import mtsae
 from mtsae.cache import hook_name, open_cache
+from mtsae.cache.format import model_revision
 from mtsae.cache.shared import local_cache
 from mtsae.devices import resolve_device
 from mtsae.distributed import SINGLE_PROCESS, World
@@ -378,6 +379,7 @@ class Trainer:
         metrics = {k: v for k, v in self.metrics.items() if k != "tokens"}
         return {
             "model_name": manifest["model"]["id"],
+            "model_revision": model_revision(manifest["model"]),
             "layer": cfg.layer,
             "hook_name": hook_name(cfg.layer),
             "d_in": self.cache.d_model,
