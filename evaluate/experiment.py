@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mtsae.errors import MtsaeError
+from mtsae.values import did_you_mean
 
 # Matched width, learning rate and tokens per step (the trainer's 4096 // window windows) for every run.
 _MATCHED = {"d_sae": 512, "lr": 3e-3}
@@ -127,7 +128,8 @@ def load_experiment(spec: str, out: str | None = None) -> ExperimentConfig:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise MtsaeError(f"experiment config {spec} not found; pass a TOML file or one of {', '.join(BUILTIN)}")
+            raise MtsaeError(f"experiment config {spec} not found{did_you_mean(spec, BUILTIN)}; pass a TOML file or one "
+                             f"of {', '.join(BUILTIN)}")
         try:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:

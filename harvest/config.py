@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from mtsae.cache.format import STORAGE_DTYPES
-from mtsae.cache.writer import COMPRESSIONS
 from mtsae.errors import MtsaeError
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "flex_attention")
@@ -44,6 +43,8 @@ class HarvestConfig:
 
     def validate(self) -> None:
         """Check values without touching the disk or the network."""
+        from mtsae.cache.writer import COMPRESSIONS  # zarr: not needed to read this class's help
+
         checks = [
             (bool(self.layers), "--layers needs at least one layer"),
             (all(layer >= 0 for layer in self.layers), f"--layers must be non-negative, got {self.layers}"),

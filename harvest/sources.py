@@ -180,8 +180,8 @@ def resolve_dataset(
         builder = builders.pop()
         ds = _load(lambda: datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True), spec)
         identity = {"id": display_id, "split": "train", "files_sha256": _hash_files(files, files[0].parent if path.is_file() else path)}
-    elif _looks_like_path(spec):
-        raise MtsaeError(f"dataset path {spec} does not exist")
+    elif _looks_like_path(spec) or Path(spec).suffix in LOCAL_DATA_BUILDERS:  # mydata.jsonl: a file, not a hub id
+        raise MtsaeError(f"dataset file {spec} does not exist; check the path (relative to {Path.cwd()})")
     else:
         ds = _load(lambda: datasets.load_dataset(spec, config_name, split=split, streaming=True, revision=revision), spec)
         identity = {"id": spec, "config": config_name, "split": split, "revision": revision or _hub_dataset_sha(spec)}

@@ -213,6 +213,7 @@ def test_budget_and_document_policy():
         ({"layers": [5, 26]}, "layer 26 is out of range: model embedded has 26 layers"),
         ({"text_column": "body"}, "has no column 'body' \\(columns: id, topic, text\\)"),
         ({"dataset": "./no/such/file.jsonl"}, "does not exist"),
+        ({"dataset": "mydata.jsonl"}, "dataset file mydata.jsonl does not exist; check the path"),  # not "on the Hub"
         ({"context_len": 4096}, "exceeds the model's 256 positions"),
         ({"dtype": "float64"}, "--dtype must be one of"),
         ({"layers": []}, "at least one layer"),
