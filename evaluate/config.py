@@ -43,7 +43,10 @@ from mtsae.values import same_kind
 from mtsae.evaluate.names import is_embedded
 
 EVALS = ("core", "sparse_probing", "unlearning", "absorption")
-PROFILES = ("auto", "standard", "tiny")
+PROFILES = ("auto", "standard", "tiny", "demo")
+# The demo's sparse probing: one profession set and one topic set of SAE-Bench's eight datasets. On the
+# random-weights embedded model every dataset tests the same plumbing, and each costs the same again.
+DEMO_PROBING_DATASETS = ["LabHC/bias_in_bios_class_set1", "fancyzhx/ag_news"]
 COMMON_KEYS = ("llm_batch_size", "llm_dtype", "random_seed")
 FORGET_CORPUS_ENV = "MTSAE_WMDP_FORGET_CORPUS"
 
@@ -73,6 +76,9 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "absorption": {"k_sparse_probe_num_epochs": 10, "k_sparse_probe_batch_size": 512, "max_k_value": 5},
     },
 }
+# tiny, with sparse probing on two of the eight datasets (`mtsae experiment embedded`, scripts/demo.sh).
+PROFILE_SETTINGS["demo"] = copy.deepcopy(PROFILE_SETTINGS["tiny"])
+PROFILE_SETTINGS["demo"]["sparse_probing"]["dataset_names"] = DEMO_PROBING_DATASETS
 _CORE_KEYS = ("n_eval_reconstruction_batches", "n_eval_sparsity_variance_batches", "eval_batch_size_prompts",
               "compute_featurewise_density_statistics", "compute_featurewise_weight_based_metrics",
               "exclude_special_tokens_from_reconstruction", "dataset", "context_size")
@@ -93,7 +99,8 @@ class EvalConfig:
         "Instruct model for the unlearning eval. Default: the model's -it variant (SAEs trained on the base model).",
         default=None,
     )
-    profile: str = _doc("SAE-Bench settings: auto (tiny for the embedded model), standard or tiny.", default="auto")
+    profile: str = _doc("SAE-Bench settings: auto (tiny for the embedded model), standard, tiny, or demo (tiny with "
+                        "sparse probing on 2 of its 8 datasets).", default="auto")
     config_file: str | None = _doc("TOML file overriding SAE-Bench settings per eval (see docs/evaluation.md).", default=None)
     offline: str | None = _doc(
         "Offline mirror folder (mirror.json: local models and datasets under SAE-Bench's names). "

@@ -472,7 +472,7 @@ def report(
                      "  mtsae experiment synthetic       # ground-truth recovery benchmark\n\n  mtsae experiment my-experiment.toml")
 @user_errors
 def experiment(
-    config: Annotated[str, typer.Argument(help="TOML file, or a built-in experiment: embedded, synthetic.")],
+    config: Annotated[str, typer.Argument(help="TOML file, or a built-in experiment: embedded (the demo's), embedded-full (adds absorption and all 8 sparse-probing datasets), synthetic.")],
     out: Annotated[Optional[str], typer.Option(help="Override the config's output folder.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
@@ -489,7 +489,7 @@ EXIT_USAGE = 2  # click's code for a command-line usage mistake (unknown option,
 
 def main() -> int:
     """The ``mtsae`` entry point: click's usage errors end in one ``error:`` line too (exit 2), not a framed box."""
-    # click's exception classes, wherever this typer takes click from (its own copy since typer 0.22).
+    # click's exception classes, wherever this typer takes click from (recent typers vendor their own copy).
     clicks = sys.modules[typer.BadParameter.__module__]
     no_args = getattr(clicks, "NoArgsIsHelpError", ())  # click >= 8.2
     try:
