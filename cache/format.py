@@ -74,6 +74,15 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def model_revision(identity: dict[str, Any]) -> str | None:
+    """A manifest's model identity as one revision string: the hub revision or commit, else a hash of the local
+    weight files' sha256 list."""
+    if identity.get("revision") or identity.get("commit"):
+        return identity.get("revision") or identity.get("commit")
+    weights = identity.get("weights_sha256")
+    return f"local weights {hashlib.sha256(canonical_json(weights).encode()).hexdigest()[:12]}" if weights else None
+
+
 def fingerprint(content_spec: dict[str, Any]) -> str:
     """sha256 of everything that determines the cache's content (not its layout)."""
     payload = canonical_json({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **content_spec})

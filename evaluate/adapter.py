@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from sae_bench.custom_saes.base_sae import BaseSAE
@@ -82,6 +82,7 @@ class MtsaeBenchSAE(BaseSAE):
             setattr(self, name, getattr(sae, name))
         self.requires_grad_(False)
         self.to(dtype=dtype, device=device)
+        self.on_use: Callable[[], None] | None = None  # told of every encode/decode (evaluate/quiet.py times SAEs)
 
     @property
     def is_temporal(self) -> bool:
@@ -89,13 +90,19 @@ class MtsaeBenchSAE(BaseSAE):
 
     # ---------------------------------------------------------------- BaseSAE API
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self._used()
         self._check_width(x)
         if x.dim() == 1:  # one token
             return self.sae.encode(x.unsqueeze(0)).squeeze(0)
         return self.sae.encode(x)
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        self._used()
         return self.sae.decode(feature_acts)
+
+    def _used(self) -> None:
+        if self.on_use is not None:
+            self.on_use()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

@@ -77,13 +77,24 @@ def decoder_geometry(W_dec_FD: torch.Tensor, duplicate_threshold: float = 0.95, 
     }
 
 
-def summarize_time_scales(scales: np.ndarray) -> dict[str, Any]:
+def summarize_time_scales(scales: np.ndarray, max_lag: int | None = None, window: int | None = None) -> dict[str, Any]:
+    """Percentiles and histogram of the live features' time scales, and how many sit at the measurable limit.
+
+    A feature still above 1/e at the largest lag measured gets that lag (``time_scales``): its time scale is
+    *at least* the limit, which is ``max_lag`` or ``window - 1``, whichever is smaller (``limited_by`` says which).
+    """
     alive = scales[~np.isnan(scales)]
     if len(alive) == 0:
         return {"alive_features": 0}
     q = np.percentile(alive, [10, 50, 90])
+    limits = {}
+    candidates = [(name, v) for name, v in (("max_lag", max_lag), ("window", window and window - 1)) if v is not None]
+    if candidates:
+        limited_by, limit = min(candidates, key=lambda item: item[1])  # max_lag on a tie
+        limits = {"limit": limit, "limited_by": limited_by, "at_limit_fraction": float(np.mean(alive >= limit))}
     return {
         "alive_features": int(len(alive)),
+        **limits,
         "p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
         "histogram": np.histogram(alive, bins=[0, 1, 2, 4, 8, 16, 32, 64, 128, np.inf])[0].tolist(),
         "histogram_edges": [0, 1, 2, 4, 8, 16, 32, 64, 128, "inf"],
@@ -132,7 +143,7 @@ def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int
         "heldout_windows": int(len(indices)),
         "window": cfg["window"],
         "adjacent_separation": adjacent_separation(codes_BTF),
-        "time_scales": summarize_time_scales(scales),
+        "time_scales": summarize_time_scales(scales, max_lag, cfg["window"]),
         "mean_autocorrelation": [float(v) for v in np.nanmean(acf, axis=1)] if not np.isnan(acf).all() else [],
         "decoder": decoder_geometry(sae.W_dec),
         "l0": float((codes_BTF > 0).float().sum(-1).mean()),

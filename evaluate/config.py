@@ -43,7 +43,10 @@ from mtsae.values import same_kind
 from mtsae.evaluate.names import is_embedded
 
 EVALS = ("core", "sparse_probing", "unlearning", "absorption")
-PROFILES = ("auto", "standard", "tiny")
+PROFILES = ("auto", "standard", "tiny", "demo")
+# The demo's sparse probing: one profession set and one topic set of SAE-Bench's eight datasets. On the
+# random-weights embedded model every dataset tests the same plumbing, and each costs the same again.
+DEMO_PROBING_DATASETS = ["LabHC/bias_in_bios_class_set1", "fancyzhx/ag_news"]
 COMMON_KEYS = ("llm_batch_size", "llm_dtype", "random_seed")
 FORGET_CORPUS_ENV = "MTSAE_WMDP_FORGET_CORPUS"
 SPLICING_EVALS = ("core", "unlearning")
@@ -76,6 +79,9 @@ PROFILE_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "absorption": {"k_sparse_probe_num_epochs": 10, "k_sparse_probe_batch_size": 512, "max_k_value": 5},
     },
 }
+# tiny, with sparse probing on two of the eight datasets (`mtsae experiment embedded`, scripts/demo.sh).
+PROFILE_SETTINGS["demo"] = copy.deepcopy(PROFILE_SETTINGS["tiny"])
+PROFILE_SETTINGS["demo"]["sparse_probing"]["dataset_names"] = DEMO_PROBING_DATASETS
 _CORE_KEYS = ("n_eval_reconstruction_batches", "n_eval_sparsity_variance_batches", "eval_batch_size_prompts",
               "compute_featurewise_density_statistics", "compute_featurewise_weight_based_metrics",
               "exclude_special_tokens_from_reconstruction", "dataset", "context_size")
@@ -99,7 +105,8 @@ class EvalConfig:
         "Instruct model for the unlearning eval. Default: the model's -it variant (SAEs trained on the base model).",
         default=None,
     )
-    profile: str = _doc("SAE-Bench settings: auto (tiny for the embedded model), standard or tiny.", default="auto")
+    profile: str = _doc("SAE-Bench settings: auto (tiny for the embedded model), standard, tiny, or demo (tiny with "
+                        "sparse probing on 2 of its 8 datasets).", default="auto")
     config_file: str | None = _doc("TOML file overriding SAE-Bench settings per eval (see docs/evaluation.md).", default=None)
     offline: str | None = _doc(
         "Offline mirror folder (mirror.json: local models and datasets under SAE-Bench's names). "
@@ -148,9 +155,15 @@ def resolve_profile(profile: str, model: str) -> str:
     return "tiny" if is_embedded(model) else "standard"
 
 
-def resolve_settings(cfg: EvalConfig, profile: str) -> dict[str, dict[str, Any]]:
+def resolve_settings(cfg: EvalConfig, profile: str, device: str = "cuda") -> dict[str, dict[str, Any]]:
     """Per-eval SAE-Bench keyword arguments: profile < TOML file < command line."""
+    import torch
+
+    from mtsae.devices import compute_dtype
+
     settings = copy.deepcopy(PROFILE_SETTINGS[profile])
+    # The profile's dtype is a speed choice: on a CPU without native bfloat16, float32 is the fast one.
+    settings["common"]["llm_dtype"] = compute_dtype(settings["common"]["llm_dtype"], torch.device(device))
     for section, values in _read_toml(cfg.config_file).items():
         settings[section].update(values)
     cli = {"llm_batch_size": cfg.llm_batch_size, "llm_dtype": cfg.llm_dtype}

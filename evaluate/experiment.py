@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mtsae.errors import MtsaeError
+from mtsae.values import did_you_mean
 
 # Matched width, learning rate and tokens per step (the trainer's 4096 // window windows) for every run.
 _MATCHED = {"d_sae": 512, "lr": 3e-3}
@@ -54,8 +55,19 @@ _BASELINES = [
     {"name": "jumprelu", "arch": "jumprelu"},
 ]
 BUILTIN = {
+    # The demo (scripts/demo.sh): absorption left out — the random-weights model represents no first letters,
+    # so SAE-Bench can only conclude "not scorable" after training its probes — and sparse probing on 2 of 8
+    # datasets (the "demo" eval profile). embedded-full adds both back (docs/results.md).
     "embedded": {
         "out": "experiments/embedded",
+        "harvest": {},
+        "evals": ["core", "sparse_probing", "unlearning"],
+        "eval_options": {"profile": "demo"},
+        "defaults": {**_MATCHED, "train_tokens": 1_200_000},
+        "runs": _SEED_RUNS + _BASELINES,
+    },
+    "embedded-full": {
+        "out": "experiments/embedded-full",
         "harvest": {},
         "evals": ["core", "sparse_probing", "unlearning", "absorption"],
         # The seed's run1-run3 keep their non-causal padding: evaluated anyway, and flagged in the report.
@@ -129,7 +141,8 @@ def load_experiment(spec: str, out: str | None = None) -> ExperimentConfig:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise MtsaeError(f"experiment config {spec} not found; pass a TOML file or one of {', '.join(BUILTIN)}")
+            raise MtsaeError(f"experiment config {spec} not found{did_you_mean(spec, BUILTIN)}; pass a TOML file or one "
+                             f"of {', '.join(BUILTIN)}")
         try:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
@@ -155,7 +168,7 @@ def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
     run_dirs = [out / "runs" / spec["name"] for spec in runs]
     trained = [d for spec, d in zip(runs, run_dirs) if _train(cfg, spec, cache, d, log, progress)]
     if cfg.evals:
-        _evaluate(cfg, trained, out / "eval", log)
+        _evaluate(cfg, trained, out / "eval", log, progress)
     for run_dir in trained:
         _analyze(run_dir, cache, log)
     return _report(run_dirs, out / "report", log)
@@ -214,7 +227,7 @@ def _train_fields(defaults: dict[str, Any], spec: dict[str, Any]) -> dict[str, A
     return {**defaults, **{k: v for k, v in spec.items() if k != "name"}}
 
 
-def _evaluate(cfg: ExperimentConfig, run_dirs: list[Path], out: Path, log) -> None:
+def _evaluate(cfg: ExperimentConfig, run_dirs: list[Path], out: Path, log, progress: bool = True) -> None:
     """One SAE-Bench pass over every run not yet evaluated (the model and probing data load once);
     each run then gets its own rows in ``<run>/eval/summary.json``."""
     from mtsae.evaluate.config import EvalConfig
@@ -228,7 +241,7 @@ def _evaluate(cfg: ExperimentConfig, run_dirs: list[Path], out: Path, log) -> No
     log(f"[experiment] SAE-Bench {', '.join(cfg.evals)} on {', '.join(d.name for d in pending)}")
     try:
         summary = evaluate(EvalConfig(checkpoints=[str(d / "final") for d in pending], out=str(out),
-                                      evals=list(cfg.evals), **cfg.eval_options), log=log)
+                                      evals=list(cfg.evals), **cfg.eval_options), log=log, progress=progress)
     except MtsaeError as exc:
         log(f"[experiment] evaluation failed: {exc}")
         return
@@ -270,14 +283,35 @@ def analysis_sections(analyses: dict[str, dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for name, a in analyses.items():
         ts, dec = a["time_scales"], a["decoder"]
-        scales = f"{ts['p10']:.2f} / {ts['median']:.2f} / {ts['p90']:.2f}" if ts.get("alive_features") else "no live features"
+        scales = " / ".join(_time_scale(ts, q) for q in ("p10", "median", "p90")) if ts.get("alive_features") else "no live features"
         lines.append(f"| {name} | {a['architecture']} | {a['l0']:.1f} | {a['adjacent_separation']:.3f} | {scales} | "
                      f"{dec['max_cosine']:.3f} / {dec['mean_cosine']:.4f} | {dec['near_duplicate_pairs']} |")
-    lines.append("")
+    lines += ["", *_time_scale_limits(analyses), ""]
     truth = {name: a for name, a in analyses.items() if a.get("ground_truth")}
     if truth:
         lines += ground_truth_section(truth)
     return lines
+
+
+def _time_scale(ts: dict[str, Any], quantile: str) -> str:
+    """A time-scale percentile, as "≥ limit" when it sits at what the measurement can see."""
+    value, limit = ts[quantile], ts.get("limit")
+    return f"≥ {limit}" if limit is not None and value >= limit else f"{value:.2f}"
+
+
+def _time_scale_limits(analyses: dict[str, dict[str, Any]]) -> list[str]:
+    """Say which runs' time scales hit the measurement's limit instead of reporting the limit as a result."""
+    notes = []
+    for name, a in analyses.items():
+        ts = a["time_scales"]
+        if ts.get("at_limit_fraction"):
+            knob = "--max-lag" if ts["limited_by"] == "max_lag" else f"the {a.get('window')}-token window"
+            notes.append(f"{name}: {ts['at_limit_fraction']:.0%} of live features still correlate at lag {ts['limit']} "
+                         f"(the largest {knob} allows), so their time scale is at least that, not measured")
+    if not notes:
+        return []
+    return ["Time scales marked ≥ hit the measurement's limit: " + "; ".join(notes) + ". Re-run `mtsae analyze` with a "
+            "larger --max-lag (up to the window length - 1) to measure them."]
 
 
 def ground_truth_section(analyses: dict[str, dict[str, Any]]) -> list[str]:

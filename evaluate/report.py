@@ -8,7 +8,11 @@ to report.json, so what a figure shows can be checked.
 Honesty guardrails: a run that trained 0 steps or did not finish, has NaN or
 no loss, explained variance <= 0, probing at chance, or > 50 % dead latents is
 flagged in the table and the CLI output, and left out of every figure (the
-figure says which runs were left out and why).
+figure says which runs were left out and why). The report opens with the model,
+its revision, layer and width, and a warning when that model is the embedded
+one with random weights; accuracy figures draw chance; runs far from the
+others' L0 are marked "not L0-matched"; an axis shows one quantity (every data
+line carries it as its ``gid``); a figure with nothing to show is not drawn.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import base64
 import functools
 import json
 import math
+import statistics
 import subprocess
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +31,14 @@ from typing import Any
 import mtsae
 from mtsae.errors import MtsaeError
 from mtsae.evaluate.config import SPLICING_EVALS
+from mtsae.evaluate.names import is_embedded
 
 CHANCE_ACCURACY = 0.5  # SAE-Bench's sparse-probing tasks are binary
 CHANCE_MARGIN = 0.05
 MAX_DEAD_FRACTION = 0.5
+L0_MATCH_TOLERANCE = 0.25  # a run whose L0 is further than this (relative) from the runs' median is not L0-matched
+NOT_L0_MATCHED = "not L0-matched"
+PENALTY_SYMBOLS = {"l1_coefficient": "L1 λ", "l0_coefficient": "L0 λ"}
 FIGURES = ("accuracy_comparison.png", "loss_curves.png", "sparsity_comparison.png", "unlearning.png")
 
 
@@ -44,6 +54,13 @@ class RunRecord:
     steps: int = 0
     finished: bool = False
     sparsity_coefficient: float | None = None
+    sparsity_penalty: str | None = None  # the coefficient's config name (l1_coefficient, l0_coefficient)
+    k: int | None = None  # TopK-style runs: active latents per token
+    model_name: str | None = None
+    model_revision: str | None = None
+    layer: int | None = None
+    d_model: int | None = None
+    heldout_fve: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out FVE)
     final: dict[str, float] = field(default_factory=dict)  # held-out metrics of the final checkpoint
     train_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
     component_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -68,7 +85,8 @@ def load_run(path: str | Path) -> RunRecord:
     cfg = info.get("config", {})
     record = RunRecord(name=run.name, path=str(run), arch=cfg.get("arch"), preset=cfg.get("preset"), seed=cfg.get("seed"),
                        cache_fingerprint=info.get("cache_fingerprint"), mtsae_version=info.get("mtsae_version"),
-                       sparsity_coefficient=_sparsity_coefficient(cfg))
+                       layer=cfg.get("layer"))
+    record.sparsity_penalty, record.sparsity_coefficient = _sparsity_coefficient(cfg)
     _read_log(run / "log.jsonl", record)
     _read_final(run / "final" / "cfg.json", record)
     _read_evals(run / "eval" / "summary.json", record)
@@ -76,14 +94,15 @@ def load_run(path: str | Path) -> RunRecord:
     return record
 
 
-def _sparsity_coefficient(cfg: dict[str, Any]) -> float | None:
+def _sparsity_coefficient(cfg: dict[str, Any]) -> tuple[str | None, float | None]:
+    """``(config name, value)`` of the configured sparsity coefficient, or ``(None, None)``."""
     arch_cfg = cfg.get("arch_config") or {}
-    for key in ("l1_coefficient", "l0_coefficient"):
+    for key in PENALTY_SYMBOLS:
         if key in arch_cfg:
-            return arch_cfg[key]
+            return key, arch_cfg[key]
         if cfg.get(key) is not None:
-            return cfg[key]
-    return None
+            return key, cfg[key]
+    return None, None
 
 
 def _read_log(path: Path, record: RunRecord) -> None:
@@ -91,6 +110,8 @@ def _read_log(path: Path, record: RunRecord) -> None:
         return
     for line in path.read_text().splitlines():
         entry = json.loads(line)
+        if entry.get("split") == "heldout" and isinstance(entry.get("fve"), (int, float)):
+            record.heldout_fve.append((entry.get("step", 0), entry["fve"]))
         if entry.get("split") != "train":
             continue
         step = entry.get("step", 0)
@@ -104,14 +125,19 @@ def _read_log(path: Path, record: RunRecord) -> None:
 def _read_final(path: Path, record: RunRecord) -> None:
     if not path.is_file():
         return
-    metadata = json.loads(path.read_text()).get("mtsae", {}).get("metadata", {})
+    saved = json.loads(path.read_text()).get("mtsae", {})
+    metadata = saved.get("metadata", {})
     record.finished = True
+    record.model_name, record.model_revision = metadata.get("model_name"), metadata.get("model_revision")
+    record.layer, record.d_model = metadata.get("layer", record.layer), metadata.get("d_in")
+    record.k = (saved.get("config") or {}).get("k")
     record.steps = metadata.get("steps", record.steps)
     record.final = {k: v for k, v in (metadata.get("final_metrics") or {}).items() if isinstance(v, (int, float))}
     record.cache_fingerprint = metadata.get("cache_fingerprint", record.cache_fingerprint)
     in_force = metadata.get("sparsity_coefficient")  # --target-l0 runs: the adapted value, not the configured one
     if in_force:
         record.sparsity_coefficient = float(f"{in_force['value']:.4g}")
+        record.sparsity_penalty = in_force.get("name", record.sparsity_penalty)
 
 
 def _read_evals(path: Path, record: RunRecord) -> None:
@@ -160,10 +186,30 @@ def guardrail_flags(record: RunRecord) -> list[str]:
 
 # -------------------------------------------------------------------------------------- figures
 
+REFERENCE_GIDS = ("chance",)  # reference lines, not data: they may share an axis with its quantity
+
 
 def provenance(records: list[RunRecord]) -> str:
     caches = sorted({(r.cache_fingerprint or "?")[:12] for r in records})
     return f"mtsae {mtsae.__version__} (commit {source_commit() or 'unknown'}) · cache {', '.join(caches)}"
+
+
+def model_line(records: list[RunRecord]) -> str:
+    """Which model the runs read: name, revision, layer(s) and width."""
+    models = sorted({(r.model_name or "unknown model", r.model_revision or "revision unknown") for r in records})
+    layers = sorted({str(r.layer) for r in records if r.layer is not None}) or ["unknown"]
+    widths = sorted({str(r.d_model) for r in records if r.d_model is not None}) or ["unknown"]
+    names = "; ".join(f"{name} ({revision})" for name, revision in models)
+    return f"{names}, layer {', '.join(layers)}, d_model {', '.join(widths)}"
+
+
+def random_weights_warning(records: list[RunRecord]) -> str | None:
+    embedded = sorted({r.model_name for r in records if r.model_name and is_embedded(r.model_name)})
+    if not embedded:
+        return None
+    return (f"⚠ Random weights: these runs read {', '.join(embedded)}, mtsae's embedded tiny Gemma-2 with random, "
+            "seeded weights. It checks the pipeline; no number in this report says anything about a trained "
+            "language model.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -176,19 +222,22 @@ def source_commit() -> str | None:  # asked once per figure: run git once
         return None
 
 
-def _figure(title: str, records: list[RunRecord], left_out: list[RunRecord]):
+def _figure(title: str, records: list[RunRecord], left_out: list[RunRecord], panels: int = 1):
+    """A figure with ``panels`` axes side by side (a list when more than one), titled and footed with provenance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(records) + 3), 4.5))
-    ax.set_title(title)
-    footer = provenance(records + left_out)
+    width = max(6.0, 1.3 * len(records) + 3) if panels == 1 else 4.2 * panels
+    fig, axes = plt.subplots(1, panels, figsize=(width, 4.5), squeeze=False)
+    warning = " — RANDOM-WEIGHTS MODEL" if random_weights_warning(records + left_out) else ""
+    fig.suptitle(title + warning, fontsize=11)
+    footer = "model " + model_line(records + left_out) + " · " + provenance(records + left_out)
     if left_out:
         footer += "\nleft out (flagged): " + "; ".join(f"{r.name}: {', '.join(r.flags)}" for r in left_out)
     fig.text(0.01, 0.005, footer, fontsize=7, va="bottom", wrap=True)
-    return fig, ax
+    return fig, (axes[0][0] if panels == 1 else list(axes[0]))
 
 
 def _save(fig, path: Path) -> None:
@@ -199,79 +248,126 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy(records: list[RunRecord], left_out: list[RunRecord], path: Path) -> dict[str, Any]:
+def l0_unmatched(records: list[RunRecord]) -> set[str]:
+    """Runs whose held-out L0 is more than L0_MATCH_TOLERANCE (relative) away from the median L0 of the runs
+    they are compared with: all of ``records``, or those of the same ``match_l0`` level (``-l0_<level>`` names)."""
+    from mtsae.evaluate.experiment import by_l0_level
+
+    unmatched = set()
+    for group in by_l0_level({r.name: r for r in records if r.final.get("l0") is not None}).values():
+        if len(group) < 2:
+            continue
+        median = statistics.median(r.final["l0"] for r in group.values())
+        unmatched |= {n for n, r in group.items() if abs(r.final["l0"] - median) > L0_MATCH_TOLERANCE * max(median, 1e-9)}
+    return unmatched
+
+
+def _run_tick(r: RunRecord, unmatched: set[str]) -> str:
+    return r.label + (f"\n({NOT_L0_MATCHED}: L0 {r.final['l0']:.3g})" if r.name in unmatched else "")
+
+
+def plot_accuracy(records: list[RunRecord], left_out: list[RunRecord], path: Path) -> dict[str, Any] | None:
     rows = [(r, r.evals["sparse_probing"]["metrics"]) for r in records
             if r.evals.get("sparse_probing", {}).get("status") == "ok"]
+    if not rows:
+        return None
     data = {r.label: {"llm": m.get("llm_test_accuracy"), "sae": m.get("sae_test_accuracy")} for r, m in rows}
+    unmatched = l0_unmatched([r for r, _ in rows])
     fig, ax = _figure("Sparse probing: LLM vs SAE test accuracy", records, left_out)
     x = list(range(len(rows)))
-    ax.bar([i - 0.2 for i in x], [d["llm"] or 0 for d in data.values()], 0.4, color="tab:blue", label="LLM")
-    ax.bar([i + 0.2 for i in x], [d["sae"] or 0 for d in data.values()], 0.4, color="tab:orange", label="SAE")
-    ax.set_xticks(x, list(data), rotation=20, ha="right", fontsize=8)
+    ax.bar([i - 0.2 for i in x], [d["llm"] or 0 for d in data.values()], 0.4, color="tab:blue", label="LLM", gid="test accuracy")
+    ax.bar([i + 0.2 for i in x], [d["sae"] or 0 for d in data.values()], 0.4, color="tab:orange", label="SAE", gid="test accuracy")
+    ax.axhline(CHANCE_ACCURACY, color="gray", linestyle="--", linewidth=1, label="chance (binary tasks)", gid="chance")
+    ax.set_xticks(x, [_run_tick(r, unmatched) for r, _ in rows], rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("test accuracy")
-    ax.legend()
-    if not rows:
-        ax.text(0.5, 0.5, "no sparse-probing results", ha="center", transform=ax.transAxes)
+    ax.legend(fontsize=8)
     _save(fig, path)
     return data
 
 
-def plot_loss_curves(records: list[RunRecord], left_out: list[RunRecord], path: Path, components: bool) -> dict[str, Any]:
-    fig, ax = _figure("Training loss", records, left_out)
+def plot_loss_curves(records: list[RunRecord], left_out: list[RunRecord], path: Path, components: bool) -> dict[str, Any] | None:
+    """Reconstruction MSE and held-out FVE (comparable across objectives); with ``components``, each run's
+    own total loss on its own axis (different runs minimise different objectives)."""
+    if not any(r.train_curve for r in records):
+        return None
+    own = [r for r in records if r.train_curve] if components else []
+    fig, axes = _figure("Training: reconstruction MSE and held-out FVE", records, left_out, panels=2 + len(own))
     data: dict[str, Any] = {}
     for r in records:
-        steps, losses = zip(*r.train_curve) if r.train_curve else ((), ())
-        ax.plot(steps, losses, label=r.label)
-        data[r.label] = {"steps": list(steps), "loss": list(losses)}
-        if components:
-            for name in ("mse", "l1", "sep", "auxk", "l0_penalty"):
-                if name in r.component_curves:
-                    s, v = zip(*r.component_curves[name])
-                    ax.plot(s, v, linestyle="--", linewidth=0.8, label=f"{r.name} {name}")
-                    data[r.label][name] = list(v)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    if records:
-        ax.legend(fontsize=7)
+        mse = r.component_curves.get("mse", [])
+        data[r.label] = {"steps": [s for s, _ in mse], "mse": [v for _, v in mse],
+                         "heldout_steps": [s for s, _ in r.heldout_fve], "heldout_fve": [v for _, v in r.heldout_fve]}
+        axes[0].plot(data[r.label]["steps"], data[r.label]["mse"], label=r.label, gid="reconstruction MSE")
+        axes[1].plot(data[r.label]["heldout_steps"], data[r.label]["heldout_fve"], "o-", label=r.label, gid="held-out FVE")
+    _label(axes[0], "reconstruction MSE (train, normalised units)", log=True)
+    _label(axes[1], "held-out FVE (fraction of variance explained)")
+    for ax, r in zip(axes[2:], own):
+        steps, losses = zip(*r.train_curve)
+        ax.plot(steps, losses, color="tab:gray", gid="total loss")
+        ax.set_title(f"{r.name}: its own total loss", fontsize=8)
+        _label(ax, f"{r.arch} objective", log=True)
+        data[r.label].update(loss_steps=list(steps), loss=list(losses))
+    axes[0].legend(fontsize=7)
     _save(fig, path)
     return data
 
 
-def plot_sparsity(records: list[RunRecord], left_out: list[RunRecord], path: Path) -> dict[str, Any]:
-    data = {r.label: {"sparsity_coefficient": r.sparsity_coefficient, "l0": r.final.get("l0"),
-                      "dead_fraction": r.final.get("dead_fraction")} for r in records}
+def _label(ax, ylabel: str, log: bool = False) -> None:
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel, fontsize=8)
+    if log:
+        ax.set_yscale("log")
+
+
+def sparsity_label(r: RunRecord) -> str:
+    """The sparsity knob in its own symbol: ``L1 λ=0.04``, ``L0 λ=…``, ``k=32``; never ``λ=None``."""
+    if r.sparsity_penalty and r.sparsity_coefficient is not None:
+        return f"{PENALTY_SYMBOLS.get(r.sparsity_penalty, r.sparsity_penalty)}={r.sparsity_coefficient:.3g}"
+    return f"k={r.k}" if r.k is not None else "no sparsity coefficient"
+
+
+def plot_sparsity(records: list[RunRecord], left_out: list[RunRecord], path: Path) -> dict[str, Any] | None:
+    if not records:
+        return None
+    data = {r.label: {"sparsity": sparsity_label(r), "sparsity_coefficient": r.sparsity_coefficient,
+                      "l0": r.final.get("l0"), "dead_fraction": r.final.get("dead_fraction")} for r in records}
+    unmatched = l0_unmatched(records)
     fig, ax = _figure("Sparsity: achieved L0 (bars) and dead fraction (dots)", records, left_out)
     x = list(range(len(records)))
-    ax.bar(x, [d["l0"] or 0 for d in data.values()], color="tab:green", label="L0 (held-out)")
+    ax.bar(x, [d["l0"] or 0 for d in data.values()], color="tab:green", label="L0 (held-out)", gid="L0")
     ax.set_ylabel("L0 (active latents per token)")
-    ax.set_xticks(x, [f"{label}\nλ={d['sparsity_coefficient']}" for label, d in data.items()], rotation=20,
-                  ha="right", fontsize=7)
+    ax.set_xticks(x, [f"{_run_tick(r, unmatched)}\n{d['sparsity']}" for r, d in zip(records, data.values())],
+                  rotation=20, ha="right", fontsize=7)
     twin = ax.twinx()
-    twin.plot(x, [d["dead_fraction"] or 0 for d in data.values()], "o", color="tab:red", label="dead fraction")
+    twin.plot(x, [d["dead_fraction"] or 0 for d in data.values()], "o", color="tab:red", label="dead fraction",
+              gid="dead fraction")
     twin.set_ylim(0, 1)
     twin.set_ylabel("dead fraction")
     _save(fig, path)
     return data
 
 
-def plot_unlearning(records: list[RunRecord], left_out: list[RunRecord], path: Path) -> dict[str, Any]:
-    data = {}
-    for r in records:
-        entry = r.evals.get("unlearning")
-        if entry is None:
-            continue
-        data[r.label] = {"status": entry["status"], **entry.get("metrics", {}), "reason": entry.get("reason")}
-    fig, ax = _figure("Unlearning (SAE-Bench): score per run", records, left_out)
+def unlearning_results(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
+    return {r.label: {"status": e["status"], **e.get("metrics", {}), "reason": e.get("reason")}
+            for r in records if (e := r.evals.get("unlearning")) is not None}
+
+
+def plot_unlearning(records: list[RunRecord], left_out: list[RunRecord], path: Path) -> dict[str, Any] | None:
+    """Drawn only when some run has an unlearning score; the reasons for the others are in the report's text."""
+    data = unlearning_results(records)
     scorable = {k: v for k, v in data.items() if v["status"] == "ok" and v.get("unlearning_score") is not None}
-    ax.bar(range(len(scorable)), [v["unlearning_score"] for v in scorable.values()], color="tab:purple")
+    if not scorable:
+        return None
+    fig, ax = _figure("Unlearning (SAE-Bench): score per run", records, left_out)
+    ax.bar(range(len(scorable)), [v["unlearning_score"] for v in scorable.values()], color="tab:purple",
+           gid="unlearning score")
     ax.set_xticks(range(len(scorable)), list(scorable), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("unlearning score (WMDP-bio drop at MMLU retained)")
-    unscorable = [f"{k}: {v['status']} ({(v.get('reason') or '')[:60]})" for k, v in data.items() if k not in scorable]
-    if unscorable or not scorable:
-        ax.text(0.5, 0.5, "\n".join(unscorable) or "no unlearning results", ha="center", va="center",
-                transform=ax.transAxes, fontsize=8)
+    others = [f"{k}: {v['status']} ({textwrap.shorten(v.get('reason') or 'no reason given', 70, placeholder=' …')})"
+              for k, v in data.items() if k not in scorable]
+    if others:
+        ax.text(0.98, 0.98, "\n".join(others), ha="right", va="top", transform=ax.transAxes, fontsize=7)
     _save(fig, path)
     return data
 
@@ -295,7 +391,12 @@ def write_report(run_paths: list[str | Path], out: str | Path, *, loss_component
         "sparsity_comparison.png": plot_sparsity(good, flagged, out / "sparsity_comparison.png"),
         "unlearning.png": plot_unlearning(good, flagged, out / "unlearning.png"),
     }
+    for name, drawn in figures.items():
+        if drawn is None:  # nothing to show: no figure (and not an earlier report's)
+            (out / name).unlink(missing_ok=True)
     data = {
+        "model": model_line(records),
+        "random_weights_warning": random_weights_warning(records),
         "provenance": provenance(records),
         "runs": [_run_summary(r) for r in records],
         "figures": figures,
@@ -310,7 +411,8 @@ def write_report(run_paths: list[str | Path], out: str | Path, *, loss_component
 
 def _run_summary(r: RunRecord) -> dict[str, Any]:
     keep = ("name", "path", "arch", "preset", "seed", "cache_fingerprint", "mtsae_version", "steps", "finished",
-            "sparsity_coefficient", "final", "evals", "flags", "caveats")
+            "sparsity_coefficient", "sparsity_penalty", "k", "model_name", "model_revision", "layer", "d_model",
+            "final", "evals", "flags", "caveats")
     return {k: v for k, v in asdict(r).items() if k in keep}
 
 
@@ -322,11 +424,12 @@ def metric_table(records: list[RunRecord]) -> list[str]:
     columns = ["run", "arch", "seed", "steps", "fve", "mse", "l0", "dead", "sep", "probe LLM", "probe SAE",
                "unlearning", "absorption", "core", "flags"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    unmatched = l0_unmatched([r for r in records if not r.flags])
     for r in records:
         ev = {name: e.get("metrics", {}) for name, e in r.evals.items() if e["status"] == "ok"}
         status = {name: e["status"] for name, e in r.evals.items()}
         cells = [
-            r.name, r.arch, r.seed, r.steps,
+            r.name + (f" ({NOT_L0_MATCHED})" if r.name in unmatched else ""), r.arch, r.seed, r.steps,
             _num(r.final.get("fve")), _num(r.final.get("mse")), _num(r.final.get("l0")),
             _num(r.final.get("dead_fraction")), _num(r.final.get("sep")),
             _num(ev.get("sparse_probing", {}).get("llm_test_accuracy")),
@@ -344,8 +447,13 @@ def _num(value: Any) -> str:
     return "–" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+FIGURE_CAPTIONS = {"accuracy_comparison.png": "Sparse probing accuracy", "loss_curves.png": "Training: MSE and FVE",
+                   "sparsity_comparison.png": "Sparsity", "unlearning.png": "Unlearning"}
+
+
 def _markdown(records: list[RunRecord], data: dict[str, Any], extra_sections: list[str]) -> str:
-    lines = ["# mtsae report", "", data["provenance"], "",
+    warning = [f"**{data['random_weights_warning']}**", ""] if data["random_weights_warning"] else []
+    lines = ["# mtsae report", "", *warning, f"Model: {data['model']}.", "", data["provenance"], "",
              "Runs: " + ", ".join(f"`{r.name}` ({r.arch}, preset {r.preset}, seed {r.seed}, cache "
                                   f"{(r.cache_fingerprint or '?')[:12]})" for r in records), ""]
     flagged = [r for r in records if r.flags]
@@ -359,12 +467,26 @@ def _markdown(records: list[RunRecord], data: dict[str, Any], extra_sections: li
     lines += ["## Metrics", "", *metric_table(records), "",
               "fve/mse/l0/dead/sep: held-out metrics of the final checkpoint (sep = mean cosine of codes at adjacent "
               "tokens). probe: SAE-Bench sparse probing test accuracy. unlearning/absorption/core: SAE-Bench headline "
-              "scores, or why there is none.", ""]
-    for name, caption in (("accuracy_comparison.png", "Sparse probing accuracy"), ("loss_curves.png", "Training loss"),
-                          ("sparsity_comparison.png", "Sparsity"), ("unlearning.png", "Unlearning")):
-        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
+              "scores, or why there is none. Accuracy figures draw chance (0.5: the probing tasks are binary). "
+              f"\"{NOT_L0_MATCHED}\": the run's L0 is more than {L0_MATCH_TOLERANCE:.0%} from the median L0 of the "
+              "unflagged runs it is compared with (those of its match_l0 level, if any), so its scores are not "
+              "comparable at equal sparsity.", ""]
+    for name, caption in FIGURE_CAPTIONS.items():
+        drawn = data["figures"][name] is not None
+        lines += [f"## {caption}", "", f"![{caption}]({name})" if drawn else _not_drawn(name, records), ""]
     lines += extra_sections
     return "\n".join(lines) + "\n"
+
+
+def _not_drawn(name: str, records: list[RunRecord]) -> str:
+    """Why a figure is absent; reasons in full, never cut."""
+    if name == "unlearning.png":
+        rows = unlearning_results([r for r in records if not r.flags])
+        reasons = [f"{label}: {v['status']} ({v.get('reason') or 'no reason given'})" for label, v in rows.items()]
+        return "No unlearning score to draw. " + ("; ".join(reasons) if reasons else "No run has an unlearning result.")
+    return {"accuracy_comparison.png": "No sparse-probing results to draw.",
+            "loss_curves.png": "No training loss logged by an unflagged run.",
+            "sparsity_comparison.png": "No unflagged run to draw."}[name]
 
 
 def _html(markdown: str, out: Path) -> str:

@@ -11,11 +11,11 @@ exactly as it writes them, in ``<out>/<eval>/``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +34,7 @@ from mtsae.evaluate.models import ModelDims, hub_model_dims
 from mtsae.evaluate.names import EMBEDDED, base_model_name, canonical_model_name, instruct_model_name, is_embedded
 from mtsae.evaluate.offline import OfflineMirror, load_mirror
 from mtsae.evaluate.patches import link_forget_corpus, offline, working_directory
+from mtsae.evaluate.quiet import LOG_FILENAME, StageProgress, third_party_output
 from mtsae.evaluate.summary import EvalSummary, write_summary
 
 WORK_DIRNAME = ".work"
@@ -53,7 +54,7 @@ def _absolute_paths(cfg: EvalConfig) -> EvalConfig:
 ARTIFACTS_DIRNAME = "artifacts"
 
 
-def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary:
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print, progress: bool = True) -> EvalSummary:
     """Evaluate ``cfg.checkpoints`` with SAE-Bench; returns the written summary.
 
     User mistakes raise ``MtsaeError`` before anything runs. An eval that
@@ -66,12 +67,12 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
     _check_causal(cfg, infos, log)
     model = _evaluation_model(cfg.model, infos)
     profile = resolve_profile(cfg.profile, model)
-    settings = resolve_settings(cfg, profile)
+    device = _device(cfg.device)
+    settings = resolve_settings(cfg, profile, device)
     mirror = _mirror(cfg, model, settings)
     unlearning_model = cfg.unlearning_model or instruct_model_name(model)
     _check_compatible(cfg, infos, model, unlearning_model, mirror, settings)
     corpus = _forget_corpus(cfg, mirror) if "unlearning" in cfg.evals else None
-    device = _device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     releases = release_names(infos)
@@ -87,7 +88,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
     rows = []
     with _threads_for(model, device):
         for job in jobs:
-            outcomes = _run_eval(job, kept[job.eval_name], cfg, mirror, corpus, log)
+            outcomes = _run_eval(job, kept[job.eval_name], cfg, mirror, corpus, log, progress)
             rows += [_row(job.eval_name, t, outcomes[t.release], out) for t in job.targets]
     header = {
         "model": model, "unlearning_model": unlearning_model if "unlearning" in cfg.evals else None,
@@ -227,7 +228,7 @@ def release_names(infos: list[CheckpointInfo]) -> list[str]:
 
 
 def _run_eval(job: Job, kept: dict[str, Outcome], cfg: EvalConfig, mirror: OfflineMirror | None,
-              corpus: Path | None, log: Callable[[str], None]) -> dict[str, Outcome]:
+              corpus: Path | None, log: Callable[[str], None], progress: bool = True) -> dict[str, Outcome]:
     job.out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = dict(kept)
     pending = [t for t in job.targets if t.release not in outcomes]
@@ -235,27 +236,41 @@ def _run_eval(job: Job, kept: dict[str, Outcome], cfg: EvalConfig, mirror: Offli
         log(f"[{job.eval_name}] {release}: keeping the result already in {job.out_dir} (--force recomputes)")
     if not pending:
         return outcomes
-    log(f"[{job.eval_name}] running SAE-Bench on {len(pending)} SAE(s) with {job.model}")
+    log(f"[{job.eval_name}] running SAE-Bench on {len(pending)} SAE(s) with {job.model}; "
+        f"its own output goes to {job.out_dir / LOG_FILENAME}")
     job = Job(job.eval_name, job.model, pending, job.settings, job.device, job.out_dir, job.workdir)
     shutil.rmtree(job.workdir, ignore_errors=True)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # SAE-Bench's prints are progress, not results
+        terminal = stack.enter_context(third_party_output(job.out_dir / LOG_FILENAME))
         stack.enter_context(working_directory(job.workdir))
         if mirror is not None:
             stack.enter_context(offline(mirror))
         if corpus is not None and job.eval_name == "unlearning":
             link_forget_corpus(job.workdir, corpus)
+        stage = stack.enter_context(contextlib.closing(
+            StageProgress(job.eval_name, [t.release for t in pending], terminal, enabled=progress)))
         for target in pending:
             target.sae = load_adapter(target.info, job.model, device=job.device)
+            target.sae.on_use = functools.partial(stage.used, target.release)
         outcomes.update(run_job(job, log))
-    for target in pending:
-        o = outcomes[target.release]
-        log(f"[{job.eval_name}] {target.release}: {o.status} in {o.seconds:.0f} s" + (f" ({o.reason})" if o.reason else ""))
+    _log_outcomes(job, outcomes, stage, log)
     if cfg.keep_artifacts:
         keep = Path(cfg.out) / ARTIFACTS_DIRNAME / job.eval_name
         shutil.rmtree(keep, ignore_errors=True)
         shutil.move(str(job.workdir), keep)
     return outcomes
+
+
+def _log_outcomes(job: Job, outcomes: dict[str, Outcome], stage: StageProgress, log: Callable[[str], None]) -> None:
+    """The group's time once, then each SAE's own time (from its first use by SAE-Bench), never the total per SAE."""
+    total = next(iter(outcomes[t.release].seconds for t in job.targets), None)
+    log(f"[{job.eval_name}] {len(job.targets)} SAE(s) in {total:.0f} s, of which {stage.shared_seconds:.0f} s "
+        "before the first SAE was used (work SAE-Bench does once for the group)")
+    for target in job.targets:
+        o = outcomes[target.release]
+        o.seconds = stage.seconds(target.release)
+        took = f" in {o.seconds:.0f} s" if o.seconds is not None else ""
+        log(f"[{job.eval_name}] {target.release}: {o.status}{took}" + (f" ({o.reason})" if o.reason else ""))
 
 
 def _kept_results(job: Job, force: bool) -> dict[str, Outcome]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from mtsae.cache.format import STORAGE_DTYPES
-from mtsae.cache.writer import COMPRESSIONS
 from mtsae.errors import MtsaeError
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "flex_attention")
@@ -35,7 +34,8 @@ class HarvestConfig:
     )
     max_tokens: int = _doc("Token budget (BOS included); harvest stops earlier if the dataset ends.", default=262_144)
     batch_size: int = _doc("Sequences per forward pass.", default=16)
-    dtype: str = _doc("Model and stored activation dtype: bfloat16, float16 or float32.", default="bfloat16")
+    dtype: str = _doc("Stored activation dtype: bfloat16, float16 or float32. The model computes in it, or in float32 "
+                      "on a CPU without native half precision (rounded once when stored).", default="bfloat16")
     device: str = _doc("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...", default="auto")
     attn_implementation: str = _doc("Attention kernel: eager or flex_attention (Gemma-2 has no sdpa path).", default="eager")
     chunk_tokens: int = _doc("Tokens per Zarr chunk (rows of each activation array).", default=4096)
@@ -43,6 +43,8 @@ class HarvestConfig:
 
     def validate(self) -> None:
         """Check values without touching the disk or the network."""
+        from mtsae.cache.writer import COMPRESSIONS  # zarr: not needed to read this class's help
+
         checks = [
             (bool(self.layers), "--layers needs at least one layer"),
             (all(layer >= 0 for layer in self.layers), f"--layers must be non-negative, got {self.layers}"),

@@ -92,7 +92,7 @@ def share_of(rank: int, world_size: int, plan: SequencePlan, chunk_tokens: int, 
 def harvest_in_parallel(cfg, out: str, force: bool, fingerprint: str, content: dict[str, Any], resolved, world: World,
                         log: Callable[[str], None], progress: bool) -> tuple[str, dict[str, Any], bool]:
     """This rank's part of a parallel harvest; returns ``(out, attrs, skipped)`` on every rank."""
-    from mtsae.harvest.run import cache_header
+    from mtsae.harvest.run import cache_header, harvest_compute_dtype
 
     model_source, text_source = resolved
     world.check_same("the harvest settings and inputs (fingerprint, options, --out)",
@@ -117,8 +117,8 @@ def harvest_in_parallel(cfg, out: str, force: bool, fingerprint: str, content: d
         world.check_same("the tokenized input (sequence plan)", [plan.doc_rows, plan.lengths])
         _check_enough_chunks(plan, cfg, world)
         share = share_of(world.rank, world.size, plan, cfg.chunk_tokens, cfg.batch_size)
-        model = sources.load_truncated_model(model_source, max(cfg.layers), getattr(torch, cfg.dtype), device,
-                                             cfg.attn_implementation)
+        model = sources.load_truncated_model(model_source, max(cfg.layers), getattr(torch, harvest_compute_dtype(cfg)),
+                                             device, cfg.attn_implementation)
         header = cache_header(cfg, fingerprint, content, model_source, text_source)
         world.on_main(lambda: _create_store(out, cfg, header))
         started = time.perf_counter()
@@ -201,7 +201,7 @@ def _write_share(cfg, out, share: RankShare, plan: SequencePlan, model, tokenize
     try:
         index = first_seq
         for batch in batches:
-            stored, _ = batch_activations(capture, batch, pad_id, device, index)
+            stored, _ = batch_activations(capture, batch, pad_id, device, index, cfg.dtype)
             for b, seq in enumerate(batch):
                 written = _write_rows_in_share(writer, seq, {layer: a[b] for layer, a in stored.items()},
                                                int(offsets[index]), share)

@@ -18,7 +18,7 @@ from mtsae.cache import CacheWriter
 from mtsae.cache import format as fmt
 from mtsae.cache import read_attrs
 from mtsae.cache.shared import find_shared
-from mtsae.devices import resolve_device
+from mtsae.devices import compute_dtype, resolve_device
 from mtsae.distributed import SINGLE_PROCESS, World
 from mtsae.errors import MtsaeError
 from mtsae.harvest import sources
@@ -84,9 +84,9 @@ def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, 
 
 def _load_and_run(cfg, out, resume, fingerprint, content, model_source, text_source, log, progress) -> dict[str, Any]:
     device = resolve_device(cfg.device)
-    dtype = getattr(torch, cfg.dtype)
     tokenizer = sources.load_tokenizer(model_source)
-    model = sources.load_truncated_model(model_source, max(cfg.layers), dtype, device, cfg.attn_implementation)
+    model = sources.load_truncated_model(model_source, max(cfg.layers), getattr(torch, harvest_compute_dtype(cfg)),
+                                         device, cfg.attn_implementation)
     header = cache_header(cfg, fingerprint, content, model_source, text_source)
     return _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, progress)
 
@@ -103,6 +103,7 @@ def cache_header(cfg, fingerprint, content, model_source, text_source) -> dict[s
         "hook_names": [fmt.hook_name(layer) for layer in cfg.layers],
         "context_len": cfg.context_len,
         "dtype": cfg.dtype,
+        "compute_dtype": harvest_compute_dtype(cfg),
         "d_model": sources.text_config(model_source.config).hidden_size,
         "mtsae_version": mtsae.__version__,
         "config": dataclasses.asdict(cfg),
@@ -130,7 +131,7 @@ def _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, p
                 writer = CacheWriter.create(out, layers=cfg.layers, d_model=header["d_model"], dtype_name=cfg.dtype,
                                             capacity_tokens=cfg.max_tokens, chunk_tokens=cfg.chunk_tokens,
                                             compression=cfg.compression, header=header)
-            stored, n_real = batch_activations(capture, batch, pad_id, device, writer.n_sequences)
+            stored, n_real = batch_activations(capture, batch, pad_id, device, writer.n_sequences, cfg.dtype)
             for b, seq in enumerate(batch):
                 n = len(seq.tokens)
                 writer.add_sequence(seq.doc_row, seq.tokens, seq.special, {layer: a[b, :n] for layer, a in stored.items()})
@@ -154,11 +155,13 @@ def _run(cfg, out, resume, header, model, tokenizer, text_source, device, log, p
     return attrs
 
 
-def batch_activations(capture, batch, pad_id, device, first_sequence: int) -> tuple[dict[int, Any], int]:
+def batch_activations(capture, batch, pad_id, device, first_sequence: int,
+                      storage_dtype: str) -> tuple[dict[int, Any], int]:
     """Run one padded batch: ``({layer: [B, width, d] stored-dtype array}, real tokens)``; NaN/Inf is an error."""
     ids, mask = pad_batch(batch, pad_id)
     ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-    acts = capture(ids_t, mask_t)
+    # Computed in harvest_compute_dtype(cfg), rounded once here to the stored dtype (a no-op when they agree).
+    acts = {layer: tensor.to(getattr(torch, storage_dtype)) for layer, tensor in capture(ids_t, mask_t).items()}
     for layer, tensor in acts.items():
         check_finite(tensor, mask_t, layer, first_sequence)
     return {layer: to_storage(tensor) for layer, tensor in acts.items()}, int(mask.sum())
@@ -243,7 +246,14 @@ def content_spec(cfg: HarvestConfig, model_source, text_source) -> dict[str, Any
         "max_tokens": cfg.max_tokens,
         "dtype": cfg.dtype,
         "sequence_policy": SEQUENCE_POLICY,
+        # Only when it differs, so caches computed in their stored dtype keep their fingerprints.
+        **({"compute_dtype": compute} if (compute := harvest_compute_dtype(cfg)) != cfg.dtype else {}),
     }
+
+
+def harvest_compute_dtype(cfg: HarvestConfig) -> str:
+    """The dtype the model runs in: float32 on a CPU without native half precision (mtsae.devices)."""
+    return compute_dtype(cfg.dtype, resolve_device(cfg.device))
 
 
 def _version(package: str) -> str:

@@ -153,9 +153,11 @@ def load_truncated_model(source: ModelSource, last_layer: int, dtype: torch.dtyp
     text.num_hidden_layers = last_layer + 1
     if isinstance(getattr(text, "layer_types", None), list):
         text.layer_types = text.layer_types[: last_layer + 1]
-    # The weights of the skipped layers (and the LM head) are unused on purpose: silence that report.
-    verbosity = hf_logging.get_verbosity()
+    # The weights of the skipped layers (and the LM head) are unused on purpose: silence that report,
+    # and the loading bar (harvest shows one bar, its own).
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(
             source.name_or_path, config=config, dtype=dtype, attn_implementation=attn_implementation,
@@ -165,6 +167,8 @@ def load_truncated_model(source: ModelSource, last_layer: int, dtype: torch.dtyp
         raise MtsaeError(f"cannot load model weights of {source.identity['id']}: {_first_line(exc)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval()
 
 
@@ -227,8 +231,8 @@ def resolve_dataset(
         hashes = _hash_files(files, files[0].parent if path.is_file() else path, text=builder in TEXT_BUILDERS)
         ds = _load(lambda: datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True), spec)
         identity = {"id": display_id, "split": "train", "files_sha256": hashes}
-    elif _looks_like_path(spec):
-        raise MtsaeError(f"dataset path {spec} does not exist")
+    elif _looks_like_path(spec) or Path(spec).suffix in LOCAL_DATA_BUILDERS:  # mydata.jsonl: a file, not a hub id
+        raise MtsaeError(f"dataset file {spec} does not exist; check the path (relative to {Path.cwd()})")
     else:
         ds = _load(lambda: datasets.load_dataset(spec, config_name, split=split, streaming=True, revision=revision), spec)
         identity = {"id": spec, "config": config_name, "split": split, "revision": revision or _hub_dataset_sha(spec)}

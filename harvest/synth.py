@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from mtsae.cache import CacheWriter
 from mtsae.cache import format as fmt
 from mtsae.errors import MtsaeError
 
@@ -122,6 +121,8 @@ def synthesize(cfg: SynthConfig, out: str, *, block_sequences: int = 64, progres
         "config": asdict(cfg),
     }
     n_tokens = cfg.n_sequences * cfg.seq_len
+    from mtsae.cache.writer import CacheWriter  # zarr: only when writing, not for the CLI's help
+
     writer = CacheWriter.create(out, layers=[SYNTH_LAYER], d_model=cfg.d_model, dtype_name="float32",
                                 capacity_tokens=n_tokens, chunk_tokens=cfg.chunk_tokens, header=header)
     try:

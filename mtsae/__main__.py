@@ -1,3 +1,5 @@
+import sys
+
 from mtsae.cli import main
 
-main()
+sys.exit(main())

@@ -6,11 +6,10 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from mtsae.distributed import World, process_group
 from mtsae.errors import MtsaeError
 from mtsae.harvest.config import HarvestConfig, help_text
 
@@ -24,6 +23,9 @@ cache_app = typer.Typer(help="Inspect, verify and copy activation caches (local 
 app.add_typer(cache_app, name="cache")
 
 EXIT_USER_ERROR = 1
+
+if TYPE_CHECKING:  # torch: imported by the commands that run, so --help and usage errors stay fast
+    from mtsae.distributed import World
 
 
 def user_errors(command):
@@ -119,6 +121,7 @@ def harvest(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
     """Run a causal LM over a text dataset and store its residual stream in a Zarr v3 cache."""
+    from mtsae.distributed import process_group
     from mtsae.harvest.run import harvest as run_harvest
 
     cfg = HarvestConfig(
@@ -245,8 +248,8 @@ def cache_push(
 
 # --- mtsae train ---------------------------------------------------------------------------------
 from mtsae.train import config as train_config  # noqa: E402  (the train command's option docs)
-from mtsae.train.presets import preset_names  # noqa: E402
-from mtsae.train.registry import architecture_names  # noqa: E402
+from mtsae.train.presets import describe_presets  # noqa: E402
+from mtsae.train.registry import builtin_architecture_names  # noqa: E402
 
 
 def _train_help(name: str, extra: str = "") -> str:
@@ -280,8 +283,8 @@ def train(
                                                        "with _ for -, plus an arch_config table.")] = None,
     cache: Annotated[Optional[str], typer.Option(help=_train_help("cache"))] = None,
     out: Annotated[Optional[str], typer.Option(help=_train_help("out"))] = None,
-    preset: Annotated[Optional[str], typer.Option(help=_train_help("preset", f" One of: {', '.join(preset_names())}."))] = None,
-    arch: Annotated[Optional[str], typer.Option(help=_train_help("arch", f" One of: {', '.join(architecture_names())}."))] = None,
+    preset: Annotated[Optional[str], typer.Option(help=_train_help("preset", f" One of: {describe_presets()}."))] = None,
+    arch: Annotated[Optional[str], typer.Option(help=_train_help("arch", f" One of: {', '.join(builtin_architecture_names())}."))] = None,
     layer: Annotated[Optional[int], typer.Option(help=_train_help("layer"))] = None,
     d_sae: Annotated[Optional[int], typer.Option(help=_train_help("d_sae"))] = None,
     l1_coefficient: Annotated[Optional[float], typer.Option(help=_arch_help("L1 penalty weight (relu, mtsae)."))] = None,
@@ -319,6 +322,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
     """Train an SAE on a cache's activations; prints the final held-out metrics and checkpoint path."""
+    from mtsae.distributed import process_group
     from mtsae.train.trainer import train as run_train
 
     arch_config = {
@@ -462,7 +466,7 @@ def analyze(
 def report(
     runs: Annotated[list[str], typer.Argument(help="Training run directories (eval results read from <run>/eval/).")],
     out: Annotated[str, typer.Option(help="Folder for the figures, report.md, report.html and report.json.")],
-    loss_components: Annotated[bool, typer.Option(help="Also draw every loss component in loss_curves.png.")] = False,
+    loss_components: Annotated[bool, typer.Option(help="Also draw each run's own total loss, one axis per run, in loss_curves.png.")] = False,
 ):
     """Figures and a Markdown/HTML report of runs; broken runs are flagged and left out of the figures."""
     from mtsae.evaluate.report import write_report
@@ -478,7 +482,7 @@ def report(
                      "  mtsae experiment synthetic       # ground-truth recovery benchmark\n\n  mtsae experiment my-experiment.toml")
 @user_errors
 def experiment(
-    config: Annotated[str, typer.Argument(help="TOML file, or a built-in experiment: embedded, synthetic.")],
+    config: Annotated[str, typer.Argument(help="TOML file, or a built-in experiment: embedded (the demo's), embedded-full (adds absorption and all 8 sparse-probing datasets), synthetic.")],
     out: Annotated[Optional[str], typer.Option(help="Override the config's output folder.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
@@ -490,8 +494,29 @@ def experiment(
     typer.echo(str(Path(cfg.out) / "report" / "report.html"))
 
 
-def main() -> None:
-    app(prog_name="mtsae")
+EXIT_USAGE = 2  # click's code for a command-line usage mistake (unknown option, missing or mistyped value)
+
+
+def main() -> int:
+    """The ``mtsae`` entry point: click's usage errors end in one ``error:`` line too (exit 2), not a framed box."""
+    # click's exception classes, wherever this typer takes click from (recent typers vendor their own copy).
+    clicks = sys.modules[typer.BadParameter.__module__]
+    no_args = getattr(clicks, "NoArgsIsHelpError", ())  # click >= 8.2
+    try:
+        code = app(prog_name="mtsae", standalone_mode=False)
+    except no_args:  # `mtsae`, `mtsae cache`: the help, as before
+        return app(prog_name="mtsae", args=[*sys.argv[1:], "--help"], standalone_mode=False) or 0
+    except clicks.UsageError as exc:
+        hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+        typer.echo(f"error: {one_line(exc.format_message()).rstrip('.')}{hint}", err=True)
+        return EXIT_USAGE
+    except clicks.ClickException as exc:
+        typer.echo(f"error: {one_line(exc.format_message())}", err=True)
+        return exc.exit_code
+    except clicks.Abort:
+        typer.echo("interrupted", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

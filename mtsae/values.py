@@ -1,8 +1,18 @@
-"""Is a value given in a config file or on the command line of the kind its setting takes?"""
+"""Is a value given in a config file or on the command line of the kind its setting takes, and if a name is
+not one of the choices, which one was meant?"""
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from typing import Any, Iterable
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'topk'?)`` for a near miss (any case, a typo), else ``""``: for an error line."""
+    choices = list(choices)
+    by_case = [c for c in choices if c.lower() == str(value).lower()]
+    close = by_case or difflib.get_close_matches(str(value).lower(), choices, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def same_kind(value: Any, example: Any) -> bool:

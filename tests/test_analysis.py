@@ -36,6 +36,25 @@ def test_dead_and_very_slow_features():
     assert math.isnan(scales[0]) and scales[1] == 8
 
 
+def test_time_scales_at_the_measurement_limit_are_reported_as_a_bound():
+    from mtsae.evaluate.analysis import summarize_time_scales
+    from mtsae.evaluate.experiment import analysis_sections
+
+    ramp = np.tile(np.arange(32.0), (20, 1))
+    codes = np.stack([_ar1(0.3, n=20, t=32), ramp, ramp], axis=-1)  # one fast feature, two that never decorrelate
+    summary = summarize_time_scales(time_scales(autocorrelation(codes, max_lag=8)), max_lag=8, window=32)
+    assert (summary["limit"], summary["limited_by"]) == (8, "max_lag") and summary["at_limit_fraction"] == pytest.approx(2 / 3)
+    short = summarize_time_scales(time_scales(autocorrelation(codes, max_lag=8)[:6]), max_lag=8, window=6)
+    assert (short["limit"], short["limited_by"]) == (5, "window")
+    analysis = {"architecture": "relu", "l0": 3.0, "adjacent_separation": 0.5, "window": 32, "time_scales": summary,
+                "decoder": {"max_cosine": 0.1, "mean_cosine": 0.0, "near_duplicate_pairs": 0}}
+    text = "\n".join(analysis_sections({"run": analysis}))
+    assert "/ ≥ 8 / ≥ 8 |" in text  # median and p90 sit at the limit: bounds, not values
+    assert "67% of live features still correlate at lag 8" in text and "--max-lag" in text
+    summary["at_limit_fraction"], summary["median"], summary["p90"] = 0.0, 2.0, 3.0
+    assert "≥" not in "\n".join(analysis_sections({"run": analysis}))
+
+
 def test_adjacent_separation_extremes():
     same = torch.ones(2, 5, 3)
     assert adjacent_separation(same) == pytest.approx(1.0)

@@ -54,6 +54,14 @@ def test_registry_has_builtins():
     assert {"relu", "topk", "batchtopk", "jumprelu", "mtsae"} <= set(architecture_names())
 
 
+def test_builtin_names_listed_without_importing_match_what_each_module_registers():
+    from mtsae.train.registry import builtin_architecture_names
+
+    names = builtin_architecture_names()  # the CLI's --arch help, read without importing torch
+    assert names and set(names) <= set(architecture_names())
+    assert all(get_architecture(name).__module__ == f"mtsae.train.archs.{name}" for name in names)
+
+
 @variants
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_shapes(name, overrides, mode):

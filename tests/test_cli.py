@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -76,3 +77,50 @@ def test_installed_entry_point_reports_errors_without_traceback(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: no mtsae cache at {tmp_path / 'missing'}"
+
+
+def _entry_point(*args: str) -> subprocess.CompletedProcess:
+    """The installed `mtsae` (its ``main``), in a fresh process; reports which heavy modules it imported."""
+    code = ("import sys; from mtsae.cli import main; sys.argv = ['mtsae', *sys.argv[1:]]; code = main(); "
+            "print('heavy:', sorted(m for m in ('torch', 'zarr', 'transformers') if m in sys.modules)); sys.exit(code)")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+
+
+def test_help_and_usage_errors_import_neither_torch_nor_zarr():
+    """What made `mtsae --help` and a mistyped option take 10-25 s: torch and every architecture, up front."""
+    for args in (["--help"], ["train", "--help"], ["train", "--bogus"], ["harvest", "--max-tokens", "abc"]):
+        proc = _entry_point(*args)
+        assert "heavy: []" in proc.stdout, (args, proc.stdout[-300:])
+
+
+def test_usage_errors_are_one_error_line_with_exit_code_2():
+    proc = _entry_point("train", "--bogus")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: No such option: --bogus (Possible options: --out); see 'mtsae train --help'"
+    missing = _entry_point("eval")
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: Missing argument 'checkpoints'")
+    assert len(missing.stderr.strip().splitlines()) == 1 and "╭" not in missing.stderr
+    bare = _entry_point()  # no command: the help, as before
+    assert bare.returncode == 0 and "harvest" in bare.stdout
+
+
+def test_preset_help_says_what_each_preset_is():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    text = " ".join(result.stdout.replace("│", " ").split())  # rich's box, wrapped wherever the width falls
+    assert "run1 = MTSAE dilations (1,2,4), circular padding over 8-token windows" in text
+    assert "run0 = per-token ReLU SAE baseline" in text
+
+
+def test_experiment_name_typo_gets_a_suggestion():
+    result = runner.invoke(app, ["experiment", "embeded"])
+    assert result.exit_code == 1 and "(did you mean 'embedded'?)" in result.stderr
+
+
+def test_readme_logs_in_with_hf_and_walks_gemma_from_harvest_to_eval():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = [line.split("#")[0].strip() for line in readme.splitlines()]
+    assert "hf auth login" in commands and "huggingface-cli login" not in commands  # huggingface_hub 1.x: no such command
+    gemma = readme[readme.index("hf auth login"):]
+    for step in ("mtsae harvest --model google/gemma-2-2b", "mtsae train", "--d-sae 16384", "mtsae eval"):
+        assert step in gemma, step

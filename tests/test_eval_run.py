@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from mtsae.devices import compute_dtype
 from mtsae.errors import MtsaeError
 from mtsae.evaluate import evals as evals_module
 from mtsae.evaluate.config import EvalConfig
@@ -155,7 +157,40 @@ def test_online_gemma_run_is_prepared_as_sae_bench_expects(tmp_path, monkeypatch
     monkeypatch.setitem(evals_module.RUNNERS, "unlearning", fake)
     summary = run([str(ckpt)], tmp_path / "out", evals=["unlearning"], forget_corpus=str(corpus))
     assert seen["model"] == "google/gemma-2-2b-it" and seen["sae_model"] == "google/gemma-2-2b-it"
-    assert seen["settings"]["llm_batch_size"] == 4 and seen["settings"]["llm_dtype"] == "bfloat16"  # 32 // 8
+    assert seen["settings"]["llm_batch_size"] == 4  # 32 // 8
+    assert seen["settings"]["llm_dtype"] == compute_dtype("bfloat16", torch.device(summary.data["device"]))
     assert seen["linked"] == corpus.resolve() and seen["cwd"].endswith("unlearning")
     assert summary.data["profile"] == "standard" and summary.data["offline_mirror"] is None
     assert summary.rows[0]["status"] == "failed"  # the fake wrote no result: never reported as a score
+
+
+@pytest.mark.parametrize("device, isa, expected", [("cpu", "AVX2", "float32"), ("cpu", "ALL", None), ("cuda", "AVX2", "bfloat16")])
+def test_the_standard_profiles_bf16_computes_in_float32_on_a_cpu_without_native_bf16(monkeypatch, device, isa, expected):
+    from mtsae.evaluate.config import resolve_settings
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    expected = expected or compute_dtype("bfloat16", torch.device("cpu"))  # "ALL": this CPU's own answer
+    settings = resolve_settings(EvalConfig(checkpoints=["x"], out="o"), "standard", device)
+    assert settings["core"]["dtype"] == settings["sparse_probing"]["llm_dtype"] == expected
+    explicit = resolve_settings(EvalConfig(checkpoints=["x"], out="o", llm_dtype="bfloat16"), "standard", device)
+    assert explicit["core"]["dtype"] == "bfloat16"  # the user's choice is kept
+
+
+def test_sae_bench_chatter_goes_to_the_eval_folders_log_and_times_are_per_sae(checkpoints, tmp_path, capfd):
+    config = tmp_path / "evals.toml"
+    config.write_text('[sparse_probing]\ndataset_names = ["LabHC/bias_in_bios_class_set1", "fancyzhx/ag_news"]\n')
+    lines: list[str] = []
+    summary = evaluate(EvalConfig(checkpoints=checkpoints, out=str(tmp_path / "out"), evals=["sparse_probing"],
+                                  config_file=str(config)), log=lines.append)
+    terminal = "".join(capfd.readouterr())
+    log = (tmp_path / "out" / "sparse_probing" / "sae_bench.log").read_text()
+    for chatter in ("Test accuracy for", "Training probe with dim", "Warning"):
+        assert chatter not in terminal, chatter
+    assert "Test accuracy for" in log and "Training probe with dim" in log and "FutureWarning" in log  # scikit-learn's
+    assert terminal.count("[sparse_probing]") >= 1 and "2/2" in terminal  # the one bar, finished
+    total = next(line for line in lines if "2 SAE(s) in" in line)
+    seconds = [r["seconds"] for r in summary.rows]
+    assert all(s is not None and s >= 0 for s in seconds)
+    assert sum(seconds) <= float(total.split(" in ")[1].split(" s")[0]) + 1  # parts of the whole, not the whole twice
+    assert [line.split(": ")[1] for line in lines if line.startswith("[sparse_probing] relu-L5:")] == [
+        f"ok in {seconds[0]:.0f} s"]

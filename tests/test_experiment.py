@@ -154,3 +154,19 @@ def test_experiment_harvests_reuse_and_publish_to_the_shared_root(tmp_path, monk
     assert any("already holds this harvest" in line for line in second)
     assert not (tmp_path / "theirs").exists() and data["runs"][0]["finished"]
     assert data["runs"][0]["cache_fingerprint"].startswith(published[0].name)
+
+
+def test_the_demo_leaves_out_what_the_random_model_cannot_score_and_full_adds_it_back():
+    from mtsae.evaluate.config import DEMO_PROBING_DATASETS, EvalConfig, resolve_settings
+
+    demo, full = load_experiment("embedded"), load_experiment("embedded-full")
+    assert "absorption" not in demo.evals and demo.eval_options == {"profile": "demo"}
+    assert set(full.evals) == {"core", "sparse_probing", "unlearning", "absorption"} and not full.eval_options
+    assert demo.runs == full.runs and demo.defaults == full.defaults  # the same SAEs, evaluated more fully
+    cfg = EvalConfig(checkpoints=["x"], out="o")
+    demo_settings, tiny = resolve_settings(cfg, "demo", "cpu"), resolve_settings(cfg, "tiny", "cpu")
+    assert demo_settings["sparse_probing"]["dataset_names"] == DEMO_PROBING_DATASETS
+    assert len(DEMO_PROBING_DATASETS) == 2 and "dataset_names" not in tiny["sparse_probing"]  # tiny: all 8
+    for name in ("core", "unlearning", "absorption"):
+        assert demo_settings[name] == tiny[name]
+    assert {k: v for k, v in demo_settings["sparse_probing"].items() if k != "dataset_names"} == tiny["sparse_probing"]

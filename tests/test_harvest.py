@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import TINY_HARVEST, tiny_harvest
 from mtsae.cache import open_cache, read_attrs
 from mtsae.cache import format as fmt
+from mtsae.devices import compute_dtype
 from mtsae.errors import MtsaeError
 from mtsae.harvest import embedded, sources
 from mtsae.harvest.sequences import Sequence, iter_sequences, pad_batch, split_document
@@ -36,7 +37,8 @@ def test_stored_activations_equal_the_full_models_hidden_states(tiny_cache_path,
     if dtype != "bfloat16":
         tiny_harvest(path, dtype=dtype, max_tokens=600)
     cache = open_cache(path)
-    model, tokenizer = _model_and_tokenizer(getattr(torch, dtype))
+    assert cache.manifest["compute_dtype"] == compute_dtype(dtype, torch.device("cpu"))
+    model, tokenizer = _model_and_tokenizer(getattr(torch, cache.manifest["compute_dtype"]))
     batch = _first_batch(cache, TINY_HARVEST["batch_size"])
     ids, mask = pad_batch(batch, tokenizer.pad_token_id)  # the same batch harvest ran
     with torch.inference_mode():
@@ -47,7 +49,7 @@ def test_stored_activations_equal_the_full_models_hidden_states(tiny_cache_path,
         for b, seq in enumerate(batch):
             start = cache.seq_offsets[b]
             stored = cache.activations(layer, start, start + len(seq.tokens))
-            expected = hidden[layer + 1][b, : len(seq.tokens)]
+            expected = hidden[layer + 1][b, : len(seq.tokens)].to(getattr(torch, dtype))  # rounded once
             assert stored.dtype == expected.dtype
             assert torch.equal(stored, expected), f"layer {layer}, sequence {b}"
 
@@ -77,6 +79,25 @@ def test_last_layer_is_the_block_output_not_the_normed_last_hidden_state(tmp_pat
         assert (stored - final).abs().max() > 1  # not hidden_states[L + 1] ...
         with torch.inference_mode():
             torch.testing.assert_close(model.model.norm(stored), final)  # ... which is norm(block output)
+
+
+def test_bf16_harvest_on_a_cpu_without_native_bf16_computes_in_float32(tiny_cache_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # what mtsae.devices reads; see docs/benchmarks.md
+    cache = open_cache(tiny_harvest(tmp_path / "slow-cpu.zarr", max_tokens=600).path)
+    assert (cache.manifest["dtype"], cache.manifest["compute_dtype"]) == ("bfloat16", "float32")
+    assert cache.manifest["content"]["compute_dtype"] == "float32"
+    native = open_cache(tiny_cache_path)
+    if native.manifest["compute_dtype"] == "bfloat16":  # this CPU computes bf16 natively: other values, other fingerprint
+        assert cache.fingerprint != native.fingerprint and "compute_dtype" not in native.manifest["content"]
+    model, tokenizer = _model_and_tokenizer(torch.float32)
+    batch = _first_batch(cache, TINY_HARVEST["batch_size"])
+    ids, mask = pad_batch(batch, tokenizer.pad_token_id)
+    with torch.inference_mode():
+        hidden = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                       output_hidden_states=True).hidden_states
+    start, n = cache.seq_offsets[1], len(batch[1].tokens)
+    stored = cache.activations(19, start, start + n)
+    assert torch.equal(stored, hidden[20][1, :n].to(torch.bfloat16))  # float32 compute, rounded once
 
 
 def test_batch_size_changes_nothing_beyond_dtype_tolerance(tiny_cache_path, tmp_path):
@@ -219,6 +240,7 @@ def test_budget_and_document_policy():
         ({"layers": [5, 26]}, "layer 26 is out of range: model embedded has 26 layers"),
         ({"text_column": "body"}, "has no column 'body' \\(columns: id, topic, text\\)"),
         ({"dataset": "./no/such/file.jsonl"}, "does not exist"),
+        ({"dataset": "mydata.jsonl"}, "dataset file mydata.jsonl does not exist; check the path"),  # not "on the Hub"
         ({"context_len": 4096}, "exceeds the model's 256 positions"),
         ({"dtype": "float64"}, "--dtype must be one of"),
         ({"layers": []}, "at least one layer"),

@@ -12,20 +12,28 @@ from mtsae.evaluate.report import load_run, write_report
 
 
 def make_run(root: Path, name: str, *, steps=100, loss=1.0, fve=0.8, dead=0.1, l0=12.0, sae_acc=0.85, llm_acc=0.9,
-             unlearning=None, finished=True, arch="relu", seed=0, core_ev=0.7) -> Path:
+             unlearning=None, finished=True, arch="relu", seed=0, core_ev=0.7, model="google/gemma-2-2b",
+             arch_config=None, k=None) -> Path:
     run = root / name
     run.mkdir(parents=True)
-    cfg = {"arch": arch, "preset": None, "seed": seed, "arch_config": {"l1_coefficient": 0.04}}
+    arch_config = {"l1_coefficient": 0.04} if arch_config is None else arch_config
+    cfg = {"arch": arch, "preset": None, "seed": seed, "layer": 12, "arch_config": arch_config}
     (run / "run.json").write_text(json.dumps({"config": cfg, "cache_fingerprint": "abcdef123456789", "mtsae_version": "0.1.0"}))
     with open(run / "log.jsonl", "w") as f:
         for step in range(1, steps + 1):
             f.write(json.dumps({"split": "train", "step": step, "tokens": step * 10, "loss": loss / step,
                                 "mse": loss / step / 2, "l1": 0.1}) + "\n")
+            if step % 50 == 0:
+                f.write(json.dumps({"split": "heldout", "step": step, "fve": fve, "mse": 0.2, "l0": l0}) + "\n")
     if finished:
         (run / "final").mkdir()
-        metadata = {"steps": steps, "cache_fingerprint": "abcdef123456789",
+        metadata = {"steps": steps, "cache_fingerprint": "abcdef123456789", "model_name": model,
+                    "model_revision": "0123abc", "layer": 12, "d_in": 2304,
                     "final_metrics": {"fve": fve, "dead_fraction": dead, "l0": l0, "mse": 0.2, "sep": 0.3}}
-        (run / "final" / "cfg.json").write_text(json.dumps({"mtsae": {"metadata": metadata}}))
+        if arch_config.get("l1_coefficient") is not None:
+            metadata["sparsity_coefficient"] = {"name": "l1_coefficient", "value": arch_config["l1_coefficient"]}
+        saved = {"metadata": metadata, "config": {"k": k} if k is not None else {}}
+        (run / "final" / "cfg.json").write_text(json.dumps({"mtsae": saved}))
     rows = [{"eval": "sparse_probing", "status": "ok", "metrics": {"llm_test_accuracy": llm_acc, "sae_test_accuracy": sae_acc}},
             {"eval": "core", "status": "ok", "metrics": {"explained_variance": core_ev}}]
     if unlearning is not None:
@@ -50,7 +58,7 @@ def test_figures_and_tables_hold_the_runs_numbers(tmp_path):
     assert accuracy["baseline (relu, seed 0)"] == {"llm": 0.93, "sae": 0.81}
     assert accuracy["mtsae_run2 (mtsae, seed 3)"]["sae"] == 0.77
     assert back["figures"]["sparsity_comparison.png"]["baseline (relu, seed 0)"]["l0"] == 20.0
-    assert back["figures"]["loss_curves.png"]["baseline (relu, seed 0)"]["loss"][0] == 1.0
+    assert back["figures"]["loss_curves.png"]["baseline (relu, seed 0)"]["mse"][0] == 0.5
     unlearning = back["figures"]["unlearning.png"]
     assert unlearning["baseline (relu, seed 0)"]["unlearning_score"] == 0.05
     assert unlearning["mtsae_run2 (mtsae, seed 3)"]["status"] == "not_scorable"
@@ -130,3 +138,87 @@ def test_html_is_rendered_by_markdown_it_with_user_text_escaped(tmp_path):
     assert "<strong>&lt;script&gt;alert(1)&lt;/script&gt;</strong>" in page and "<script>" not in page
     assert "<th>run</th>" in page and "<td>x_y</td>" in page
     assert page.count("data:image/png;base64,") == 1 and 'src="../outside.png"' in page
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure the report draws, by file name, kept open for inspection after it is saved."""
+    from mtsae.evaluate import report
+
+    figures, save = {}, report._save
+
+    def keep(fig, path):
+        figures[path.name] = fig
+        save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    return figures
+
+
+def test_a_random_weights_model_is_named_and_warned_about_first_and_chance_is_drawn(tmp_path, drawn):
+    runs = [make_run(tmp_path, name, model="embedded:tiny-gemma2-v1", arch=arch)
+            for name, arch in (("relu_run", "relu"), ("mtsae_run", "mtsae"))]
+    write_report(runs, tmp_path / "r")
+    head = "\n".join((tmp_path / "r" / "report.md").read_text().splitlines()[:6])
+    assert "Random weights" in head and "embedded:tiny-gemma2-v1" in head
+    assert "layer 12, d_model 2304" in head and "0123abc" in head
+    assert "Random weights" in (tmp_path / "r" / "report.html").read_text()
+    accuracy = drawn["accuracy_comparison.png"]
+    chance = [line for ax in accuracy.axes for line in ax.get_lines() if line.get_gid() == "chance"]
+    assert len(chance) == 1 and set(chance[0].get_ydata()) == {0.5}
+    assert "RANDOM-WEIGHTS" in accuracy._suptitle.get_text()
+
+
+def test_a_real_model_gets_no_random_weights_warning(tmp_path):
+    write_report([make_run(tmp_path, "a")], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Random weights" not in md and "Model: google/gemma-2-2b (0123abc), layer 12, d_model 2304." in md
+
+
+def _data_artists(ax):
+    return [a for a in [*ax.get_lines(), *ax.patches, *ax.collections]]
+
+
+@pytest.mark.parametrize("components", [False, True])
+def test_no_figure_puts_two_objectives_on_one_axis(tmp_path, drawn, components):
+    runs = [make_run(tmp_path, "relu_run", unlearning={"status": "ok", "metrics": {"unlearning_score": 0.1}}),
+            make_run(tmp_path, "topk_run", arch="topk", arch_config={"k": 8}, k=8)]
+    write_report(runs, tmp_path / "r", loss_components=components)
+    assert set(drawn) == {"accuracy_comparison.png", "loss_curves.png", "sparsity_comparison.png", "unlearning.png"}
+    for name, fig in drawn.items():
+        for ax in fig.axes:
+            artists = _data_artists(ax)
+            assert all(a.get_gid() for a in artists), f"{name}: a drawn artist does not say which quantity it shows"
+            quantities = {a.get_gid() for a in artists} - {"chance"}
+            assert len(quantities) <= 1, f"{name} puts {sorted(quantities)} on one axis"
+    if components:  # each run's own total loss, on its own axis
+        assert sum(1 for ax in drawn["loss_curves.png"].axes if {a.get_gid() for a in _data_artists(ax)} == {"total loss"}) == 2
+
+
+def test_sparsity_labels_name_their_penalty_and_never_none(tmp_path):
+    runs = [make_run(tmp_path, "relu_run"), make_run(tmp_path, "topk_run", arch="topk", arch_config={"k": 8}, k=8),
+            make_run(tmp_path, "jump", arch="jumprelu", arch_config={"l0_coefficient": 2.0})]
+    data = write_report(runs, tmp_path / "r")["figures"]["sparsity_comparison.png"]
+    assert [d["sparsity"] for d in data.values()] == ["L1 λ=0.04", "k=8", "L0 λ=2"]
+    assert "None" not in json.dumps(data, default=str).replace("null", "")
+
+
+def test_runs_far_from_the_median_l0_are_marked_not_l0_matched(tmp_path, drawn):
+    runs = [make_run(tmp_path, "a", l0=10.0), make_run(tmp_path, "b", l0=11.0), make_run(tmp_path, "c", l0=40.0)]
+    write_report(runs, tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| c (not L0-matched) |" in md and "| a |" in md and "| b |" in md
+    ticks = [t.get_text() for t in drawn["accuracy_comparison.png"].axes[0].get_xticklabels()]
+    assert sum("not L0-matched" in t for t in ticks) == 1
+
+
+def test_an_unlearning_figure_with_no_score_is_not_drawn_and_its_reason_is_whole(tmp_path):
+    reason = "no question answered correctly by the instruct model on WMDP-bio or MMLU, so unlearning is undefined here"
+    runs = [make_run(tmp_path, "a", unlearning={"status": "not_scorable", "reason": reason})]
+    out = tmp_path / "r"
+    (out).mkdir()
+    (out / "unlearning.png").write_bytes(b"stale")  # an earlier report's figure
+    data = write_report(runs, out)
+    assert data["figures"]["unlearning.png"] is None and not (out / "unlearning.png").exists()
+    md = (out / "report.md").read_text()
+    assert reason in md and "![Unlearning]" not in md

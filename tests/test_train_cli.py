@@ -91,13 +91,16 @@ def test_toml_config_with_cli_overrides_and_resume(tiny_cache_path, tmp_path):
     "args,message",
     [
         (["--arch", "nope"], "unknown --arch 'nope'; choose one of: batchtopk"),
+        (["--arch", "TopK"], "unknown --arch 'TopK' (did you mean 'topk'?)"),
         (["--layer", "7"], "layer 7 is not in cache"),
-        (["--preset", "run9"], "unknown preset 'run9'"),
+        (["--preset", "run9"], "unknown preset 'run9' (did you mean 'run3'?); choose one of: run0 = per-token"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--train-tokens", "10"], "0 steps would be trained"),
         (["--dilations", "1,x"], "--dilations takes comma-separated integers"),
         (["--arch-option", "oops"], "--arch-option takes KEY=VALUE"),
-        (["--arch", "relu", "--k", "4"], "unknown ReluSAEConfig field(s) ['k']"),
+        (["--arch", "relu", "--k", "4"], "--k (arch option 'k') does not apply to --arch relu, whose options are "
+                                         "dead_tokens_threshold, l1_coefficient; drop it, or use an architecture that "
+                                         "has it: batchtopk, mtsae, topk"),
         (["--preset", "run0", "--arch", "mtsae"], "conflicts with --preset run0"),
         (["--lr-decay", "exp"], "--lr-decay must be one of"),
     ],
@@ -107,6 +110,7 @@ def test_bad_inputs_are_one_line_errors(tiny_cache_path, tmp_path, args, message
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert message in result.stderr, result.stderr
+    assert "SAEConfig" not in result.stderr  # no internal class names
     assert not (tmp_path / "bad" / "final").exists()
 
 

@@ -87,6 +87,7 @@ def test_checkpoint_loads_back_with_metadata_and_acts_on_raw_activations(tiny_ca
     cache = open_cache(tiny_cache_path)
     sae, meta = load_checkpoint(result.checkpoint)
     assert meta["model_name"] == cache.manifest["model"]["id"]
+    assert meta["model_revision"].startswith("local weights ") and len(meta["model_revision"]) == 26
     assert meta["layer"] == 19 and meta["hook_name"] == "blocks.19.hook_resid_post"
     assert meta["d_in"] == cache.d_model == sae.cfg.d_in
     assert meta["cache_fingerprint"] == cache.fingerprint
@@ -95,6 +96,7 @@ def test_checkpoint_loads_back_with_metadata_and_acts_on_raw_activations(tiny_ca
     assert meta["train_config"] == json.loads(json.dumps(cfg.to_dict()))
     assert set(meta["final_metrics"]) >= {"mse", "fve", "l0", "dead_fraction", "sep"}
     assert meta["activation_scale"] > 0 and meta["activation_scale_folded"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["compute_dtype"] == "float32"  # auto on a CPU
     for step in (10, 20):
         path = tmp_path / "run" / "checkpoints" / f"step_{step:06d}"
         assert load_checkpoint(path).metadata["steps"] == step

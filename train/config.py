@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mtsae.errors import MtsaeError
+from mtsae.values import did_you_mean
 
 LR_DECAYS = ("linear", "cosine", "constant")
 NORMALIZATIONS = ("expected_norm", "none")
@@ -184,7 +185,8 @@ class TrainConfig:
         from mtsae.train.registry import architecture_names, get_architecture
 
         if self.arch not in architecture_names():
-            raise MtsaeError(f"unknown --arch {self.arch!r}; choose one of: {', '.join(architecture_names())}")
+            raise MtsaeError(f"unknown --arch {self.arch!r}{did_you_mean(self.arch, architecture_names())}; "
+                             f"choose one of: {', '.join(architecture_names())}")
         checks = [
             (self.cache is not None and str(self.cache) != "", "--cache is required: the path of a cache written by `mtsae harvest`"),
             (self.out is not None and str(self.out) != "", "--out is required: the run directory to write"),
@@ -238,6 +240,7 @@ class TrainConfig:
         reserved = sorted({"d_in", "d_sae"} & set(self.arch_config))
         if reserved:
             raise MtsaeError(f"arch_config may not set {reserved}: d_in comes from the cache and d_sae is its own option")
+        _check_arch_options(self.arch, cls, self.arch_config)
         cls.config_class.from_dict({"d_in": 1, "d_sae": self.d_sae, **self.arch_config})
         return self
 
@@ -256,6 +259,20 @@ class TrainConfig:
     def differences(self, other: "TrainConfig") -> list[str]:
         mine, theirs = _jsonish(self.to_dict()), _jsonish(other.to_dict())
         return [k for k in mine if k not in RUN_CONTROL_FIELDS and mine[k] != theirs.get(k)]
+
+
+def _check_arch_options(arch: str, cls: Any, arch_config: dict[str, Any]) -> None:
+    """An option the architecture does not have is named as the user gave it, with the architectures that have it."""
+    from mtsae.train.registry import architecture_names, get_architecture
+
+    def options(c: Any) -> set[str]:
+        return {f.name for f in dataclasses.fields(c.config_class)} - {"d_in", "d_sae"}
+
+    for name in sorted(set(arch_config) - options(cls)):
+        having = [a for a in architecture_names() if name in options(get_architecture(a))]
+        raise MtsaeError(f"--{name.replace('_', '-')} (arch option {name!r}) does not apply to --arch {arch}, whose "
+                         f"options are {', '.join(sorted(options(cls)))}; drop it"
+                         + (f", or use an architecture that has it: {', '.join(having)}" if having else ""))
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from mtsae.errors import MtsaeError
-from mtsae.train.base import SparseAutoencoder
+from mtsae.values import did_you_mean
 from mtsae.train.registry import get_architecture
+
+if TYPE_CHECKING:  # torch: not needed to list the presets
+    from mtsae.train.base import SparseAutoencoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,11 @@ def preset_names() -> tuple[str, ...]:
     return tuple(PRESETS)
 
 
+def describe_presets() -> str:
+    """Every preset with what it is, for help texts and errors: ``run0 (per-token ReLU SAE baseline, …), …``."""
+    return "; ".join(f"{p.name} = {p.description}" for p in PRESETS.values())
+
+
 def get_preset(name: str) -> Preset:
     """A copy of the preset called ``name``; ``MtsaeError`` listing the valid names otherwise.
 
@@ -101,7 +109,8 @@ def get_preset(name: str) -> Preset:
     try:
         preset = PRESETS[name]
     except KeyError:
-        raise MtsaeError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+        raise MtsaeError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; choose one of: "
+                         f"{describe_presets()}") from None
     return dataclasses.replace(preset, arch_config=dict(preset.arch_config))
 
 

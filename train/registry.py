@@ -9,6 +9,8 @@ and raises at import time instead of silently shadowing the first class.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import pkgutil
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from mtsae.errors import MtsaeError
@@ -45,6 +47,13 @@ def _load_builtin_architectures() -> None:
     # Imported lazily: the arch modules import this module, so importing them at
     # the top would be circular.
     importlib.import_module("mtsae.train.archs")
+
+
+def builtin_architecture_names() -> tuple[str, ...]:
+    """Sorted names of the built-in architectures without importing them (and torch): by the package's
+    convention each lives in ``archs/<name>.py`` and registers as ``<name>``. For help texts."""
+    spec = importlib.util.find_spec("mtsae.train.archs")
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(spec.submodule_search_locations)))
 
 
 def architecture_names() -> tuple[str, ...]:

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 import mtsae
 from mtsae.cache import hook_name, open_cache
+from mtsae.cache.format import model_revision
 from mtsae.cache.shared import local_cache
 from mtsae.devices import resolve_device
 from mtsae.distributed import SINGLE_PROCESS, World
@@ -392,6 +393,7 @@ class Trainer:
         metrics = {k: v for k, v in self.metrics.items() if k != "tokens"}
         return {
             "model_name": manifest["model"]["id"],
+            "model_revision": model_revision(manifest["model"]),
             "layer": cfg.layer,
             "hook_name": hook_name(cfg.layer),
             "d_in": self.cache.d_model,
@@ -598,7 +600,8 @@ class Trainer:
                     shutil.rmtree(out / stale, ignore_errors=True)
                 self.log_records = keep_log_records(out / LOG_FILENAME, 0)
             info = {"config": self.cfg.to_dict(), "cache_fingerprint": self.cache.fingerprint,
-                    "mtsae_version": mtsae.__version__, "total_steps": self.total_steps}
+                    "mtsae_version": mtsae.__version__, "total_steps": self.total_steps,
+                    "compute_dtype": str(self.amp_dtype).removeprefix("torch.")}
             _atomic_write_text(out / RUN_FILENAME, json.dumps(info, indent=2) + "\n")
             self._log_file = open(out / LOG_FILENAME, "a", encoding="utf-8")
 
