@@ -98,8 +98,8 @@ def test_usage_errors_are_one_error_line_with_exit_code_2():
     proc = _entry_point("train", "--bogus")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: No such option: --bogus (Possible options: --out); see 'mtsae train --help'"
-    missing = _entry_point("eval")
-    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: Missing argument 'checkpoints'")
+    missing = _entry_point("analyze")
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: Missing argument 'run'")
     assert len(missing.stderr.strip().splitlines()) == 1 and "╭" not in missing.stderr
     bare = _entry_point()  # no command: the help, as before
     assert bare.returncode == 0 and "harvest" in bare.stdout
