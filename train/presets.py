@@ -54,6 +54,9 @@ class Preset:
         return {"layer": self.layer, "d_sae": self.d_sae, "lr": self.lr, "window": self.window}
 
 
+# The seed's mixer: BatchNorm γ starting at 1 and an unscaled separation loss (see train/archs/mtsae.py).
+_SEED_MIXER = {"gate_init": 1.0, "temporal_loss": "separation", "temporal_loss_scale": "raw"}
+
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
         p.name: p
@@ -67,20 +70,20 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             Preset(
                 "run1",
                 "mtsae",
-                {"dilations": (1, 2, 4), "cos_coefficient": 0.1, "l1_coefficient": 0.04, "padding": "circular"},
+                {"dilations": (1, 2, 4), "cos_coefficient": 0.1, "l1_coefficient": 0.04, "padding": "circular", **_SEED_MIXER},
                 window=8,
                 description="MTSAE dilations (1,2,4), circular padding over 8-token windows",
             ),
             Preset(
                 "run2",
                 "mtsae",
-                {"dilations": (1, 3, 9), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate"},
+                {"dilations": (1, 3, 9), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate", **_SEED_MIXER},
                 description="MTSAE dilations (1,3,9), replicate padding, 128-token windows",
             ),
             Preset(
                 "run3",
                 "mtsae",
-                {"dilations": (1, 4, 16), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate"},
+                {"dilations": (1, 4, 16), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate", **_SEED_MIXER},
                 description="MTSAE dilations (1,4,16), replicate padding, 128-token windows",
             ),
         )

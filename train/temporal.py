@@ -199,7 +199,13 @@ class TemporalMixer(nn.Module):
 
     - ``conv_weight`` ``[R, d_sae, K]``: per-rate, per-feature kernels, init
       ``U(-1/√K, 1/√K)`` (``torch.nn.Conv1d``'s default for a depth-wise conv).
-    - ``bn_weight`` / ``bn_bias`` ``[R, d_sae]``: BatchNorm affine, init 1 / 0.
+    - ``bn_weight`` / ``bn_bias`` ``[R, d_sae]``: BatchNorm affine, init ``gate_init`` / 0.
+      ``bn_weight`` is the gate of each branch: at ``gate_init = 0`` every branch
+      outputs 0, so ``mixed == pre`` and the SAE starts as its per-token twin
+      (the conv kernels get gradient once the gate has moved off 0, as in
+      ReZero / zero-init residual branches). The seed used ``gate_init = 1``,
+      which adds a unit-variance term of random kernels whatever the evidence
+      scale; keep it only to reproduce the seed (presets run1–run3).
     - ``bn_running_mean`` / ``bn_running_var`` ``[R, d_sae]``: BatchNorm running
       statistics, init 0 / 1, used in eval mode.
 
@@ -215,9 +221,11 @@ class TemporalMixer(nn.Module):
         padding: str,
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
+        gate_init: float = 0.0,
     ) -> None:
         super().__init__()
         validate_temporal_args(dilations, kernel_size, padding)
+        self.gate_init = gate_init
         self.dilations = tuple(dilations)
         self.kernel_size = kernel_size
         self.padding = padding
@@ -235,7 +243,7 @@ class TemporalMixer(nn.Module):
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.kernel_size)
         self.conv_weight.uniform_(-bound, bound)
-        self.bn_weight.fill_(1.0)
+        self.bn_weight.fill_(self.gate_init)
         self.bn_bias.zero_()
         self.bn_running_mean.zero_()
         self.bn_running_var.fill_(1.0)

@@ -8,10 +8,30 @@
     recon = codes @ W_dec + b_dec
     loss  = mean_tokens ‖recon - x‖²
             + l1_coefficient · s · mean_tokens Σ_f |codes_f|
-            + cos_coefficient · L_sep
+            + cos_coefficient · V · L_temporal
             (+ auxk_coefficient · L_aux when activation="topk")
 
-    L_sep = 1/(B·(T-1)) · Σ_b Σ_{t=0}^{T-2} <c[b,t], c[b,t+1]> / max(‖c[b,t]‖·‖c[b,t+1]‖, 1e-8)
+    L_temporal = L_sep      (temporal_loss="separation", the seed's)
+               = 1/(B·(T-1)) · Σ_b Σ_{t=0}^{T-2} <c[b,t], c[b,t+1]> / max(‖c[b,t]‖·‖c[b,t+1]‖, 1e-8)
+               = L_persist  (temporal_loss="persistence", see losses.adjacent_change)
+               = Σ ‖c[b,t+1] - c[b,t]‖² / Σ (‖c[b,t]‖² + ‖c[b,t+1]‖²)
+    V = mean_tokens ‖x - x̄‖² (detached batch variance; temporal_loss_scale="variance")
+      = 1                     (temporal_loss_scale="raw", the seed's)
+
+Both temporal losses lie in [0, 1]. Scaled by ``V`` they are in the units of the
+summed MSE, so ``cos_coefficient = 0.1`` means "a term of 1 costs as much as 10 %
+of the variance left unexplained". Unscaled (the seed), 0.1 was about 1000×
+smaller than the MSE at d_in 2304 and changed nothing measurable. ``L_sep``
+pushes adjacent codes *apart*; ``L_persist`` rewards codes that hold their value.
+
+The temporal branches start switched off: BatchNorm γ (the branch gate) starts
+at ``gate_init = 0``, so ``mixed == pre`` and an MTSAE begins exactly as its
+per-token twin (``relu`` / ``topk`` / ``batchtopk`` with the same seed); the
+gate opens as training finds temporal evidence useful. The seed started γ at 1,
+adding a unit-variance term of random kernels to every pre-activation whatever
+the evidence scale (first-step reconstruction error ≈ 7× ReLU's); presets
+run1–run3 keep ``gate_init = 1`` and ``temporal_loss_scale = "raw"`` to
+reproduce the seed.
 
 ``conv_r`` is a depth-wise (one kernel per feature) dilated 1-D convolution over
 time and ``BN_r`` a BatchNorm over the feature channel with statistics over B
@@ -53,6 +73,8 @@ from mtsae.train.registry import register
 from mtsae.train.temporal import TemporalMixer, validate_temporal_args
 
 ACTIVATIONS = ("relu", "topk")
+TEMPORAL_LOSSES = ("separation", "persistence")
+TEMPORAL_LOSS_SCALES = ("variance", "raw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +82,16 @@ class MTSAEConfig(SAEConfig):
     l1_coefficient: float = 0.04
     """Weight of the L1 penalty ``mean_tokens Σ_f |codes_f|``."""
     cos_coefficient: float = 0.1
-    """Weight of the adjacent-step cosine feature-separation loss ``L_sep``."""
+    """Weight of the temporal loss (``temporal_loss``), scaled as ``temporal_loss_scale`` says."""
+    temporal_loss: str = "separation"
+    """``separation`` (the seed's adjacent-step cosine, pushes adjacent codes apart) or ``persistence``
+    (penalises change between adjacent codes)."""
+    temporal_loss_scale: str = "variance"
+    """``variance``: the temporal loss times the batch's input variance, so ``cos_coefficient`` is a
+    fraction of the MSE scale; ``raw``: unscaled, as the seed (presets run1–run3)."""
+    gate_init: float = 0.0
+    """Initial BatchNorm γ (gate) of every temporal branch: 0 starts the MTSAE as its per-token twin;
+    the seed used 1 (presets run1–run3)."""
     dilations: tuple[int, ...] = (1, 2, 4)
     """Dilation rates, one depth-wise conv + BatchNorm branch each."""
     kernel_size: int = 3
@@ -88,6 +119,10 @@ class MTSAEConfig(SAEConfig):
         require(self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         require(self.l1_coefficient >= 0, f"l1_coefficient must be >= 0, got {self.l1_coefficient}")
         require(self.cos_coefficient >= 0, f"cos_coefficient must be >= 0, got {self.cos_coefficient}")
+        require(self.temporal_loss in TEMPORAL_LOSSES,
+                f"temporal_loss must be one of {TEMPORAL_LOSSES}, got {self.temporal_loss!r}")
+        require(self.temporal_loss_scale in TEMPORAL_LOSS_SCALES,
+                f"temporal_loss_scale must be one of {TEMPORAL_LOSS_SCALES}, got {self.temporal_loss_scale!r}")
         require(
             self.activation != "topk" or 0 < self.k <= self.d_sae,
             f"k must be in 1..d_sae={self.d_sae} for activation='topk', got {self.k}",
@@ -111,7 +146,7 @@ class MTSAE(SparseAutoencoder):
     def __init__(self, cfg: MTSAEConfig) -> None:
         super().__init__(cfg)
         self.temporal = TemporalMixer(
-            cfg.d_sae, cfg.dilations, cfg.kernel_size, cfg.padding, cfg.bn_momentum, cfg.bn_eps
+            cfg.d_sae, cfg.dilations, cfg.kernel_size, cfg.padding, cfg.bn_momentum, cfg.bn_eps, cfg.gate_init
         )
 
     @torch.no_grad()
@@ -139,11 +174,17 @@ class MTSAE(SparseAutoencoder):
     def penalties(self, x, enc, recon, sparsity_scale, dead_mask) -> dict[str, Term]:
         terms = {
             "l1": Term(losses.l1_penalty(enc.codes), self.cfg.l1_coefficient * sparsity_scale),
-            "sep": Term(losses.adjacent_cosine(enc.codes), self.cfg.cos_coefficient),
+            "sep": Term(self.temporal_loss(x, enc.codes), self.cfg.cos_coefficient),
         }
         if self.cfg.activation == "topk":
             k_aux = losses.resolve_k_aux(self.cfg.k_aux, self.cfg.d_in)
             aux = losses.auxk_loss(x, recon, enc.pre, dead_mask, self.W_dec, k_aux)
             terms["auxk"] = Term(aux, self.cfg.auxk_coefficient)
         return terms
+
+    def temporal_loss(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """``V · L_temporal`` of the module docstring (logged as ``sep``)."""
+        fn = losses.adjacent_cosine if self.cfg.temporal_loss == "separation" else losses.adjacent_change
+        value = fn(codes)
+        return value * losses.input_variance(x) if self.cfg.temporal_loss_scale == "variance" else value
 
