@@ -32,8 +32,12 @@ VARIANTS = [(name, TINY_OVERRIDES.get(name, {})) for name in architecture_names(
     ("mtsae", {"padding": "causal", "kernel_size": 4, "dilations": (1, 4, 16)}),
     ("mtsae", {"padding": "zeros", "dilations": (1, 3, 9), "kernel_size": 5}),
     ("mtsae", {"gate_init": 1.0, "temporal_loss": "persistence", "temporal_loss_scale": "raw"}),
+    ("mtsae", {"activation": "batchtopk", "k": 4}),
+    ("mtsae", {"mixer": "bank", "activation": "topk", "k": 5, "widths": (1, 3, 9), "padding": "causal"}),
+    ("mtsae", {"mixer": "bank", "activation": "relu", "widths": (1, 5), "padding": "zeros"}),
 ]
-VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in o.items() if k in ("activation", "padding")) for name, o in VARIANTS]
+VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in o.items() if k in ("activation", "padding", "mixer", "gate_init"))
+               for name, o in VARIANTS]
 
 
 def make(name: str, overrides: dict, seed: int = 0) -> SparseAutoencoder:

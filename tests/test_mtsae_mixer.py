@@ -87,3 +87,103 @@ def test_persistence_and_separation_pull_opposite_ways():
     steady = torch.tensor([[[1.0, 0.5], [1.0, 0.5], [1.0, 0.5], [1.0, 0.5]]])
     assert losses.adjacent_change(switching) > losses.adjacent_change(steady)
     assert losses.adjacent_cosine(switching) < losses.adjacent_cosine(steady)
+
+
+# ------------------------------------------------------------ BatchTopK twin, multi-timescale bank
+def test_fresh_batchtopk_mtsae_equals_batchtopk_and_learns_its_threshold():
+    torch.manual_seed(0)
+    per_token = create_sae("batchtopk", d_in=D_IN, d_sae=D_SAE, k=4)
+    torch.manual_seed(0)
+    temporal = create_sae("mtsae", d_in=D_IN, d_sae=D_SAE, activation="batchtopk", k=4, cos_coefficient=0.0)
+    x = _x()
+    for mode in ("train", "eval"):
+        getattr(per_token, mode)(), getattr(temporal, mode)()
+        torch.testing.assert_close(temporal.encode(x), per_token.encode(x), rtol=0, atol=0)
+    per_token.train(), temporal.train()
+    per_token.loss(x), temporal.loss(x)
+    assert temporal.threshold.item() == per_token.threshold.item() > 0
+    weights, state = temporal.tensors_for_saving()
+    assert "threshold" in weights and "threshold_updates" in state
+
+
+def _naive_average(pre, width, padding):
+    T = pre.shape[1]
+    out = torch.empty_like(pre)
+    for t in range(T):
+        lo, hi = (t - width + 1, t) if padding == "causal" else (t - width // 2, t + width // 2)
+        lo, hi = max(lo, 0), min(hi, T - 1)
+        out[:, t] = pre[:, lo:hi + 1].mean(1)
+    return out
+
+
+@pytest.mark.parametrize("padding", ["causal", "zeros"])
+@pytest.mark.parametrize("width", [1, 3, 9, 33])
+def test_moving_average_matches_the_naive_loop(padding, width):
+    from mtsae.train.temporal import moving_average
+
+    pre = torch.randn(2, 20, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(moving_average(pre, width, padding), _naive_average(pre, width, padding))
+
+
+def _bank(**options):
+    torch.manual_seed(0)
+    base = {"mixer": "bank", "activation": "topk", "k": 5, "widths": (1, 3, 9), "padding": "causal"}
+    return create_sae("mtsae", d_in=D_IN, d_sae=30, **{**base, **options})
+
+
+def test_bank_gives_each_group_its_own_topk_budget():
+    sae = _bank().train()
+    assert sae.cfg.group_budgets() == (3, 1, 1)
+    codes = sae.encode(_x())
+    per_group = [(g != 0).sum(-1) for g in codes.split(10, dim=-1)]
+    assert all((n <= b).all() for n, b in zip(per_group, (3, 1, 1)))
+    assert (per_group[0] == 3).float().mean() > 0.9  # random pre-activations: a positive top-3 nearly always
+    assert _bank(k=16).cfg.group_budgets() == (10, 3, 3)
+    assert _bank(group_k=(2, 2, 1)).cfg.group_budgets() == (2, 2, 1)
+
+
+def test_causal_bank_ignores_the_future_and_centred_bank_does_not():
+    x = _x()
+    later = x.clone()
+    later[:, 8:] += 5.0
+    causal, centred = _bank().eval(), _bank(padding="zeros").eval()
+    torch.testing.assert_close(causal.encode(later)[:, :8], causal.encode(x)[:, :8], rtol=0, atol=0)
+    assert not torch.equal(centred.encode(later)[:, :8], centred.encode(x)[:, :8])
+
+
+def test_bank_on_flat_input_is_per_token_and_pools_on_sequences():
+    sae = _bank().eval()
+    x = _x()
+    flat = sae.encode(x.reshape(-1, D_IN))
+    pre = sae.pre_activations(x.reshape(-1, D_IN))
+    from mtsae.train.activations import grouped_topk_relu
+
+    torch.testing.assert_close(flat, grouped_topk_relu(pre, (10, 10, 10), (3, 1, 1)))
+    assert not torch.allclose(flat.reshape(B, T, -1), sae.encode(x))
+    assert not list(sae.parameters())[4:]  # W_enc, W_dec, b_enc, b_dec: the bank has no temporal parameters
+
+
+@pytest.mark.parametrize("bad", [
+    {"padding": "circular"}, {"padding": "zeros", "widths": (1, 4)}, {"widths": (1, 0)},
+    {"group_k": (1, 1)}, {"group_k": (11, 1, 1)}, {"k": 2}, {"activation": "relu", "group_k": (1, 1, 1)},
+    {"mixer": "lstm"},
+])
+def test_bad_bank_settings_are_refused(bad):
+    from mtsae.errors import MtsaeError
+
+    with pytest.raises(MtsaeError):
+        _bank(**bad)
+
+
+@pytest.mark.parametrize("options", [{"mixer": "bank", "activation": "topk", "k": 5, "widths": (1, 3, 9),
+                                      "padding": "causal"}, {"activation": "batchtopk", "k": 4}], ids=["bank", "batchtopk"])
+def test_new_variants_round_trip_through_a_checkpoint(tmp_path, options):
+    from mtsae.train.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    sae = create_sae("mtsae", d_in=D_IN, d_sae=30, **options).train()
+    sae.loss(_x())  # moves the batchtopk threshold off its initial value
+    sae.eval()
+    loaded, _ = load_checkpoint(save_checkpoint(sae, tmp_path / "ckpt", {}))
+    assert loaded.cfg == sae.cfg
+    torch.testing.assert_close(loaded.encode(_x()), sae.encode(_x()), rtol=0, atol=0)
