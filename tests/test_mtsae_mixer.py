@@ -187,3 +187,46 @@ def test_new_variants_round_trip_through_a_checkpoint(tmp_path, options):
     loaded, _ = load_checkpoint(save_checkpoint(sae, tmp_path / "ckpt", {}))
     assert loaded.cfg == sae.cfg
     torch.testing.assert_close(loaded.encode(_x()), sae.encode(_x()), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------ the recommended MTSAE is the default
+def test_arch_mtsae_without_a_preset_is_the_recommended_bank_and_presets_stay_the_seed():
+    from mtsae.train.config import TrainConfig
+    from mtsae.train.presets import RECOMMENDED_MTSAE
+
+    cfg = TrainConfig(arch="mtsae", target_l0=5)
+    assert cfg.arch_config == {**RECOMMENDED_MTSAE, "k": 5} and cfg.target_l0 is None  # L0 set by k, as TopK
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig(arch_config={"k": 16}).arch_config["mixer"] == "bank"  # mtsae is the default arch
+    conv = TrainConfig(arch="mtsae", arch_config={"dilations": [1, 3, 9]})
+    assert conv.arch_config == {"dilations": [1, 3, 9]}  # asking for the conv mixer skips the recommendation
+    seed = TrainConfig(preset="run2", target_l0=5)
+    assert seed.target_l0 == 5 and seed.arch_config["gate_init"] == 1.0 and "mixer" not in seed.arch_config
+
+
+def test_target_l0_and_k_must_agree_for_a_topk_mtsae():
+    from mtsae.errors import MtsaeError
+    from mtsae.train.config import TrainConfig
+
+    assert TrainConfig(arch="mtsae", target_l0=5, arch_config={"k": 5}).arch_config["k"] == 5
+    with pytest.raises(MtsaeError, match="disagree"):
+        TrainConfig(arch="mtsae", target_l0=5, arch_config={"k": 7})
+
+
+def test_mtsae_train_with_target_l0_trains_the_bank_at_that_l0(tiny_cache_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from mtsae.cli import app
+    from mtsae.train.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--cache", str(tiny_cache_path), "--arch", "mtsae", "--target-l0", "5",
+                                      "--d-sae", "48", "--steps", "4", "--window", "16", "--batch-windows", "4",
+                                      "--eval-every", "0", "--checkpoint-every", "0", "--out", str(out),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    sae, _ = load_checkpoint(out / "final")
+    assert (sae.cfg.mixer, sae.cfg.widths, sae.cfg.padding, sae.cfg.k) == ("bank", (1, 9, 33), "causal", 5)
+    assert sae.cfg.group_budgets() == (3, 1, 1)
+    codes = sae.encode(torch.randn(2, 16, sae.cfg.d_in))
+    assert ((codes > 0).sum(-1) <= 5).all()

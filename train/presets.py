@@ -91,6 +91,16 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
 )
 
 
+# What `mtsae train --arch mtsae` trains without a preset (options given explicitly override it key by key;
+# naming any option in CONV_MIXER_OPTIONS asks for the conv mixer and skips the recommendation):
+# the multi-timescale bank — a third of the latents per token, a third over 9 tokens, a third over 33 (trailing,
+# so causal) — with its own TopK budget per group; the best temporal design of docs/results.md.
+RECOMMENDED_MTSAE: Mapping[str, Any] = MappingProxyType({
+    "mixer": "bank", "widths": [1, 9, 33], "padding": "causal", "activation": "topk", "k": 32, "cos_coefficient": 0.0,
+})
+CONV_MIXER_OPTIONS = frozenset({"mixer", "dilations", "kernel_size", "gate_init", "bn_momentum", "bn_eps"})
+
+
 def preset_names() -> tuple[str, ...]:
     return tuple(PRESETS)
 
