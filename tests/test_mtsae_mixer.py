@@ -198,6 +198,7 @@ def test_arch_mtsae_without_a_preset_is_the_recommended_bank_and_presets_stay_th
     assert cfg.arch_config == {**RECOMMENDED_MTSAE, "k": 5} and cfg.target_l0 is None  # L0 set by k, as TopK
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert TrainConfig(arch_config={"k": 16}).arch_config["mixer"] == "bank"  # mtsae is the default arch
+    assert TrainConfig().arch_config["k"] == 32 and TrainConfig(d_sae=48).arch_config["k"] == 12  # groups fit
     conv = TrainConfig(arch="mtsae", arch_config={"dilations": [1, 3, 9]})
     assert conv.arch_config == {"dilations": [1, 3, 9]}  # asking for the conv mixer skips the recommendation
     seed = TrainConfig(preset="run2", target_l0=5)

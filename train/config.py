@@ -153,12 +153,16 @@ class TrainConfig:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         explicit_k = self.arch_config.get("k")
+        recommended = False
         if self.preset is None and self.arch == "mtsae":
-            from mtsae.train.presets import CONV_MIXER_OPTIONS, RECOMMENDED_MTSAE
+            from mtsae.train.presets import CONV_MIXER_OPTIONS, RECOMMENDED_K, RECOMMENDED_MTSAE
 
-            if not CONV_MIXER_OPTIONS & set(self.arch_config):  # asking for the conv mixer: its own defaults
+            recommended = not CONV_MIXER_OPTIONS & set(self.arch_config)  # naming the conv mixer: its own defaults
+            if recommended:
                 self.arch_config = {**RECOMMENDED_MTSAE, **self.arch_config}
         self._target_l0_as_k(explicit_k)
+        if recommended and "k" not in self.arch_config and _is_int(self.d_sae):
+            self.arch_config["k"] = max(3, min(RECOMMENDED_K, self.d_sae // 4))
         if self.stride is None:
             self.stride = self.window
         if self.batch_windows is None and isinstance(self.window, int) and self.window > 0:

@@ -96,8 +96,10 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
 # the multi-timescale bank — a third of the latents per token, a third over 9 tokens, a third over 33 (trailing,
 # so causal) — with its own TopK budget per group; the best temporal design of docs/results.md.
 RECOMMENDED_MTSAE: Mapping[str, Any] = MappingProxyType({
-    "mixer": "bank", "widths": [1, 9, 33], "padding": "causal", "activation": "topk", "k": 32, "cos_coefficient": 0.0,
+    "mixer": "bank", "widths": [1, 9, 33], "padding": "causal", "activation": "topk", "cos_coefficient": 0.0,
 })
+RECOMMENDED_K = 32
+"""The recommended MTSAE's k when neither --k nor --target-l0 is given (at most d_sae // 4, so every group fits)."""
 CONV_MIXER_OPTIONS = frozenset({"mixer", "dilations", "kernel_size", "gate_init", "bn_momentum", "bn_eps"})
 
 
