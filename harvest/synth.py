@@ -10,7 +10,11 @@ Sequences are sums of known sparse features::
   time ``tau_i`` spans fast (1-2 tokens) to slow (>= 50 tokens), log-uniformly,
   with stationary firing probability ``p_i``;
 - ``m_i(t)`` is a magnitude drawn once per "on" episode (|N(1, 0.25)|, kept
-  away from 0), so a slow feature is a long, steady run;
+  away from 0), so a slow feature is a long, steady run; features whose mean
+  dwell is at least ``slow_from`` tokens have it multiplied by ``slow_scale``
+  (default 1: every feature equally visible from one token, per-token SNR ≈ 3.5
+  at the defaults; 0.35 makes slow features weak per token, SNR ≈ 1.4, while
+  an average over their run still sees them — the "weak-slow" regime);
 - ``noise`` is isotropic Gaussian.
 
 The store is a version-1 cache (one "layer" 0, float32, no special tokens)
@@ -47,6 +51,9 @@ class SynthConfig:
     max_dwell: float = _doc("Longest mean 'on' dwell time in tokens (slow features).", default=100.0)
     p_active: float = _doc("Stationary probability that a feature is on at a token.", default=0.02)
     noise: float = _doc("Standard deviation of the isotropic noise per dimension.", default=0.05)
+    slow_scale: float = _doc("Magnitude multiplier of slow features (mean dwell >= slow_from); < 1 makes them weak "
+                             "per token (0.35: per-token SNR ≈ 1.4 at the defaults).", default=1.0)
+    slow_from: float = _doc("Mean dwell (tokens) from which a feature counts as slow for slow_scale.", default=32.0)
     seed: int = _doc("Seed: the same seed gives the same bytes.", default=0)
     chunk_tokens: int = _doc("Tokens per Zarr chunk.", default=4096)
 
@@ -57,6 +64,8 @@ class SynthConfig:
             (1.0 <= self.min_dwell <= self.max_dwell < math.inf, "need 1 <= --min-dwell <= --max-dwell (finite)"),
             (0.0 < self.p_active < 0.5, "--p-active must be in (0, 0.5)"),
             (0 <= self.noise < math.inf, "--noise must be a finite number >= 0"),
+            (0 < self.slow_scale < math.inf, "--slow-scale must be a positive finite number"),
+            (1.0 <= self.slow_from < math.inf, "--slow-from must be a finite number >= 1"),
             (self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}"),
             (self.chunk_tokens >= 1, "--chunk-tokens must be positive"),
         ]
@@ -70,6 +79,7 @@ class GroundTruth:
     features: np.ndarray  # [n_features, d_model] unit rows
     dwell: np.ndarray  # [n_features] mean on-dwell in tokens
     p_active: np.ndarray  # [n_features]
+    scale: np.ndarray | None = None  # [n_features] magnitude multiplier (None: all 1)
 
 
 def make_ground_truth(cfg: SynthConfig, rng: np.random.Generator) -> GroundTruth:
@@ -77,8 +87,9 @@ def make_ground_truth(cfg: SynthConfig, rng: np.random.Generator) -> GroundTruth
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     dwell = np.exp(np.linspace(np.log(cfg.min_dwell), np.log(cfg.max_dwell), cfg.n_features))
     dwell = rng.permutation(dwell)  # time scale independent of feature index
+    scale = np.where(dwell >= cfg.slow_from, cfg.slow_scale, 1.0)
     return GroundTruth(features.astype(np.float32), dwell.astype(np.float32),
-                       np.full(cfg.n_features, cfg.p_active, dtype=np.float32))
+                       np.full(cfg.n_features, cfg.p_active, dtype=np.float32), scale.astype(np.float32))
 
 
 def sample_codes(truth: GroundTruth, n_seq: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
@@ -89,8 +100,9 @@ def sample_codes(truth: GroundTruth, n_seq: int, seq_len: int, rng: np.random.Ge
     codes = np.zeros((n_seq, seq_len, n_features), dtype=np.float32)
     on = rng.random((n_seq, n_features)) < truth.p_active
     magnitude = _magnitudes(rng, (n_seq, n_features))
+    scale = np.ones(n_features, np.float32) if truth.scale is None else truth.scale
     for t in range(seq_len):
-        codes[:, t] = on * magnitude
+        codes[:, t] = on * magnitude * scale
         u = rng.random((n_seq, n_features))
         switch_on = ~on & (u < enter)
         magnitude = np.where(switch_on, _magnitudes(rng, (n_seq, n_features)), magnitude)
@@ -139,6 +151,7 @@ def synthesize(cfg: SynthConfig, out: str, *, block_sequences: int = 64, progres
         truth_group.create_array("features", data=truth.features, compressors=None)
         truth_group.create_array("dwell_tokens", data=truth.dwell, compressors=None)
         truth_group.create_array("p_active", data=truth.p_active, compressors=None)
+        truth_group.create_array("scale", data=truth.scale, compressors=None)
         return writer.finish({"counts": {"tokens": n_tokens, "sequences": cfg.n_sequences, "documents": cfg.n_sequences},
                               "special_tokens": {"special_ids": []}})
     except BaseException:
@@ -153,4 +166,5 @@ def load_ground_truth(path: str) -> GroundTruth:
     if GROUND_TRUTH not in group:
         raise MtsaeError(f"cache {path} has no ground truth (it was not written by `mtsae synth`)")
     g = group[GROUND_TRUTH]
-    return GroundTruth(g["features"][:], g["dwell_tokens"][:], g["p_active"][:])
+    scale = g["scale"][:] if "scale" in g else None  # stores written before slow_scale existed
+    return GroundTruth(g["features"][:], g["dwell_tokens"][:], g["p_active"][:], scale)

@@ -427,13 +427,16 @@ def synth(
     max_dwell: Annotated[float, typer.Option(help=_synth_help("max_dwell"))] = 100.0,
     p_active: Annotated[float, typer.Option(help=_synth_help("p_active"))] = 0.02,
     noise: Annotated[float, typer.Option(help=_synth_help("noise"))] = 0.05,
+    slow_scale: Annotated[float, typer.Option(help=_synth_help("slow_scale"))] = 1.0,
+    slow_from: Annotated[float, typer.Option(help=_synth_help("slow_from"))] = 32.0,
     seed: Annotated[int, typer.Option(help=_synth_help("seed"))] = 0,
 ):
     """Write a synthetic cache of known multi-scale temporal features (ground truth stored beside them)."""
     from mtsae.cache.remote import exists
 
     cfg = synth_module.SynthConfig(d_model=d_model, n_features=n_features, n_sequences=n_sequences, seq_len=seq_len,
-                                   min_dwell=min_dwell, max_dwell=max_dwell, p_active=p_active, noise=noise, seed=seed)
+                                   min_dwell=min_dwell, max_dwell=max_dwell, p_active=p_active, noise=noise, seed=seed,
+                                   slow_scale=slow_scale, slow_from=slow_from)
     cfg.validate()  # before the output check: a bad value is named even when --out is taken
     if exists(out):  # a path or a URL (s3://...)
         raise MtsaeError(f"{out} already exists; choose a new --out")

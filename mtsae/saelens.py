@@ -60,19 +60,22 @@ class MTSAESAELens(StandardSAE):
     """SAELens view of an MTSAE checkpoint (parameter names as in ``sae_weights.safetensors``)."""
 
     cfg: MTSAESAELensConfig  # type: ignore[assignment]
-    temporal: TemporalMixer
+    temporal: TemporalMixer  # conv mixer only
 
     def initialize_weights(self) -> None:
         super().initialize_weights()  # W_enc, W_dec, b_enc, b_dec
-        self.mtsae_cfg = self.cfg.mtsae_config()
-        mixer = TemporalMixer(self.cfg.d_sae, self.mtsae_cfg.dilations, self.mtsae_cfg.kernel_size,
-                              self.mtsae_cfg.padding, self.mtsae_cfg.bn_momentum, self.mtsae_cfg.bn_eps)
-        self.temporal = mixer.to(device=self.device, dtype=self.dtype).eval()
+        self.mtsae_cfg = cfg = self.cfg.mtsae_config()
+        if cfg.mixer == "conv":  # the bank mixer has no parameters
+            mixer = TemporalMixer(cfg.d_sae, cfg.dilations, cfg.kernel_size, cfg.padding, cfg.bn_momentum, cfg.bn_eps)
+            self.temporal = mixer.to(device=self.device, dtype=self.dtype).eval()
+        if cfg.activation == "batchtopk":  # the learned inference threshold, loaded from sae_weights
+            self.register_buffer("threshold", torch.tensor(-1.0, device=self.device, dtype=self.dtype))
 
     def train(self, mode: bool = True) -> MTSAESAELens:
         # Inference class: BatchNorm keeps its running statistics (and never updates them).
         super().train(mode)
-        self.temporal.eval()
+        if "temporal" in self._modules:
+            self.temporal.eval()
         return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +84,9 @@ class MTSAESAELens(StandardSAE):
             raise MtsaeError(f"mtsae SAE expects [N, {self.cfg.d_in}] or [B, T, {self.cfg.d_in}] activations, "
                              f"got {list(x.shape)}")
         sae_in = self.process_sae_in(x)
-        mixed = self.hook_sae_acts_pre(mix_over_time(self.temporal, sae_in @ self.W_enc + self.b_enc))
-        return self.hook_sae_acts_post(sparsify(mixed, self.mtsae_cfg))
+        pre = sae_in @ self.W_enc + self.b_enc
+        mixed = self.hook_sae_acts_pre(mix_over_time(self.mtsae_cfg, self._modules.get("temporal"), pre))
+        return self.hook_sae_acts_post(sparsify(mixed, self.mtsae_cfg, self._buffers.get("threshold")))
 
     def fold_W_dec_norm(self) -> None:
         # Scaling a feature's pre-activation does not commute with its BatchNorm; mtsae keeps rows unit-norm.

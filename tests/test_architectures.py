@@ -31,8 +31,13 @@ VARIANTS = [(name, TINY_OVERRIDES.get(name, {})) for name in architecture_names(
     ("mtsae", {"activation": "topk", "k": 4}),
     ("mtsae", {"padding": "causal", "kernel_size": 4, "dilations": (1, 4, 16)}),
     ("mtsae", {"padding": "zeros", "dilations": (1, 3, 9), "kernel_size": 5}),
+    ("mtsae", {"gate_init": 1.0, "temporal_loss": "persistence", "temporal_loss_scale": "raw"}),
+    ("mtsae", {"activation": "batchtopk", "k": 4}),
+    ("mtsae", {"mixer": "bank", "activation": "topk", "k": 5, "widths": (1, 3, 9), "padding": "causal"}),
+    ("mtsae", {"mixer": "bank", "activation": "relu", "widths": (1, 5), "padding": "zeros"}),
 ]
-VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in o.items() if k in ("activation", "padding")) for name, o in VARIANTS]
+VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in o.items() if k in ("activation", "padding", "mixer", "gate_init"))
+               for name, o in VARIANTS]
 
 
 def make(name: str, overrides: dict, seed: int = 0) -> SparseAutoencoder:
@@ -94,9 +99,17 @@ def test_codes_are_non_negative(name, overrides):
         assert (sae.encode(batch()) >= 0).all()
 
 
+def opened(sae: SparseAutoencoder) -> SparseAutoencoder:
+    """A temporal SAE whose zero-initialised gates have opened, as after some training."""
+    if hasattr(sae, "temporal"):
+        with torch.no_grad():
+            sae.temporal.bn_weight.fill_(0.5)
+    return sae
+
+
 @variants
 def test_per_token_archs_ignore_layout(name, overrides):
-    sae = make(name, overrides).eval()
+    sae = opened(make(name, overrides)).eval()
     x = batch()
     flat = sae.encode(x.reshape(-1, D_IN)).reshape(B, T, D_SAE)
     if sae.is_temporal:
@@ -131,7 +144,7 @@ def test_remove_parallel_gradient(name, overrides):
 
 @variants
 def test_gradients_reach_every_parameter(name, overrides):
-    sae = make(name, overrides).train()
+    sae = opened(make(name, overrides)).train()
     # Every latent dead, so AuxK (where present) also trains latents TopK skipped.
     out = sae.loss(batch(), dead_mask=torch.ones(D_SAE, dtype=torch.bool))
     out.loss.backward()
@@ -364,7 +377,7 @@ def test_adjacent_cosine_by_hand():
 
 
 def test_mtsae_loss_terms_by_hand():
-    sae = make("mtsae", {"l1_coefficient": 0.3, "cos_coefficient": 0.7}).train()
+    sae = make("mtsae", {"l1_coefficient": 0.3, "cos_coefficient": 0.7, "temporal_loss_scale": "raw"}).train()
     x = batch()
     out = sae.loss(x, sparsity_scale=0.5)
     mse = ((out.recon - x) ** 2).sum(-1).mean()
@@ -376,7 +389,7 @@ def test_mtsae_loss_terms_by_hand():
 
 
 def test_mtsae_batchnorm_train_vs_eval():
-    sae = make("mtsae", {"dilations": (1, 3, 9)})
+    sae = make("mtsae", {"dilations": (1, 3, 9), "gate_init": 1.0})  # the seed's open gate
     x = batch()
     buffers = lambda: [b.clone() for b in (sae.temporal.bn_running_mean, sae.temporal.bn_running_var)]  # noqa: E731
 

@@ -18,6 +18,9 @@ import mtsae.saelens  # noqa: E402  (registers "mtsae" with SAELens)
 MTSAE_VARIANTS = VARIANTS + [
     ("mtsae", {"padding": "zeros", "dilations": (1, 2), "kernel_size": 5}),
     ("mtsae", {"padding": "replicate"}),
+    ("mtsae", {"mixer": "bank", "activation": "topk", "k": 5, "padding": "causal"}),  # the default MTSAE's mixer
+    ("mtsae", {"mixer": "bank", "padding": "zeros", "widths": (1, 3)}),
+    ("mtsae", {"activation": "batchtopk", "k": 4}),  # its learned threshold travels in sae_weights
 ]
 IDS = [f"{n}-{i}" for i, (n, _) in enumerate(MTSAE_VARIANTS)]
 

@@ -103,14 +103,19 @@ def _assert_match(got: dict, want: dict, atol: float, rtol: float) -> None:
         torch.testing.assert_close(got[name], expected, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def compare_case(case, training, device: str, tiles: dict | None = None) -> None:
-    """Raise AssertionError naming the first quantity where the fused kernels and temporal_mix differ."""
+def compare_case(case, training, device: str, tiles: dict | None = None, gate: float | None = None) -> None:
+    """Raise AssertionError naming the first quantity where the fused kernels and temporal_mix differ.
+
+    ``gate``: every BatchNorm γ set to this value (0: the MTSAE's closed gate at initialisation).
+    """
     from mtsae.train.temporal_triton import fused_temporal_mix
 
     padding, dilations, kernel_size, T = case
     B, F = (3, 5) if T == 1 else (2, 5)
     pre = 1.5 * torch.randn(B, T, F, generator=torch.Generator().manual_seed(T)).to(device) + 0.5
     state = _state(len(dilations), F, kernel_size, device, seed=len(dilations) * 10 + kernel_size)
+    if gate is not None:
+        state[1] = torch.full_like(state[1], gate)
     kwargs = dict(dilations=dilations, padding=padding, training=training, momentum=0.3, eps=1e-5)
     tiles = dict(block_t=BLOCK_T, block_f=BLOCK_F) if tiles is None else tiles
     want = _forward_backward(temporal_mix, pre, state, **kwargs)
@@ -127,6 +132,11 @@ def compare_all_cases() -> dict[str, str | None]:
             outcomes[_case_id(case, training)] = None
         except AssertionError as exc:
             outcomes[_case_id(case, training)] = str(exc)
+    try:  # the closed gate of a fresh MTSAE: output == pre, gradient reaches γ but not the kernels
+        compare_case(CASES[6], True, "cpu", gate=0.0)
+        outcomes["closed-gate"] = None
+    except AssertionError as exc:
+        outcomes["closed-gate"] = str(exc)
     outcomes.update(first_use_check_outcomes())
     return outcomes
 
@@ -158,6 +168,14 @@ def first_use_check_outcomes() -> dict[str, str | None]:
 @pytest.mark.parametrize("name", ["first-use-check-passes", "first-use-check-refuses-a-wrong-kernel"])
 def test_first_use_check_on_interpreted_kernels(interpreted_outcomes, name):
     assert interpreted_outcomes[name] is None, interpreted_outcomes[name]
+
+
+def test_fused_matches_pytorch_path_with_the_gate_closed(request):
+    if CUDA:
+        compare_case(CASES[6], True, "cuda", gate=0.0)
+        return
+    outcome = request.getfixturevalue("interpreted_outcomes")["closed-gate"]
+    assert outcome is None, outcome
 
 
 @pytest.mark.parametrize("case,training", RUNS, ids=[_case_id(*run) for run in RUNS])

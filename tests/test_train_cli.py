@@ -145,7 +145,8 @@ def test_config_precedence_preset_then_file_then_command_line(tmp_path):
     assert (cfg.arch, cfg.d_sae, cfg.lr, cfg.window, cfg.layer, cfg.stride, cfg.batch_windows) == (
         "mtsae", 512, 3e-4, 128, 19, 128, 32)
     assert cfg.arch_config == {"dilations": [1, 3, 9], "cos_coefficient": 0.2, "l1_coefficient": 0.08,
-                               "padding": "replicate"}
+                               "padding": "replicate", "gate_init": 1.0, "temporal_loss": "separation",
+                               "temporal_loss_scale": "raw"}
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert TrainConfig().arch == "mtsae" and TrainConfig(window=8).batch_windows == 512
 

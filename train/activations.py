@@ -38,6 +38,27 @@ def batch_topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(flat).scatter(0, indices, values).reshape(acts.shape)
 
 
+def grouped_topk_relu(pre: torch.Tensor, sizes: tuple[int, ...], budgets: tuple[int, ...]) -> torch.Tensor:
+    """:func:`topk_relu` within each contiguous feature group: group g (``sizes[g]`` features) keeps its ``budgets[g]`` largest."""
+    parts = torch.split(pre, sizes, dim=-1)
+    return torch.cat([topk_relu(part, k) for part, k in zip(parts, budgets)], dim=-1)
+
+
+@torch.no_grad()
+def update_batchtopk_threshold_(threshold: torch.Tensor, updates: torch.Tensor, codes: torch.Tensor, beta: float) -> None:
+    """BatchTopK's inference threshold θ after one training batch (see :mod:`mtsae.train.archs.batchtopk`).
+
+    ``m`` = the smallest positive code; ``θ ← β_n·θ + (1-β_n)·m`` with ``β_n = min(beta, n/(n+1))``
+    after ``n`` updates. In place, without host syncs.
+    """
+    min_positive = torch.where(codes > 0, codes, torch.full_like(codes, torch.inf)).min().to(threshold.dtype)
+    beta_n = torch.clamp(updates / (updates + 1), max=beta).to(threshold.dtype)
+    updated = beta_n * threshold + (1 - beta_n) * min_positive
+    finite = torch.isfinite(min_positive)
+    threshold.copy_(torch.where(finite, updated, threshold))
+    updates.add_(finite.to(updates.dtype))
+
+
 def _rectangle_window(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
     # Rectangle kernel K(u) = 1[-1/2 < u < 1/2] at u = (pre - threshold) / bandwidth.
     return ((pre - threshold).abs() < bandwidth / 2).to(pre.dtype)

@@ -66,7 +66,9 @@ class TrainConfig:
         "explicit values override it.",
         default=None,
     )
-    arch: str | None = _doc(f"SAE architecture (registry name). Default: {DEFAULT_ARCH!r}, or the preset's.", default=None)
+    arch: str | None = _doc(f"SAE architecture (registry name). Default: {DEFAULT_ARCH!r}, or the preset's. "
+                            "Without a preset, mtsae means the recommended multi-timescale bank (mixer=bank, widths "
+                            "1,9,33, causal, per-group TopK; docs/architectures.md).", default=None)
     layer: int | None = _doc(
         f"Residual-stream layer to train on (must be in the cache). Default: {DEFAULT_LAYER}, or the preset's.",
         default=None,
@@ -101,7 +103,8 @@ class TrainConfig:
     )
     target_l0: float | None = _doc(
         "Hold the training L0 near this value by adapting the sparsity coefficient (relu, mtsae, jumprelu) over "
-        "the first 80 % of steps, then freezing it; for matched-L0 comparisons. topk/batchtopk: set --k instead.",
+        "the first 80 % of steps, then freezing it; for matched-L0 comparisons. topk/batchtopk: set --k instead; "
+        "a TopK-style mtsae (the default) takes it as k = round(value).",
         default=None,
     )
     grad_clip: float = _doc("Clip the gradient's global L2 norm to this (0: no clipping).", default=1.0)
@@ -153,6 +156,17 @@ class TrainConfig:
         for name, value in fallbacks.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        explicit_k = self.arch_config.get("k")
+        recommended = False
+        if self.preset is None and self.arch == "mtsae":
+            from mtsae.train.presets import CONV_MIXER_OPTIONS, RECOMMENDED_K, RECOMMENDED_MTSAE
+
+            recommended = not CONV_MIXER_OPTIONS & set(self.arch_config)  # naming the conv mixer: its own defaults
+            if recommended:
+                self.arch_config = {**RECOMMENDED_MTSAE, **self.arch_config}
+        self._target_l0_as_k(explicit_k)
+        if recommended and "k" not in self.arch_config and _is_int(self.d_sae):
+            self.arch_config["k"] = max(3, min(RECOMMENDED_K, self.d_sae // 4))
         if self.stride is None:
             self.stride = self.window
         if self.batch_windows is None and isinstance(self.window, int) and self.window > 0:
@@ -160,6 +174,18 @@ class TrainConfig:
         for key, value in list(self.arch_config.items()):
             if isinstance(value, tuple):
                 self.arch_config[key] = list(value)  # JSON/TOML form; configs turn it back into a tuple
+
+    def _target_l0_as_k(self, explicit_k: Any) -> None:
+        """A TopK-style MTSAE (the recommended one) sets L0 by ``k``: ``--target-l0 L`` means ``k = round(L)``."""
+        if self.arch != "mtsae" or not _is_number(self.target_l0) or self.target_l0 < 0.5:
+            return
+        if self.arch_config.get("activation") not in ("topk", "batchtopk"):
+            return
+        k = round(self.target_l0)
+        if explicit_k is not None and explicit_k != k:
+            raise MtsaeError(f"--target-l0 {self.target_l0} and --k {explicit_k} disagree; a "
+                             f"{self.arch_config['activation']} MTSAE sets its L0 by k: give one of them")
+        self.arch_config["k"], self.target_l0 = k, None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

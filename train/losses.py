@@ -97,3 +97,37 @@ def adjacent_cosine(codes_BTF: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     dot = (u * v).sum(-1)
     norms = torch.linalg.vector_norm(u, dim=-1) * torch.linalg.vector_norm(v, dim=-1)
     return (dot / norms.clamp_min(eps)).mean()
+
+
+def adjacent_change(codes_BTF: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Persistence loss: how much the codes change between adjacent time steps, relative to their size.
+
+    ::
+
+        L_persist = Σ_{b,t} ‖c[b,t+1] - c[b,t]‖² / max(Σ_{b,t} ‖c[b,t]‖² + ‖c[b,t+1]‖², eps)
+
+    Codes are non-negative, so ``‖u - v‖² ≤ ‖u‖² + ‖v‖²`` and ``L_persist ∈ [0, 1]``:
+    0 when every code holds its value from one step to the next, 1 when adjacent
+    steps share no active feature. Minimising it favours features that persist
+    (slow-feature analysis), the opposite of :func:`adjacent_cosine`. A ratio of
+    sums, not a mean of ratios, so near-silent tokens do not dominate; it is
+    invariant to the codes' overall scale. ``T = 1`` returns 0.
+    """
+    if codes_BTF.dim() != 3 or codes_BTF.shape[1] < 2:
+        return codes_BTF.new_zeros(())
+    u = codes_BTF[:, :-1]
+    v = codes_BTF[:, 1:]
+    change = (v - u).pow(2).sum()
+    size = u.pow(2).sum() + v.pow(2).sum()
+    return change / size.clamp_min(eps)
+
+
+def input_variance(x: torch.Tensor) -> torch.Tensor:
+    """``mean_tokens ‖x - x̄‖²`` (detached): the MSE of reconstructing every token by the batch mean.
+
+    A scale-free loss term multiplied by it is in the MSE's units, so its
+    coefficient reads as "a term of 1 costs as much as this fraction of the
+    variance left unexplained".
+    """
+    x_ND = x.detach().reshape(-1, x.shape[-1])
+    return (x_ND - x_ND.mean(0, keepdim=True)).pow(2).sum(-1).mean()

@@ -57,6 +57,9 @@ class Preset:
         return {"layer": self.layer, "d_sae": self.d_sae, "lr": self.lr, "window": self.window}
 
 
+# The seed's mixer: BatchNorm γ starting at 1 and an unscaled separation loss (see train/archs/mtsae.py).
+_SEED_MIXER = {"gate_init": 1.0, "temporal_loss": "separation", "temporal_loss_scale": "raw"}
+
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
         p.name: p
@@ -70,25 +73,37 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             Preset(
                 "run1",
                 "mtsae",
-                {"dilations": (1, 2, 4), "cos_coefficient": 0.1, "l1_coefficient": 0.04, "padding": "circular"},
+                {"dilations": (1, 2, 4), "cos_coefficient": 0.1, "l1_coefficient": 0.04, "padding": "circular", **_SEED_MIXER},
                 window=8,
                 description="MTSAE dilations (1,2,4), circular padding over 8-token windows",
             ),
             Preset(
                 "run2",
                 "mtsae",
-                {"dilations": (1, 3, 9), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate"},
+                {"dilations": (1, 3, 9), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate", **_SEED_MIXER},
                 description="MTSAE dilations (1,3,9), replicate padding, 128-token windows",
             ),
             Preset(
                 "run3",
                 "mtsae",
-                {"dilations": (1, 4, 16), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate"},
+                {"dilations": (1, 4, 16), "cos_coefficient": 0.2, "l1_coefficient": 0.08, "padding": "replicate", **_SEED_MIXER},
                 description="MTSAE dilations (1,4,16), replicate padding, 128-token windows",
             ),
         )
     }
 )
+
+
+# What `mtsae train --arch mtsae` trains without a preset (options given explicitly override it key by key;
+# naming any option in CONV_MIXER_OPTIONS asks for the conv mixer and skips the recommendation):
+# the multi-timescale bank — a third of the latents per token, a third over 9 tokens, a third over 33 (trailing,
+# so causal) — with its own TopK budget per group; the best temporal design of docs/results.md.
+RECOMMENDED_MTSAE: Mapping[str, Any] = MappingProxyType({
+    "mixer": "bank", "widths": [1, 9, 33], "padding": "causal", "activation": "topk", "cos_coefficient": 0.0,
+})
+RECOMMENDED_K = 32
+"""The recommended MTSAE's k when neither --k nor --target-l0 is given (at most d_sae // 4, so every group fits)."""
+CONV_MIXER_OPTIONS = frozenset({"mixer", "dilations", "kernel_size", "gate_init", "bn_momentum", "bn_eps"})
 
 
 def preset_names() -> tuple[str, ...]:

@@ -209,7 +209,13 @@ class TemporalMixer(nn.Module):
 
     - ``conv_weight`` ``[R, d_sae, K]``: per-rate, per-feature kernels, init
       ``U(-1/√K, 1/√K)`` (``torch.nn.Conv1d``'s default for a depth-wise conv).
-    - ``bn_weight`` / ``bn_bias`` ``[R, d_sae]``: BatchNorm affine, init 1 / 0.
+    - ``bn_weight`` / ``bn_bias`` ``[R, d_sae]``: BatchNorm affine, init ``gate_init`` / 0.
+      ``bn_weight`` is the gate of each branch: at ``gate_init = 0`` every branch
+      outputs 0, so ``mixed == pre`` and the SAE starts as its per-token twin
+      (the conv kernels get gradient once the gate has moved off 0, as in
+      ReZero / zero-init residual branches). The seed used ``gate_init = 1``,
+      which adds a unit-variance term of random kernels whatever the evidence
+      scale; keep it only to reproduce the seed (presets run1–run3).
     - ``bn_running_mean`` / ``bn_running_var`` ``[R, d_sae]``: BatchNorm running
       statistics, init 0 / 1, used in eval mode.
 
@@ -225,9 +231,11 @@ class TemporalMixer(nn.Module):
         padding: str,
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
+        gate_init: float = 0.0,
     ) -> None:
         super().__init__()
         validate_temporal_args(dilations, kernel_size, padding)
+        self.gate_init = gate_init
         self.dilations = tuple(dilations)
         self.kernel_size = kernel_size
         self.padding = padding
@@ -245,7 +253,7 @@ class TemporalMixer(nn.Module):
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.kernel_size)
         self.conv_weight.uniform_(-bound, bound)
-        self.bn_weight.fill_(1.0)
+        self.bn_weight.fill_(self.gate_init)
         self.bn_bias.zero_()
         self.bn_running_mean.zero_()
         self.bn_running_var.fill_(1.0)
@@ -271,3 +279,44 @@ class TemporalMixer(nn.Module):
             momentum=self.bn_momentum,
             eps=self.bn_eps,
         )
+
+
+# --------------------------------------------------------------------------- multi-timescale bank
+BANK_PADDINGS = ("causal", "zeros")
+
+
+def moving_average(pre_BTF: torch.Tensor, width: int, padding: str) -> torch.Tensor:
+    """Mean of each feature over a window of ``width`` steps: trailing (``causal``) or centred (``zeros``).
+
+    ``causal``: ``out[t] = mean(pre[max(0, t-w+1) .. t])``; centred (``width`` odd,
+    h = (w-1)/2): ``out[t] = mean(pre[max(0, t-h) .. min(T-1, t+h)])``. A window that
+    runs past the sequence averages over its part inside it (no zeros diluting
+    the edge tokens). ``width = 1`` returns ``pre``. Computed with a float32 running
+    sum, so it costs O(B·T·F) whatever the width.
+    """
+    if width == 1:
+        return pre_BTF
+    T = pre_BTF.shape[1]
+    accumulate = torch.promote_types(pre_BTF.dtype, torch.float32)  # no bf16 running sums
+    csum = F.pad(pre_BTF.to(accumulate).cumsum(1), (0, 0, 1, 0))  # csum[:, s] = Σ_{u<s} pre[:, u]
+    t = torch.arange(T, device=pre_BTF.device)
+    if padding == "causal":
+        start, end = (t - width + 1).clamp_min(0), t + 1
+    else:
+        half = (width - 1) // 2
+        start, end = (t - half).clamp_min(0), (t + half + 1).clamp_max(T)
+    count = (end - start).to(csum.dtype).view(1, T, 1)
+    return ((csum[:, end] - csum[:, start]) / count).to(pre_BTF.dtype)
+
+
+def group_sizes(d_sae: int, n_groups: int) -> tuple[int, ...]:
+    """``d_sae`` split into ``n_groups`` contiguous groups as evenly as possible (the first ones get the remainder)."""
+    base, extra = divmod(d_sae, n_groups)
+    return tuple(base + (g < extra) for g in range(n_groups))
+
+
+def bank_mix(pre_BTF: torch.Tensor, widths: Sequence[int], padding: str) -> torch.Tensor:
+    """Multi-timescale bank: feature group g (of :func:`group_sizes`) reads its pre-activation averaged over ``widths[g]`` steps."""
+    sizes = group_sizes(pre_BTF.shape[-1], len(widths))
+    parts = torch.split(pre_BTF, sizes, dim=-1)
+    return torch.cat([moving_average(part, w, padding) for part, w in zip(parts, widths)], dim=-1)

@@ -450,6 +450,7 @@ class Trainer:
             "metrics": self.metrics,
             "metrics_step": self.metrics_step,
             "l0_log_multiplier": None if self.l0_control is None else self.l0_control.log_multiplier,
+            "l0_control": None if self.l0_control is None else self.l0_control.state(),
             "sae": {k: v.detach().cpu().clone() for k, v in self.sae.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -475,7 +476,7 @@ class Trainer:
         self.tokens, self.scale = state["tokens"], state["scale"]
         self.metrics, self.metrics_step = dict(state["metrics"]), state["metrics_step"]
         if self.l0_control is not None:
-            self.l0_control.log_multiplier = state["l0_log_multiplier"]
+            self.l0_control.restore(state.get("l0_control") or state["l0_log_multiplier"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from mtsae.train.activations import batch_topk_relu
+from mtsae.train.activations import batch_topk_relu, update_batchtopk_threshold_
 from mtsae.train.archs.topk import TopKSAE, TopKSAEConfig
 from mtsae.train.base import Encoded, require
 from mtsae.train.registry import register
@@ -70,15 +70,7 @@ class BatchTopKSAE(TopKSAE):
     @torch.no_grad()
     def update_training_state_(self, enc: Encoded) -> None:
         super().update_training_state_(enc)
-        codes = enc.codes
-        # Written with torch.where (no .item()) so a GPU step does not sync.
-        min_positive = torch.where(codes > 0, codes, torch.full_like(codes, torch.inf)).min().to(self.threshold.dtype)
-        n = self.threshold_updates
-        beta = torch.clamp(n / (n + 1), max=self.cfg.threshold_beta).to(self.threshold.dtype)
-        updated = beta * self.threshold + (1 - beta) * min_positive
-        finite = torch.isfinite(min_positive)
-        self.threshold.copy_(torch.where(finite, updated, self.threshold))
-        self.threshold_updates.add_(finite.to(n.dtype))
+        update_batchtopk_threshold_(self.threshold, self.threshold_updates, enc.codes, self.cfg.threshold_beta)
 
     def saelens_config(self) -> dict[str, Any]:
         return {}  # SAELens's JumpReLUSAEConfig has no extra fields

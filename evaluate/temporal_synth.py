@@ -1,0 +1,289 @@
+"""Temporal vs per-token SAEs on `mtsae synth` regimes, at matched L0, over several seeds.
+
+``python -m mtsae.evaluate.temporal_synth --out experiments/temporal-synth`` (``--help`` for sizes).
+
+Regimes (``mtsae synth`` settings):
+
+- ``strong``: every feature equally visible from one token (per-token SNR ≈ 2.5);
+  pooling has little to add.
+- ``weak-slow``: features with a mean dwell ≥ 32 tokens have their magnitude
+  scaled by 0.5 (per-token SNR ≈ 1.4, ≈ 1.8 averaged over 33 tokens).
+
+Every model has L0 = ``k`` by construction (TopK-style codes). Per-token
+baselines train on **shuffled tokens** (independent samples per step: their
+best setting; contiguous windows cost them 7–10 points); temporal models on
+contiguous windows. Scoring on **fresh sequences** from the same features:
+
+- decoder: the fraction of true features whose best decoder cosine is ≥ 0.9;
+- codes: each true feature is matched to its best-cosine latent; that latent
+  "fires" where its code is > 0. Recall, false-positive rate and F1 of firing
+  against the truth's "on", averaged per time-scale bucket.
+
+The verdict per regime compares the best temporal model with the best
+per-token one (by slow-feature recovery) and is refused when the difference of
+seed means is inside the seed spread (sum of the two sample standard deviations).
+Training is a plain Adam loop over in-memory data (the SAE classes, losses and
+constraints of ``mtsae train``; inputs normalised to E‖x‖ = √d), so the whole
+comparison runs in minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtsae.harvest.synth import GroundTruth, SynthConfig, make_ground_truth, sample_codes
+from mtsae.train.registry import create_sae
+
+REGIMES = {"strong": {"slow_scale": 1.0}, "weak-slow": {"slow_scale": 0.5}}
+# Smaller than the `mtsae synth` defaults so that 3 seeds x 2 regimes x 4 models train in minutes on 2 cores:
+# 128 features in d 32, truth L0 ~5; per-token SNR ~2.5 for every feature (strong), ~1.4 for slow ones (weak-slow).
+SYNTH = {"d_model": 32, "n_features": 128, "min_dwell": 1.0, "max_dwell": 128.0, "p_active": 0.04, "noise": 0.05}
+# (name, lower bound inclusive, upper bound exclusive) on the mean dwell, in tokens
+BUCKETS = (("1-token (<2)", 0.0, 2.0), ("medium (2-32)", 2.0, 32.0), ("slow (32-128)", 32.0, np.inf))
+SLOW = BUCKETS[-1][0]
+FAST = BUCKETS[0][0]
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    arch: str
+    options: dict[str, Any]
+    temporal: bool
+    windows: bool | None = None
+    """Train on contiguous windows (default: temporal models do, per-token ones see shuffled tokens)."""
+
+    @property
+    def on_windows(self) -> bool:
+        return self.temporal if self.windows is None else self.windows
+
+
+def models(k: int) -> list[Model]:
+    bank = {"mixer": "bank", "activation": "topk", "k": k, "widths": (1, 9, 33), "cos_coefficient": 0.0}
+    return [
+        Model("topk (shuffled tokens)", "topk", {"k": k}, False),
+        Model("topk (contiguous windows)", "topk", {"k": k}, False, windows=True),
+        Model("mtsae conv, topk, gate 0, causal", "mtsae",
+              {"activation": "topk", "k": k, "dilations": (1, 3, 9), "padding": "causal", "kernel_size": 3,
+               "cos_coefficient": 0.0, "gate_init": 0.0}, True),
+        Model("mtsae bank 1/9/33 causal", "mtsae", {**bank, "padding": "causal"}, True),
+        Model("mtsae bank 1/9/33 centred", "mtsae", {**bank, "padding": "zeros"}, True),
+    ]
+
+
+def make_data(truth: GroundTruth, cfg: SynthConfig, n_seq: int, seq_len: int, rng: np.random.Generator):
+    codes = sample_codes(truth, n_seq, seq_len, rng)
+    x = codes @ truth.features + cfg.noise * rng.standard_normal((n_seq, seq_len, cfg.d_model))
+    return torch.from_numpy(x.astype(np.float32)), codes
+
+
+def per_token_snr(x_BTD: torch.Tensor, codes_BTG: np.ndarray, truth: GroundTruth, width: int = 1) -> np.ndarray:
+    """[G]: (mean projection when on − when off) / std when off, of x·f_g averaged over ``width`` trailing tokens."""
+    from mtsae.train.temporal import moving_average
+
+    proj = moving_average(x_BTD.double() @ torch.from_numpy(truth.features.T).double(), width, "causal").numpy()
+    on = codes_BTG > 0
+    snr = np.full(on.shape[-1], np.nan)  # a feature never on (or always on) in the sample has none
+    for g in range(on.shape[-1]):
+        p, a = proj[..., g], on[..., g]
+        if a.any() and (~a).any():
+            snr[g] = (p[a].mean() - p[~a].mean()) / max(p[~a].std(), 1e-12)
+    return snr
+
+
+def train_one(model: Model, x_train: torch.Tensor, *, d_sae: int, steps: int, batch_tokens: int, window: int,
+              lr: float, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    sae = create_sae(model.arch, d_in=x_train.shape[-1], d_sae=d_sae, **model.options).train()
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    n_seq, seq_len, d = x_train.shape
+    flat = x_train.reshape(-1, d)
+    for step in range(steps):
+        for group in opt.param_groups:  # linear decay to 0 over the last 20 %, as mtsae train
+            group["lr"] = lr * min(1.0, (steps - step) / (0.2 * steps))
+        if model.on_windows:
+            b = batch_tokens // window
+            rows = torch.randint(n_seq, (b,), generator=gen)
+            starts = torch.randint(seq_len - window + 1, (b,), generator=gen)
+            x = torch.stack([x_train[r, s:s + window] for r, s in zip(rows.tolist(), starts.tolist())])
+        else:
+            x = flat[torch.randint(flat.shape[0], (batch_tokens,), generator=gen)]
+        out = sae.loss(x)
+        opt.zero_grad()
+        out.loss.backward()
+        sae.remove_parallel_gradient_()
+        opt.step()
+        sae.constrain_parameters_()
+    return sae.eval()
+
+
+def bucket_of(dwell: np.ndarray) -> list[np.ndarray]:
+    return [(dwell >= lo) & (dwell < hi) for _, lo, hi in BUCKETS]
+
+
+@torch.no_grad()
+def score(sae, x_eval: torch.Tensor, codes_eval: np.ndarray, truth: GroundTruth) -> dict[str, Any]:
+    """Decoder recovery and code recall / FPR / F1 per bucket on fresh sequences, plus FVE and L0."""
+    enc = sae.encode(x_eval) if sae.is_temporal else sae.encode(x_eval.reshape(-1, x_eval.shape[-1]))
+    codes = enc.reshape(-1, enc.shape[-1]).numpy()
+    recon = sae.decode(torch.from_numpy(codes)).numpy()
+    x = x_eval.reshape(-1, x_eval.shape[-1]).numpy()
+    fve = 1 - ((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    dec = sae.W_dec.numpy() / np.linalg.norm(sae.W_dec.numpy(), axis=1, keepdims=True)
+    cos = truth.features @ dec.T  # [G, F]
+    best, match = cos.max(1), cos.argmax(1)
+    fires = codes[:, match] > 0  # [N, G]
+    true_on = codes_eval.reshape(-1, codes_eval.shape[-1]) > 0
+    tp = (fires & true_on).sum(0)
+    fp = (fires & ~true_on).sum(0)
+    fn = (~fires & true_on).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a feature never on in the sample: undefined, left out
+        recall = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
+        fpr = np.where((~true_on).sum(0) > 0, fp / (~true_on).sum(0), np.nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    result = {"fve": float(fve), "l0": float((codes > 0).sum(1).mean()), "buckets": {}}
+    for (name, _, _), mask in zip(BUCKETS, bucket_of(truth.dwell)):
+        result["buckets"][name] = {"n": int(mask.sum()), "recovered": float((best[mask] >= 0.9).mean()),
+                                   "recall": float(np.nanmean(recall[mask])), "fpr": float(np.nanmean(fpr[mask])),
+                                   "f1": float(np.nanmean(f1[mask]))}
+    return result
+
+
+def run(out: Path, *, seeds: int, only: list[str] | None = None, k: int, d_sae: int, steps: int, batch_tokens: int, window: int, lr: float,
+        train_sequences: int, eval_sequences: int, seq_len: int, log=print) -> dict[str, Any]:
+    started = time.monotonic()
+    results: dict[str, Any] = {"settings": {"seeds": seeds, "k": k, "d_sae": d_sae, "steps": steps,
+                                            "batch_tokens": batch_tokens, "window": window, "lr": lr,
+                                            "train_sequences": train_sequences, "seq_len": seq_len,
+                                            "synth": SYNTH, "regimes": REGIMES}, "regimes": {}}
+    for regime, overrides in REGIMES.items():
+        chosen = [m for m in models(k) if only is None or m.name in only]
+        per_model: dict[str, list] = {m.name: [] for m in chosen}
+        snr = {}
+        for seed in range(seeds):
+            cfg = SynthConfig(**SYNTH, **overrides, seed=seed)
+            rng = np.random.default_rng(seed)
+            truth = make_ground_truth(cfg, rng)
+            x_train, _ = make_data(truth, cfg, train_sequences, seq_len, rng)
+            x_eval, codes_eval = make_data(truth, cfg, eval_sequences, seq_len, rng)
+            scale = float(np.sqrt(cfg.d_model) / x_train.norm(dim=-1).mean())  # E‖x‖ = √d, as mtsae train
+            if seed == 0:
+                snr = {f"width {w}": _bucket_means(per_token_snr(x_eval, codes_eval, truth, w), truth)
+                       for w in (1, 9, 33)}
+            for model in chosen:
+                sae = train_one(model, x_train * scale, d_sae=d_sae, steps=steps, batch_tokens=batch_tokens,
+                                window=window, lr=lr, seed=seed)
+                per_model[model.name].append(score(sae, x_eval * scale, codes_eval, truth))
+                log(f"[{time.monotonic() - started:6.0f}s] {regime} seed {seed} {model.name}: "
+                    f"slow {per_model[model.name][-1]['buckets'][SLOW]['recovered']:.2f}")
+        decidable = any(m.temporal for m in chosen) and not all(m.temporal for m in chosen)
+        results["regimes"][regime] = {"snr": snr, "models": per_model,
+                                      "verdict": verdict(per_model, k) if decidable else None}
+    results["seconds"] = time.monotonic() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "report.md").write_text(report(results, k))
+    return results
+
+
+def _bucket_means(values: np.ndarray, truth: GroundTruth) -> dict[str, float]:
+    return {name: float(np.nanmean(values[mask])) for (name, _, _), mask in zip(BUCKETS, bucket_of(truth.dwell))}
+
+
+def stat(runs: list[dict], bucket: str | None, metric: str) -> tuple[float, float]:
+    """(mean, sample std) over seeds of one metric (a bucket's, or a top-level one when bucket is None)."""
+    values = [r[metric] if bucket is None else r["buckets"][bucket][metric] for r in runs]
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("inf"))
+
+
+def compare(a: list[dict], b: list[dict], bucket: str | None, metric: str) -> dict[str, Any]:
+    (ma, sa), (mb, sb) = stat(a, bucket, metric), stat(b, bucket, metric)
+    diff, spread = ma - mb, sa + sb
+    return {"temporal": ma, "baseline": mb, "difference": diff, "spread": spread,
+            "decided": abs(diff) > spread}
+
+
+def verdict(per_model: dict[str, list], k: int) -> dict[str, Any]:
+    """Best temporal vs best per-token model (by mean slow recovery); each comparison decided only outside the spread."""
+    temporal = {m.name for m in models(k) if m.temporal}
+    best = lambda names: max(names, key=lambda n: stat(per_model[n], SLOW, "recovered")[0])  # noqa: E731
+    t = best([n for n in per_model if n in temporal])
+    b = best([n for n in per_model if n not in temporal])
+    checks = {f"{bucket} {metric}": compare(per_model[t], per_model[b], bucket, metric)
+              for bucket in (SLOW, BUCKETS[1][0], FAST) for metric in ("recovered", "f1", "fpr")}
+    checks["fve"] = compare(per_model[t], per_model[b], None, "fve")
+    slow, f1, fast = checks[f"{SLOW} recovered"], checks[f"{SLOW} f1"], checks[f"{FAST} recovered"]
+    target = {
+        "slow recovery >= +10 points, outside the spread": slow["decided"] and slow["difference"] >= 0.10,
+        "slow code F1 higher, outside the spread": f1["decided"] and f1["difference"] > 0,
+        "1-token recovery loses <= 5 points": fast["difference"] >= -0.05,
+    }
+    return {"temporal": t, "baseline": b, "checks": checks, "target": target}
+
+
+def report(results: dict[str, Any], k: int) -> str:
+    s = results["settings"]
+    lines = [f"# Temporal vs per-token SAEs on mtsae synth regimes (L0 = k = {k}, {s['seeds']} seeds)", "",
+             f"d_sae {s['d_sae']}, {s['steps']} steps x {s['batch_tokens']} tokens, lr {s['lr']}, "
+             f"temporal windows {s['window']}; per-token baselines on shuffled tokens. "
+             f"Wall time {results['seconds']:.0f} s.", ""]
+    for regime, r in results["regimes"].items():
+        lines += [f"## {regime}", "", "Per-token SNR of the truth (seed 0), by pooling width: " + "; ".join(
+            f"{w}: " + ", ".join(f"{b} {v:.2f}" for b, v in vals.items()) for w, vals in r["snr"].items()), "",
+            "| model | FVE | L0 | " + " | ".join(f"{b}: recovered / F1 / FPR" for b, _, _ in BUCKETS) + " |",
+            "|---|---|---|" + "---|" * len(BUCKETS)]
+        for name, runs in r["models"].items():
+            cells = [f"{stat(runs, None, 'fve')[0]:.3f} ± {stat(runs, None, 'fve')[1]:.3f}",
+                     f"{stat(runs, None, 'l0')[0]:.2f}"]
+            for b, _, _ in BUCKETS:
+                (rm, rs), (fm, fs), (pm, _) = (stat(runs, b, m) for m in ("recovered", "f1", "fpr"))
+                cells.append(f"{rm:.0%} ± {rs:.0%} / {fm:.2f} ± {fs:.2f} / {pm:.4f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        v = r["verdict"]
+        if v is None:
+            lines += ["", "No verdict: this run holds only temporal or only per-token models.", ""]
+            continue
+        lines += ["", f"Best temporal: **{v['temporal']}**; best per-token: **{v['baseline']}** (by slow recovery).", ""]
+        for name, c in v["checks"].items():
+            word = ("higher" if c["difference"] > 0 else "lower") if c["decided"] else "no verdict (inside the seed spread)"
+            lines.append(f"- {name}: {c['temporal']:.3f} vs {c['baseline']:.3f} "
+                         f"(difference {c['difference']:+.3f}, spread {c['spread']:.3f}): {word}")
+        lines += ["", "Target (issue 16): " + "; ".join(f"{n}: {'met' if ok else 'not met'}"
+                                                       for n, ok in v["target"].items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="experiments/temporal-synth")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--d-sae", type=int, default=256)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch-tokens", type=int, default=2048)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--train-sequences", type=int, default=400)
+    p.add_argument("--eval-sequences", type=int, default=40)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--only", action="append", help="train only this model (repeatable; default: all)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    run(Path(a.out), seeds=a.seeds, only=a.only, k=a.k, d_sae=a.d_sae, steps=a.steps, batch_tokens=a.batch_tokens,
+        window=a.window, lr=a.lr, train_sequences=a.train_sequences, eval_sequences=a.eval_sequences,
+        seq_len=a.seq_len)
+    print((Path(a.out) / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
