@@ -8,7 +8,6 @@ the same settings is resumed. One harvest at a time may write a store.
 from __future__ import annotations
 
 import enum
-import fcntl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -17,6 +16,7 @@ from mtsae.cache import format as fmt
 from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
 from mtsae.errors import MtsaeError
+from mtsae.locks import hold_folder_lock
 
 LOCK_NAME = ".mtsae-harvest.lock"
 
@@ -98,15 +98,5 @@ def _foreign_entries(path: Path) -> list[Path]:
 
 
 def _acquire_lock(path: Path) -> IO:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        lock = open(path / LOCK_NAME, "a+")
-    except OSError as exc:
-        raise MtsaeError(f"cannot write the cache to {path}: {exc.strerror or exc}; choose a writable --out") from None
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise MtsaeError(f"another harvest is writing {path}; wait for it to finish or choose another --out") from None
-    return lock
-
+    return hold_folder_lock(path, LOCK_NAME, unwritable=f"cannot write the cache to {path}",
+                            busy=f"another harvest is writing {path}; wait for it to finish or choose another --out")
