@@ -22,6 +22,7 @@ that (cache/audit.py). sha256 rather than blake2b: with SHA-NI it hashes
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import threading
 import weakref
@@ -82,8 +83,10 @@ def manifest_problem(attrs: dict[str, Any]) -> str | None:
 class ChunkChecker:
     """Checks each chunk once, the first time it is read, against the recorded digest (else the crc32).
 
-    ``require`` runs the check in the calling thread (the loader's prefetch thread) unless it passed
-    before; a mismatch raises one line naming the chunk, at every later read too.
+    ``submit`` queues a check for a background thread, so the reader never waits on a hash; the
+    thread runs only while checks are queued. ``raise_failure`` raises the first mismatch found so
+    far (one line naming the chunk), ``wait`` first lets every queued check finish: a trainer calls
+    it before each checkpoint, so nothing it writes ever depends on a chunk that failed.
     """
 
     def __init__(self, path: str, attrs: dict[str, Any]):
@@ -97,16 +100,51 @@ class ChunkChecker:
         else:  # a cache written before digests: its crc32s still catch damage
             self.expected = {name: list(values) for name, values in (attrs.get("checksums") or {}).get("chunks", {}).items()}
             self.kind, self._sum = "crc32", crc32
-        self._passed: set[tuple[str, int]] = set()
-        self._lock = threading.Lock()  # two threads reading one chunk hash it once
+        self._seen: set[tuple[str, int]] = set()  # queued or done
+        self._queue: collections.deque = collections.deque()
+        self._failure: BaseException | None = None
+        self._lock = threading.Condition()
+        self._worker: threading.Thread | None = None
 
-    def require(self, name: str, index: int, read: Callable[[], np.ndarray]) -> None:
-        if (name, index) in self._passed:
-            return
+    def submit(self, name: str, index: int, read: Callable[[], np.ndarray]) -> None:
         with self._lock:
-            if (name, index) not in self._passed:
+            if (name, index) in self._seen:
+                return
+            self._seen.add((name, index))
+            self._queue.append((name, index, read))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._drain, name="mtsae-digest", daemon=True)
+                self._worker.start()
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def wait(self, raising: bool = True) -> None:
+        """Block until every queued check ran (the thread has ended); then raise the first failure, if any."""
+        worker = None
+        with self._lock:
+            while self._worker is not None:
+                worker = self._worker
+                self._lock.wait()
+        if worker is not None:
+            worker.join()  # it has left _drain; let it end, so no thread outlives the checks
+        if raising:
+            self.raise_failure()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue or self._failure is not None:
+                    self._queue.clear()
+                    self._worker = None
+                    self._lock.notify_all()
+                    return
+                name, index, read = self._queue.popleft()
+            try:
                 self._check(name, index, read)
-                self._passed.add((name, index))
+            except BaseException as exc:  # raised by the reader at its next raise_failure()/wait()
+                self._failure = exc
 
     def _check(self, name: str, index: int, read: Callable[[], np.ndarray]) -> None:
         expected = self.expected.get(name)

@@ -145,16 +145,18 @@ def train(cache: Path, out: Path, *more: str):
 def one_error_line(result) -> str:
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    assert lines[-1].startswith("error: ") and result.stderr.count("error") == 1 and "Traceback" not in result.output
+    return lines[-1]
 
 
 @pytest.mark.parametrize("array", [LAYER19, fmt.TOKENS, fmt.SPECIAL_MASK])
 def test_train_stops_at_a_flipped_byte_naming_the_chunk(cache_copy, tmp_path, array):
+    """Checked in the background on first read; nothing saved (a checkpoint every step) ever used the chunk."""
     flip_a_byte(chunk_file(cache_copy, array, 2))
-    line = one_error_line(train(cache_copy, tmp_path / "run"))
+    line = one_error_line(train(cache_copy, tmp_path / "run", "--checkpoint-every", "1"))
     assert f"chunk 2 of {array} in {cache_copy} does not match its recorded sha256 digest" in line
     assert not (tmp_path / "run" / "final").exists()
+    assert not list((tmp_path / "run").glob("checkpoints/step_*"))
 
 
 def test_train_stops_at_a_flipped_seq_offsets_byte(cache_copy, tmp_path):
@@ -192,7 +194,7 @@ def test_train_on_a_cache_without_digests_checks_its_crc32s(tmp_path):
     assert f"chunk 1 of {fmt.activation_path(19)} in {copy} does not match its recorded crc32" in line
 
 
-def test_train_on_an_intact_cache_reads_every_chunk_once(tiny_cache_path, tmp_path, monkeypatch):
+def test_train_on_an_intact_cache_checks_every_chunk_once(tiny_cache_path, tmp_path, monkeypatch):
     checked: list = []
     real = digests.ChunkChecker._check
 
@@ -204,3 +206,22 @@ def test_train_on_an_intact_cache_reads_every_chunk_once(tiny_cache_path, tmp_pa
     result = train(tiny_cache_path, tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert len(checked) == len(set(checked)) and {name for name, _ in checked} == {LAYER19, fmt.TOKENS, fmt.SPECIAL_MASK}
+
+
+def test_checks_run_in_a_thread_that_ends_with_them(tiny_cache_path):
+    import threading
+
+    from mtsae.errors import MtsaeError
+
+    cache = open_cache(tiny_cache_path)
+    checker = digests.ChunkChecker(cache.path, cache.manifest)
+    arr = cache.group[LAYER19]
+    rows = arr.chunks[0]
+    checker.submit(LAYER19, 0, lambda: arr[:rows])
+    checker.submit(LAYER19, 1, lambda: arr[:rows])  # chunk 0's rows offered as chunk 1
+    checker.submit(LAYER19, 1, lambda: arr[rows : 2 * rows])  # already queued: not checked again
+    with pytest.raises(MtsaeError, match=f"chunk 1 of {LAYER19} in .* does not match its recorded sha256"):
+        checker.wait()
+    assert not any(t.name == "mtsae-digest" for t in threading.enumerate())
+    with pytest.raises(MtsaeError, match="chunk 1 of"):
+        checker.raise_failure()  # it stays failed

@@ -201,6 +201,7 @@ class Trainer:
                     stopping = stop_at is not None and self.step >= stop_at
                     if stopping or (self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0):
                         path = self.checkpoint_dir(self.step)
+                        self._wait_checked()
                         if self.world.is_main:  # rank 0 writes for all: the ranks hold the same state
                             self.save_checkpoint(path)
                 bar.update(1)
@@ -216,6 +217,7 @@ class Trainer:
             if self.metrics_step != self.step:
                 self.evaluate()
             self._check_finite_metrics()
+            self._wait_checked()
             final = self.save_final() if self.world.is_main else self.out / FINAL_DIRNAME
         except BaseException:
             self._close_log(quietly=True)  # a full disk must not turn the real error into a traceback
@@ -225,6 +227,11 @@ class Trainer:
         self._close_log()
         self.world.barrier()  # every rank ends once final/ is written
         return self._result(final, finished=True)
+
+    def _wait_checked(self) -> None:
+        """Before anything is saved: every chunk read so far, on every rank, passed its digest check."""
+        self.train_set.wait_checked()  # the held-out set shares the cache's checker
+        self.world.barrier()  # a rank whose check failed has stopped: the others wait here, nothing is written
 
     def _result(self, checkpoint: Path, finished: bool) -> TrainResult:
         rate = self.clock.rate(self.tokens)
