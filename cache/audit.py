@@ -64,6 +64,8 @@ def audit_cache(path: str | os.PathLike, sequences: int = DEFAULT_SEQUENCES, *, 
 
     if sequences < 1:
         raise MtsaeError(f"--sequences must be at least 1, got {sequences}")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise MtsaeError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
     cache = open_cache(path)
     dtype = cache.manifest.get("dtype")
     if dtype not in TOLERANCES:

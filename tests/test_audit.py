@@ -85,3 +85,13 @@ def test_row_error_is_relative_and_a_shape_mismatch_fails():
     stored = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
     assert worst_row_error(stored * 1.01, stored) == pytest.approx(0.01)
     assert worst_row_error(stored[:1], stored) == float("inf")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sequences", "0"], "--sequences must be at least 1, got 0"),
+    (["--seed", "-1"], "--seed must be between 0 and 2**63 - 1, got -1"),
+    ([], "no mtsae cache at no-such-cache (expected a Zarr group written by `mtsae harvest`)"),
+])
+def test_bad_audit_arguments_are_one_line(args, message):
+    result = runner.invoke(app, ["cache", "audit", "no-such-cache", "--device", "cpu", *args])
+    assert result.exit_code == 1 and result.stderr.strip() == f"error: {message}"
