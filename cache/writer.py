@@ -186,11 +186,11 @@ class CacheWriter:
         for layer in layers:
             arr = root.create_array(fmt.activation_path(layer), shape=(capacity_tokens, d_model),
                                     chunks=(chunk_tokens, d_model), dtype=fmt.storage_dtype(dtype_name),
-                                    compressors=compressors, config=config)
+                                    compressors=compressors, config=config, dimension_names=("token", "d_model"))
             arr.attrs.update({"mtsae_dtype": dtype_name, "hook_name": fmt.hook_name(layer), "layer": layer})
         for name, dtype in ((fmt.TOKENS, "int32"), (fmt.SPECIAL_MASK, "bool")):
             root.create_array(name, shape=(capacity_tokens,), chunks=(chunk_tokens,), dtype=dtype,
-                              compressors=compressors, config=config)
+                              compressors=compressors, config=config, dimension_names=("token",))
         return cls(root, attrs)
 
     @classmethod

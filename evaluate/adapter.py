@@ -1,4 +1,4 @@
-"""An mtsae checkpoint as a SAE-Bench ``BaseSAE``.
+"""An mtsae checkpoint (or a SAELens one, converted) as a SAE-Bench ``BaseSAE``.
 
 :class:`MtsaeBenchSAE` wraps any SAE from the registry (relu, topk, batchtopk,
 jumprelu, mtsae) so that SAE-Bench's evals can run it as a custom SAE:
@@ -58,8 +58,10 @@ class MtsaeSAEConfig(CustomSAEConfig):
     """SAE-Bench's config plus provenance; ``to_dict()`` (→ ``sae_cfg_dict`` in results) includes it."""
 
     mtsae_checkpoint: str = ""
+    mtsae_saelens: str | None = None
     mtsae_architecture: str = ""
     mtsae_is_temporal: bool = False
+    mtsae_is_causal: bool = True
     mtsae_trained_on_model: str = ""
     mtsae_cache_fingerprint: str | None = None
     mtsae_version: str = ""
@@ -162,9 +164,11 @@ def _bench_config(base: CustomSAEConfig, sae: SparseAutoencoder, info: Checkpoin
         context_size=info.context_size,
         dataset_path=info.dataset or "",
         training_tokens=info.tokens_seen if info.tokens_seen is not None else -100_000,
-        mtsae_checkpoint=str(info.path),
+        mtsae_checkpoint=info.label,
         mtsae_architecture=sae.architecture,
+        mtsae_saelens=info.saelens,
         mtsae_is_temporal=sae.is_temporal,
+        mtsae_is_causal=sae.cfg.is_causal,
         mtsae_trained_on_model=info.model_name,
         mtsae_cache_fingerprint=info.cache_fingerprint,
         mtsae_version=mtsae.__version__,
@@ -173,20 +177,27 @@ def _bench_config(base: CustomSAEConfig, sae: SparseAutoencoder, info: Checkpoin
     return MtsaeSAEConfig(**fields)
 
 
-def load_adapter(path: str | Path, model_name: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None) -> MtsaeBenchSAE:
-    """Load an mtsae checkpoint as a SAE-Bench SAE for ``model_name`` (default: the model it was trained on).
+def load_adapter(source: str | Path | CheckpointInfo, model_name: str | None = None,
+                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MtsaeBenchSAE:
+    """Load a checkpoint as a SAE-Bench SAE for ``model_name`` (default: the model it was trained on).
 
-    Raises ``MtsaeError`` when the decoder rows are not unit-norm (SAE-Bench's
-    metrics assume they are).
+    ``source`` is an mtsae checkpoint (or run directory), a SAELens checkpoint
+    folder, or the :class:`CheckpointInfo` of either or of a SAELens release
+    (``mtsae.evaluate.saelens_checkpoints``). Raises ``MtsaeError`` when the
+    decoder rows are not unit-norm (SAE-Bench's metrics assume they are).
     """
-    info = read_checkpoint_info(path)
-    sae, _ = load_checkpoint(info.path, device=device)
+    info = source if isinstance(source, CheckpointInfo) else read_checkpoint_info(source)
+    if info.saelens is not None:
+        from mtsae.evaluate.saelens_checkpoints import load_saelens_sae
+
+        sae = load_saelens_sae(info, device=device)
+    else:
+        sae, _ = load_checkpoint(info.path, device=device)
     adapter = MtsaeBenchSAE(sae, info, model_name or info.model_name, device=device, dtype=dtype)
     if not adapter.check_decoder_norms():
         norms = torch.linalg.vector_norm(adapter.W_dec.float(), dim=1)
         raise MtsaeError(
-            f"checkpoint {info.path} has decoder rows that are not unit-norm (max |norm-1| = "
+            f"checkpoint {info.label} has decoder rows that are not unit-norm (max |norm-1| = "
             f"{(norms - 1).abs().max().item():.2e}); SAE-Bench assumes unit-norm rows: renormalise and re-save it"
         )
     return adapter

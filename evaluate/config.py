@@ -46,6 +46,9 @@ EVALS = ("core", "sparse_probing", "unlearning", "absorption")
 PROFILES = ("auto", "standard", "tiny")
 COMMON_KEYS = ("llm_batch_size", "llm_dtype", "random_seed")
 FORGET_CORPUS_ENV = "MTSAE_WMDP_FORGET_CORPUS"
+SPLICING_EVALS = ("core", "unlearning")
+"""Evals that put ``decode(encode(resid))`` back into the model's forward pass: a non-causal SAE there
+lets position t see tokens after t (sparse probing and absorption only read the codes)."""
 
 _CORE_FLAGS = {
     "compute_featurewise_density_statistics": True,
@@ -85,7 +88,10 @@ def _doc(text: str, **kw: Any) -> Any:
 
 @dataclass
 class EvalConfig:
-    checkpoints: list[str] = _doc("Checkpoint directories (or training run directories holding final/).", default_factory=list)
+    checkpoints: list[str] = _doc("Checkpoint directories (mtsae's, a training run directory holding final/, or a "
+                                  "folder SAELens saved).", default_factory=list)
+    saelens: list[str] = _doc("SAELens releases to evaluate beside the checkpoints, as RELEASE:ID (SAELens's "
+                              "pretrained_saes.yaml names; loaded from the Hugging Face hub).", default_factory=list)
     out: str = _doc("Output folder: <eval>/ with SAE-Bench's JSON results, summary.json.", default="")
     evals: list[str] = _doc(f"Evals to run, from {', '.join(EVALS)}.", default_factory=lambda: list(EVALS))
     model: str | None = _doc("Model to evaluate on. Default: the model the checkpoints were trained on.", default=None)
@@ -109,11 +115,16 @@ class EvalConfig:
     llm_batch_size: int | None = _doc("Prompts per model forward at 128 tokens. Default: the profile's.", default=None)
     force: bool = _doc("Recompute results already in --out (default: keep and reuse them).", default=False)
     keep_artifacts: bool = _doc("Keep SAE-Bench's working files under <out>/artifacts/.", default=False)
+    allow_non_causal: bool = _doc(
+        f"Run {' and '.join(SPLICING_EVALS)} on SAEs whose codes read later tokens (MTSAE without causal padding); "
+        "their scores come from a model that sees its future and are flagged as such. Default: refuse them.",
+        default=False,
+    )
 
     def validate(self) -> None:
         """Checks that need no disk, model or network."""
-        if not self.checkpoints:
-            raise MtsaeError("give at least one checkpoint directory to evaluate")
+        if not self.checkpoints and not self.saelens:
+            raise MtsaeError("give at least one checkpoint directory (or --saelens RELEASE:ID) to evaluate")
         if not self.out:
             raise MtsaeError("--out is required: the folder for SAE-Bench's results and summary.json")
         unknown = [e for e in self.evals if e not in EVALS]

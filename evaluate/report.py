@@ -24,6 +24,7 @@ from typing import Any
 
 import mtsae
 from mtsae.errors import MtsaeError
+from mtsae.evaluate.config import SPLICING_EVALS
 
 CHANCE_ACCURACY = 0.5  # SAE-Bench's sparse-probing tasks are binary
 CHANCE_MARGIN = 0.05
@@ -48,10 +49,11 @@ class RunRecord:
     component_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # eval -> {status, metrics, reason}
     flags: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)  # shown next to the run (and its figure label), not left out
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.arch}, seed {self.seed})"
+        return f"{self.name} ({self.arch}, seed {self.seed}){' [non-causal]' if self.caveats else ''}"
 
 
 # --------------------------------------------------------------------------------- reading runs
@@ -115,8 +117,14 @@ def _read_final(path: Path, record: RunRecord) -> None:
 def _read_evals(path: Path, record: RunRecord) -> None:
     if not path.is_file():
         return
+    leaky = set()
     for row in json.loads(path.read_text()).get("results", []):
         record.evals[row["eval"]] = {"status": row["status"], "metrics": row.get("metrics", {}), "reason": row.get("reason")}
+        if row.get("causal") is False and row["eval"] in SPLICING_EVALS and row["status"] == "ok":
+            leaky.add(row["eval"])
+    if leaky:
+        record.caveats.append(f"non-causal SAE: its {' and '.join(sorted(leaky))} scores come from a model that "
+                              "sees later tokens through it")
 
 
 # ------------------------------------------------------------------------------------ guardrails
@@ -302,7 +310,7 @@ def write_report(run_paths: list[str | Path], out: str | Path, *, loss_component
 
 def _run_summary(r: RunRecord) -> dict[str, Any]:
     keep = ("name", "path", "arch", "preset", "seed", "cache_fingerprint", "mtsae_version", "steps", "finished",
-            "sparsity_coefficient", "final", "evals", "flags")
+            "sparsity_coefficient", "final", "evals", "flags", "caveats")
     return {k: v for k, v in asdict(r).items() if k in keep}
 
 
@@ -326,7 +334,7 @@ def metric_table(records: list[RunRecord]) -> list[str]:
             _num(ev.get("unlearning", {}).get("unlearning_score")) if "unlearning" in ev else status.get("unlearning", "–"),
             _num(ev.get("absorption", {}).get("mean_absorption_fraction_score")) if "absorption" in ev else status.get("absorption", "–"),
             _num(ev.get("core", {}).get("explained_variance")) if "core" in ev else status.get("core", "–"),
-            ("**FLAGGED: " + "; ".join(r.flags) + "**") if r.flags else "ok",
+            "; ".join(([f"**FLAGGED: {'; '.join(r.flags)}**"] if r.flags else []) + r.caveats) or "ok",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
@@ -344,6 +352,10 @@ def _markdown(records: list[RunRecord], data: dict[str, Any], extra_sections: li
     if flagged:
         lines += ["## ⚠ Flagged runs (left out of every figure)", ""]
         lines += [f"- **{r.name}**: {'; '.join(r.flags)}" for r in flagged] + [""]
+    caveated = [r for r in records if r.caveats]
+    if caveated:
+        lines += ["## ⚠ Non-causal SAEs (kept in the figures, marked [non-causal])", ""]
+        lines += [f"- **{r.name}**: {'; '.join(r.caveats)}" for r in caveated] + [""]
     lines += ["## Metrics", "", *metric_table(records), "",
               "fve/mse/l0/dead/sep: held-out metrics of the final checkpoint (sep = mean cosine of codes at adjacent "
               "tokens). probe: SAE-Bench sparse probing test accuracy. unlearning/absorption/core: SAE-Bench headline "
@@ -356,43 +368,25 @@ def _markdown(records: list[RunRecord], data: dict[str, Any], extra_sections: li
 
 
 def _html(markdown: str, out: Path) -> str:
-    """A self-contained page: the Markdown rendered simply, figures inlined as base64."""
-    body = []
-    in_table = False
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= {"-"}:
-                continue
-            tag = "th" if not in_table else "td"
-            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
-            in_table = True
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            name = line[line.index("(") + 1 : line.rindex(")")]
-            encoded = base64.b64encode((out / name).read_bytes()).decode()
-            body.append(f'<img alt="{name}" src="data:image/png;base64,{encoded}" style="max-width:100%">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            body.append(f"<li>{_inline(line[2:])}</li>")
-        elif line.strip():
-            body.append(f"<p>{_inline(line)}</p>")
-    if in_table:
-        body.append("</table>")
+    """A self-contained page: the Markdown rendered by markdown-it-py (CommonMark + tables, raw HTML
+    escaped: run names are user data), the figures in ``out`` inlined as base64."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(markdown)
+    for token in tokens:
+        for child in token.children or []:
+            if child.type == "image":
+                _inline_figure(child, out)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}h2{margin-top:1.5em}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>mtsae report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}h2{margin-top:1.5em}img{max-width:100%}")
+    body = md.renderer.render(tokens, md.options, {})
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>mtsae report</title><style>{style}</style></head><body>{body}</body></html>\n"
 
 
-def _inline(text: str) -> str:
-    import html
-    import re
-
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+def _inline_figure(image: Any, out: Path) -> None:
+    """Point an image token at its PNG's bytes when the PNG is a file directly in ``out`` (else leave it)."""
+    name = str(image.attrGet("src") or "")
+    path = out / name
+    if name.endswith(".png") and "/" not in name and "\\" not in name and path.is_file():
+        image.attrSet("src", "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode())

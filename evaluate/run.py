@@ -25,7 +25,9 @@ from mtsae.devices import resolve_device
 from mtsae.errors import MtsaeError
 from mtsae.evaluate.adapter import load_adapter
 from mtsae.evaluate.checkpoints import CheckpointInfo, read_checkpoint_info
-from mtsae.evaluate.config import FORGET_CORPUS_ENV, EvalConfig, context_lengths, resolve_profile, resolve_settings
+from mtsae.evaluate.saelens_checkpoints import release_info
+from mtsae.evaluate.config import (FORGET_CORPUS_ENV, SPLICING_EVALS, EvalConfig, context_lengths, resolve_profile,
+                                   resolve_settings)
 from mtsae.evaluate.embedded_mirror import ensure_embedded_mirror, rows_needed
 from mtsae.evaluate.evals import Job, Outcome, Target, headline_metrics, not_scorable_path, result_path, run_job
 from mtsae.evaluate.models import ModelDims, hub_model_dims
@@ -60,7 +62,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
     """
     cfg.validate()
     cfg = _absolute_paths(cfg)  # each eval runs in its own working directory
-    infos = [read_checkpoint_info(path) for path in cfg.checkpoints]
+    infos = [read_checkpoint_info(path) for path in cfg.checkpoints] + [release_info(spec) for spec in cfg.saelens]
+    _check_causal(cfg, infos, log)
     model = _evaluation_model(cfg.model, infos)
     profile = resolve_profile(cfg.profile, model)
     settings = resolve_settings(cfg, profile)
@@ -89,7 +92,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
     header = {
         "model": model, "unlearning_model": unlearning_model if "unlearning" in cfg.evals else None,
         "offline_mirror": str(mirror.root) if mirror else None, "device": device, "profile": profile,
-        "evals": cfg.evals, "settings": {e: settings[e] for e in cfg.evals},
+        "evals": cfg.evals, "settings": {e: settings[e] for e in cfg.evals}, "allow_non_causal": cfg.allow_non_causal,
         "checkpoints": [{"release": r, **i.describe()} for r, i in zip(releases, infos)],
     }
     summary = write_summary(out, header, rows)
@@ -98,6 +101,22 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> EvalSummary
 
 
 # --------------------------------------------------------------------------- checks before running
+
+
+def _check_causal(cfg: EvalConfig, infos: list[CheckpointInfo], log: Callable[[str], None]) -> None:
+    """Refuse to splice an SAE whose codes read later tokens into the model, unless allowed (then say so)."""
+    splicing = [e for e in cfg.evals if e in SPLICING_EVALS]
+    leaky = [info for info in infos if not info.is_causal]
+    if not splicing or not leaky:
+        return
+    names = ", ".join(info.label for info in leaky)
+    if not cfg.allow_non_causal:
+        raise MtsaeError(
+            f"{names}: not causal (its codes at token t read tokens after t), so {' and '.join(splicing)} would "
+            "score a model that sees its own future; train with --padding causal, leave those evals out with "
+            "--evals, or pass --allow-non-causal to run them anyway (results are flagged)")
+    log(f"warning: {names} not causal; their {' and '.join(splicing)} scores come from a model that sees later "
+        "tokens (flagged non-causal in summary.json)")
 
 
 def _evaluation_model(requested: str | None, infos: list[CheckpointInfo]) -> str:
@@ -129,13 +148,13 @@ def _check_compatible(cfg: EvalConfig, infos: list[CheckpointInfo], model: str, 
     dims = _dims(model, mirror)
     for info in infos:
         if canonical_model_name(info.model_name) != canonical_model_name(model):
-            raise MtsaeError(f"checkpoint {info.path} was trained on {info.model_name}, but the evaluation model is "
+            raise MtsaeError(f"checkpoint {info.label} was trained on {info.model_name}, but the evaluation model is "
                              f"{model}; evaluate it on its own model (drop --model) or use a matching checkpoint")
         if info.layer >= dims.n_layers:
-            raise MtsaeError(f"checkpoint {info.path} reads layer {info.layer}, but {model} has {dims.n_layers} layers; "
+            raise MtsaeError(f"checkpoint {info.label} reads layer {info.layer}, but {model} has {dims.n_layers} layers; "
                              "evaluate it on the model it was trained on (check --model and the checkpoint)")
         if info.d_in != dims.d_model:
-            raise MtsaeError(f"checkpoint {info.path} has d_in {info.d_in}, but {model}'s residual stream is "
+            raise MtsaeError(f"checkpoint {info.label} has d_in {info.d_in}, but {model}'s residual stream is "
                              f"{dims.d_model} wide; it was trained on another model")
     for eval_name, length in context_lengths(settings, cfg.evals).items():
         if length > dims.n_ctx:
@@ -192,7 +211,10 @@ def release_names(infos: list[CheckpointInfo]) -> list[str]:
     """Unique, file-safe names for SAE-Bench's ``sae_release`` (its result files are named after them)."""
     names: list[str] = []
     for info in infos:
-        base = info.path.name if info.path.name != "final" else f"{info.path.parent.name}_final"
+        if info.path is None:  # a SAELens release: RELEASE:ID
+            base = str(info.saelens)
+        else:
+            base = info.path.name if info.path.name != "final" else f"{info.path.parent.name}_final"
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", base)
         name, n = base, 2
         while name in names:
@@ -224,7 +246,7 @@ def _run_eval(job: Job, kept: dict[str, Outcome], cfg: EvalConfig, mirror: Offli
         if corpus is not None and job.eval_name == "unlearning":
             link_forget_corpus(job.workdir, corpus)
         for target in pending:
-            target.sae = load_adapter(target.info.path, job.model, device=job.device)
+            target.sae = load_adapter(target.info, job.model, device=job.device)
         outcomes.update(run_job(job, log))
     for target in pending:
         o = outcomes[target.release]
@@ -260,15 +282,16 @@ def _check_same_run(path: Path, record: dict[str, Any], job: Job, target: Target
     checkpoint = record.get("sae_cfg_dict", {}).get("mtsae_checkpoint", record.get("sae_cfg_dict", {}).get("checkpoint"))
     config = record.get("eval_config", {})
     differing = [k for k, v in job.settings.items() if k in config and json.loads(json.dumps(v)) != config[k]]
-    if checkpoint != str(target.info.path) or differing:
+    if checkpoint != target.info.label or differing:
         what = f"settings {differing}" if differing else f"checkpoint {checkpoint}"
         raise MtsaeError(f"{path} holds a result for another {what}; pass --force to recompute it or choose another --out")
 
 
 def _row(eval_name: str, target: Target, outcome: Outcome, out: Path) -> dict[str, Any]:
     return {
-        "release": target.release, "checkpoint": str(target.info.path), "eval": eval_name,
+        "release": target.release, "checkpoint": target.info.label, "eval": eval_name,
         "status": outcome.status, "result": str(outcome.result.relative_to(out)) if outcome.result else None,
         "reason": outcome.reason, "metrics": outcome.metrics, "seconds": outcome.seconds, "reused": outcome.reused,
         "cache_fingerprint": target.info.cache_fingerprint, "architecture": target.info.architecture,
+        "causal": target.info.is_causal,
     }

@@ -64,7 +64,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     columns = ("sae", "eval", "status", "seconds", "metrics")
     cells = [
         {
-            "sae": r["release"], "eval": r["eval"], "status": r["status"] + (" (earlier)" if r.get("earlier_run") else " (reused)" if r.get("reused") else ""),
+            "sae": r["release"] + (" [non-causal]" if r.get("causal") is False else ""), "eval": r["eval"],
+            "status": r["status"] + (" (earlier)" if r.get("earlier_run") else " (reused)" if r.get("reused") else ""),
             "seconds": "" if r.get("seconds") is None else f"{r['seconds']:.0f}",
             "metrics": _metrics_text(r),
         }

@@ -1,7 +1,9 @@
 """One forward pass, every requested layer's residual stream.
 
 ``blocks.L.hook_resid_post`` is the output of decoder layer L, i.e.
-``output_hidden_states[L + 1]`` of the full model. Forward hooks on the
+``output_hidden_states[L + 1]`` of the full model except for the last layer,
+whose hidden state transformers returns after the final norm (the hook keeps
+the block output, as TransformerLens does). Forward hooks on the
 decoder layers collect them all in one pass of a model that was truncated
 after the deepest requested layer (see sources.load_truncated_model).
 """

@@ -240,8 +240,9 @@ def _resume(out: str, sequences: Iterator, ledger: "_DocumentLedger", log: Calla
 def content_spec(cfg: HarvestConfig, model_source, text_source) -> dict[str, Any]:
     """Everything that determines the cache's bytes up to floating-point order (not layout, device or batch size)."""
     return {
-        "model": model_source.identity,
-        "dataset": text_source.identity,
+        "model": sources.content_identity(model_source.identity),
+        "dataset": sources.content_identity(text_source.identity),
+        "text_tokenization": sources.TEXT_TOKENIZATION,
         "hook_names": [fmt.hook_name(layer) for layer in cfg.layers],
         "context_len": cfg.context_len,
         "max_tokens": cfg.max_tokens,

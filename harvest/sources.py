@@ -91,6 +91,18 @@ def _local_model(path: Path, display_id: str) -> ModelSource:
     return ModelSource(str(path), identity, config)
 
 
+def content_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """The part of a model's or dataset's identity that decides a cache's content (its fingerprint).
+
+    A local source is its files' hashes, whatever name or path reached it (``embedded`` and
+    ``--model <its folder>`` give one fingerprint, so a shared root finds the cache); a hub
+    source is its id and revision. The display ``id`` stays in the manifest either way.
+    """
+    if "weights_sha256" in identity or "files_sha256" in identity:
+        return {key: value for key, value in identity.items() if key != "id"}
+    return dict(identity)
+
+
 def text_config(config: Any) -> Any:
     """Multimodal configs keep the language model's settings in ``text_config``."""
     return getattr(config, "text_config", None) or config
@@ -142,7 +154,22 @@ def load_tokenizer(source: ModelSource):
         raise MtsaeError(f"cannot load the tokenizer of {source.identity['id']}: {_first_line(exc)}") from None
     if tokenizer.bos_token_id is None:
         raise MtsaeError(f"tokenizer of {source.identity['id']} has no BOS token; mtsae prefixes every sequence with BOS")
+    forged = set(tokenize_text(tokenizer, [tokenizer.bos_token])[0]) & (set(tokenizer.all_special_ids) - {tokenizer.unk_token_id})
+    if forged:  # a tokenizer that ignores split_special_tokens would let dataset text forge BOS/EOS/PAD
+        raise MtsaeError(f"tokenizer of {source.identity['id']} ({type(tokenizer).__name__}) turns the text "
+                         f"{tokenizer.bos_token!r} into special token(s) {sorted(forged)} even with "
+                         "split_special_tokens=True; use a tokenizer class that supports it (a fast tokenizer)")
     return tokenizer
+
+
+TEXT_TOKENIZATION = "add_special_tokens=False, split_special_tokens=True"
+"""How dataset text becomes ids (part of the cache fingerprint): no BOS/EOS added, and a special-token
+string in the text (a literal ``<bos>``) is split into ordinary tokens, never turned into the special id."""
+
+
+def tokenize_text(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, special-token strings tokenized as text (see ``TEXT_TOKENIZATION``)."""
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 # --- dataset -----------------------------------------------------------------------------------
@@ -215,7 +242,8 @@ def _check_text_column(ds: Any, text_column: str, spec: str) -> None:
 
 
 def iter_documents(source: TextSource, tokenizer: Any, block: int = 64) -> Iterator[tuple[int, list[int]]]:
-    """``(row, token_ids)`` per dataset row, tokenized without special tokens (BOS is added per sequence).
+    """``(row, token_ids)`` per dataset row, tokenized without special tokens (BOS is added per sequence);
+    special-token strings in the text stay text.
 
     Rows are tokenized ``block`` at a time: the fast tokenizer parallelises a list in Rust.
     """
@@ -229,10 +257,10 @@ def iter_documents(source: TextSource, tokenizer: Any, block: int = 64) -> Itera
         rows.append(row)
         texts.append(text)
         if len(texts) == block:
-            yield from zip(rows, tokenizer(texts, add_special_tokens=False)["input_ids"])
+            yield from zip(rows, tokenize_text(tokenizer, texts))
             rows, texts = [], []
     if texts:
-        yield from zip(rows, tokenizer(texts, add_special_tokens=False)["input_ids"])
+        yield from zip(rows, tokenize_text(tokenizer, texts))
 
 
 def _first_line(exc: BaseException) -> str:

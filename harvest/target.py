@@ -2,12 +2,16 @@
 
 Only an mtsae cache is ever deleted, and only with --force: anything else at
 the target is refused, so no user data can be lost. An unfinished harvest of
-the same settings is resumed. One harvest at a time may write a store.
+the same settings is resumed. One harvest at a time may write a store. A harvest
+killed before it wrote its first attributes (only the lock file it creates first,
+an empty Zarr group and perhaps zarr's temporary file remain) is started afresh.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -19,6 +23,7 @@ from mtsae.errors import MtsaeError
 from mtsae.locks import hold_folder_lock
 
 LOCK_NAME = ".mtsae-harvest.lock"
+_PARTIAL_WRITE = re.compile(r"zarr\.[0-9a-f]{32}\.partial")  # zarr's LocalStore: zarr.json written via a temp file
 
 
 class Action(enum.Enum):
@@ -49,10 +54,12 @@ def prepare_target(out: str, fingerprint: str, force: bool, log: Callable[[str],
     if remote.is_url(out):
         return _prepare_remote_target(out, fingerprint, force, log)
     path = Path(remote.local_path(out))
-    if path.exists() and read_attrs(path) is None and (path.is_file() or _foreign_entries(path)):
+    if (path.exists() and read_attrs(path) is None and (path.is_file() or _foreign_entries(path))
+            and _never_started(path) is None):
         raise MtsaeError(f"{out} exists and is not an mtsae cache; refusing to overwrite it, choose another --out")
     lock = _acquire_lock(path)
     try:
+        _clear_never_started(path, log)
         action, attrs = _decide(path, fingerprint, force, log)
     except BaseException:
         lock.close()
@@ -95,6 +102,42 @@ def _decide(path: Path | str, fingerprint: str, force: bool, log: Callable[[str]
 
 def _foreign_entries(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.name != LOCK_NAME]
+
+
+def _never_started(path: Path) -> list[Path] | None:
+    """What a harvest killed before its first attributes leaves, else None.
+
+    The lock file is the marker: a harvest creates it before anything else, in a folder that
+    was empty (anything else there is refused first). Killed between creating the Zarr group and
+    writing its attributes, the folder then holds only the lock, a ``zarr.json`` of an empty group
+    and perhaps zarr's temporary ``zarr.<uuid>.partial`` of the attributes write.
+    """
+    if not path.is_dir() or not (path / LOCK_NAME).is_file():
+        return None
+    leftovers = _foreign_entries(path)
+    for entry in leftovers:
+        if not entry.is_file() or not (_PARTIAL_WRITE.fullmatch(entry.name) or
+                                       (entry.name == "zarr.json" and _is_empty_group(entry))):
+            return None
+    return leftovers
+
+
+def _is_empty_group(metadata_file: Path) -> bool:
+    try:
+        metadata = json.loads(metadata_file.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and metadata.get("node_type") == "group" and not metadata.get("attributes")
+
+
+def _clear_never_started(path: Path, log: Callable[[str], None]) -> None:
+    """Under the lock: remove the remains of a harvest that never wrote anything (files only it creates)."""
+    leftovers = _never_started(path) if read_attrs(path) is None else None
+    if not leftovers:
+        return
+    log(f"{path} holds a harvest killed before it wrote anything; starting it afresh")
+    for entry in leftovers:
+        entry.unlink(missing_ok=True)
 
 
 def _acquire_lock(path: Path) -> IO:

@@ -325,7 +325,7 @@ def train(
     k: Annotated[Optional[int], typer.Option(help=_arch_help("active latents per token (topk, batchtopk, mtsae with activation=topk)."))] = None,
     dilations: Annotated[Optional[str], typer.Option(help=_arch_help("comma-separated dilation rates, e.g. 1,3,9 (mtsae)."))] = None,
     cos_coefficient: Annotated[Optional[float], typer.Option(help=_arch_help("adjacent-step cosine separation weight (mtsae)."))] = None,
-    padding: Annotated[Optional[str], typer.Option(help=_arch_help("temporal padding: circular, replicate, zeros or causal (mtsae)."))] = None,
+    padding: Annotated[Optional[str], typer.Option(help=_arch_help("temporal padding: causal (the architecture default; the only one that may be spliced into a model), or circular, replicate, zeros, which read later tokens (mtsae)."))] = None,
     kernel_size: Annotated[Optional[int], typer.Option(help=_arch_help("taps per temporal kernel (mtsae)."))] = None,
     dead_tokens_threshold: Annotated[Optional[int], typer.Option(help=_arch_help("training tokens without firing after which a feature counts as dead (all)."))] = None,
     arch_option: Annotated[Optional[list[str]], typer.Option(help="Any other architecture option as KEY=VALUE (JSON value), repeatable, e.g. --arch-option activation=topk.")] = None,
@@ -350,6 +350,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help=_train_help("device"))] = None,
     dtype: Annotated[Optional[str], typer.Option(help=_train_help("dtype"))] = None,
     prefetch_batches: Annotated[Optional[int], typer.Option(help=_train_help("prefetch_batches"))] = None,
+    wandb: Annotated[Optional[str], typer.Option("--wandb", metavar="PROJECT", help=_train_help("wandb"))] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint (same options).")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing run in --out (never a folder that is not an mtsae run).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -371,6 +372,7 @@ def train(
         sparsity_warmup_steps=sparsity_warmup_steps, target_l0=target_l0, grad_clip=grad_clip, normalize_activations=normalize_activations,
         holdout_fraction=holdout_fraction, eval_every=eval_every, eval_tokens=eval_tokens,
         checkpoint_every=checkpoint_every, seed=seed, device=device, dtype=dtype, prefetch_batches=prefetch_batches,
+        wandb=wandb,
     )
     cfg = train_config.load_config(config, overrides)
     with process_group(training_backend(cfg.device)) as world:  # torchrun: data-parallel (docs/scaling.md)
@@ -378,7 +380,10 @@ def train(
     if not world.is_main:
         return
     metrics = " ".join(f"{name}={result.metrics[name]:.4g}" for name in ("mse", "fve", "l0", "dead_fraction", "sep"))
-    typer.echo(f"held-out after {result.steps:,} steps ({result.tokens:,} tokens): {metrics}")
+    short, sequences, short_tokens, tokens = result.too_short
+    typer.echo(f"held-out after {result.steps:,} steps ({result.tokens:,} tokens): {metrics}; never trained on: "
+               f"{short:,} of {sequences:,} train sequences ({short_tokens:,} of {tokens:,} tokens, "
+               f"{short_tokens / max(tokens, 1):.1%}) are shorter than the {cfg.window}-token window")
     typer.echo(result.checkpoint)
 
 
@@ -393,13 +398,16 @@ from mtsae.evaluate import config as eval_config  # noqa: E402  (the eval comman
         "  mtsae eval runs/demo/final --out results/demo                 # embedded model: offline, tiny settings\n\n"
         "  mtsae eval runs/g2b/final --out results/g2b --forget-corpus bio-forget-corpus.jsonl   # gemma-2-2b, standard\n\n"
         "  mtsae eval runs/a/final runs/b/final --out results/ab --evals core,sparse_probing --config eval.toml\n\n"
-        "  mtsae eval runs/g2b/final --out results/g2b --offline /data/sae-bench-mirror"
+        "  mtsae eval runs/g2b/final --out results/g2b --offline /data/sae-bench-mirror\n\n"
+        "  mtsae eval runs/g2b/final --saelens gemma-scope-2b-pt-res-canonical:layer_19/width_16k/canonical --out results/vs"
     ),
 )
 @user_errors
 def eval_command(
-    checkpoints: Annotated[list[str], typer.Argument(help=eval_config.help_text("checkpoints"))],
-    out: Annotated[str, typer.Option(help=eval_config.help_text("out"))],
+    checkpoints: Annotated[Optional[list[str]], typer.Argument(help=eval_config.help_text("checkpoints"))] = None,
+    out: Annotated[str, typer.Option(help=eval_config.help_text("out"))] = "",
+    saelens: Annotated[Optional[list[str]], typer.Option(
+        "--saelens", metavar="RELEASE:ID", help=eval_config.help_text("saelens") + " Repeatable.")] = None,
     evals: Annotated[str, typer.Option(help=eval_config.help_text("evals") + " Comma-separated.")] = ",".join(eval_config.EVALS),
     model: Annotated[Optional[str], typer.Option(help=eval_config.help_text("model"))] = None,
     unlearning_model: Annotated[Optional[str], typer.Option(help=eval_config.help_text("unlearning_model"))] = None,
@@ -412,15 +420,16 @@ def eval_command(
     llm_batch_size: Annotated[Optional[int], typer.Option(help=eval_config.help_text("llm_batch_size"))] = None,
     force: Annotated[bool, typer.Option(help=eval_config.help_text("force"))] = False,
     keep_artifacts: Annotated[bool, typer.Option(help=eval_config.help_text("keep_artifacts"))] = False,
+    allow_non_causal: Annotated[bool, typer.Option(help=eval_config.help_text("allow_non_causal"))] = False,
 ):
     """Run SAE-Bench's core, sparse probing, unlearning and absorption evals on checkpoints; prints a summary."""
     from mtsae.evaluate.run import evaluate
 
     cfg = eval_config.EvalConfig(
-        checkpoints=checkpoints, out=out, evals=[e.strip() for e in evals.split(",") if e.strip()], model=model,
+        checkpoints=checkpoints or [], saelens=saelens or [], out=out, evals=[e.strip() for e in evals.split(",") if e.strip()], model=model,
         unlearning_model=unlearning_model, profile=profile, config_file=config, offline=offline,
         forget_corpus=forget_corpus, device=device, llm_dtype=llm_dtype, llm_batch_size=llm_batch_size,
-        force=force, keep_artifacts=keep_artifacts,
+        force=force, keep_artifacts=keep_artifacts, allow_non_causal=allow_non_causal,
     )
     summary = evaluate(cfg, log=lambda line: typer.echo(line, err=True))
     typer.echo(summary.table())

@@ -201,7 +201,7 @@ def test_unknown_architecture_is_a_user_error():
 @pytest.mark.parametrize(
     "name,bad",
     [("relu", {"l1_coefficient": -1}), ("topk", {"k": 0}), ("topk", {"k": D_SAE + 1}),
-     ("jumprelu", {"bandwidth": 0}), ("mtsae", {"kernel_size": 4}), ("mtsae", {"padding": "reflect"}),
+     ("jumprelu", {"bandwidth": 0}), ("mtsae", {"kernel_size": 4, "padding": "zeros"}), ("mtsae", {"padding": "reflect"}),
      ("mtsae", {"activation": "gelu"}), ("relu", {"d_sae": 0})],
 )
 def test_bad_config_values(name, bad):

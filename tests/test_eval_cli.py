@@ -47,3 +47,21 @@ def test_relative_paths_work_although_evals_move_the_working_directory(tiny_cach
     assert result.exit_code == 0, result.output  # not_scorable on the random model, never failed
     rows = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())["results"]
     assert [(r["eval"], r["status"]) for r in rows] == [("unlearning", "not_scorable")]
+
+
+def test_non_causal_sae_is_refused_unless_allowed_then_flagged(tmp_path):
+    from test_eval_support import save
+
+    ckpt = save(tmp_path, "mtsae", {"padding": "replicate"})
+    refused = runner.invoke(app, ["eval", str(ckpt), "--out", str(tmp_path / "o"), "--evals", "core"])
+    assert refused.exit_code == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.startswith("error: ") and "not causal" in refused.stderr and "--allow-non-causal" in refused.stderr
+    assert not (tmp_path / "o" / "summary.json").exists()
+    allowed = runner.invoke(app, ["eval", str(ckpt), "--out", str(tmp_path / "o"), "--evals", "core",
+                                  "--allow-non-causal"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "mtsae-L5 [non-causal]" in allowed.stdout and "warning:" in allowed.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["allow_non_causal"] is True and summary["results"][0]["causal"] is False
+    result = json.loads((tmp_path / "o" / summary["results"][0]["result"]).read_text())
+    assert result["sae_cfg_dict"]["mtsae_is_causal"] is False

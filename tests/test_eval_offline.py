@@ -61,6 +61,14 @@ def test_hooked_transformer_reproduces_float32_harvest(tmp_path, mirror, tl_mode
     _compare(tmp_path / "f32.zarr", tl_model, atol_fraction=1e-5)
 
 
+def test_hooked_transformer_reproduces_the_last_layer(tmp_path, mirror, tl_model):
+    """The last layer too: TransformerLens's hook_resid_post there is the block output, before ln_final."""
+    from conftest import tiny_harvest
+
+    tiny_harvest(tmp_path / "last.zarr", dtype="float32", layers=[25], max_tokens=600)
+    _compare(tmp_path / "last.zarr", tl_model, atol_fraction=1e-5)
+
+
 def test_hooked_transformer_reproduces_bfloat16_harvest(tiny_cache_path, mirror):
     """bfloat16 harvest (the default) vs the model built in bfloat16: within 3% of max |x|.
 

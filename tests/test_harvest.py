@@ -15,7 +15,7 @@ from conftest import TINY_HARVEST, tiny_harvest
 from mtsae.cache import open_cache, read_attrs
 from mtsae.cache import format as fmt
 from mtsae.errors import MtsaeError
-from mtsae.harvest import embedded
+from mtsae.harvest import embedded, sources
 from mtsae.harvest.sequences import Sequence, iter_sequences, pad_batch, split_document
 
 
@@ -52,6 +52,33 @@ def test_stored_activations_equal_the_full_models_hidden_states(tiny_cache_path,
             assert torch.equal(stored, expected), f"layer {layer}, sequence {b}"
 
 
+def test_last_layer_is_the_block_output_not_the_normed_last_hidden_state(tmp_path):
+    """``hidden_states[L + 1]`` is layer L's output for every layer but the last: there transformers
+    returns the final norm of it. The harvest stores the block output (as TransformerLens's hook_resid_post)."""
+    cache = open_cache(tiny_harvest(tmp_path / "last.zarr", layers=[24, 25], dtype="float32", max_tokens=600).path)
+    model, tokenizer = _model_and_tokenizer(torch.float32)
+    last = len(model.model.layers) - 1
+    assert last == 25
+    batch = _first_batch(cache, TINY_HARVEST["batch_size"])
+    ids, mask = pad_batch(batch, tokenizer.pad_token_id)
+    hooked = {}
+    handle = model.model.layers[last].register_forward_hook(
+        lambda _module, _args, out: hooked.update(out=out[0] if isinstance(out, tuple) else out))
+    with torch.inference_mode():
+        hidden = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                       output_hidden_states=True).hidden_states
+    handle.remove()
+    for b, seq in enumerate(batch):
+        rows = slice(int(cache.seq_offsets[b]), int(cache.seq_offsets[b]) + len(seq.tokens))
+        stored = cache.activations(last, rows.start, rows.stop)
+        assert torch.equal(stored, hooked["out"][b, : len(seq.tokens)])  # the forward hook: bit for bit
+        assert torch.equal(cache.activations(last - 1, rows.start, rows.stop), hidden[last][b, : len(seq.tokens)])
+        final = hidden[last + 1][b, : len(seq.tokens)]
+        assert (stored - final).abs().max() > 1  # not hidden_states[L + 1] ...
+        with torch.inference_mode():
+            torch.testing.assert_close(model.model.norm(stored), final)  # ... which is norm(block output)
+
+
 def test_batch_size_changes_nothing_beyond_dtype_tolerance(tiny_cache_path, tmp_path):
     one = open_cache(tiny_harvest(tmp_path / "bs1.zarr", batch_size=1).path)
     four = open_cache(tiny_cache_path)
@@ -72,7 +99,7 @@ def test_index_reconstructs_every_sequence_and_document(tiny_cache_path):
     assert np.all(cache.tokens[cache.seq_offsets[:-1]] == bos)  # every sequence starts with BOS
     assert np.array_equal(np.flatnonzero(cache.special_mask), cache.seq_offsets[:-1])  # and nothing else is special
     for j in range(cache.n_documents):
-        doc = np.array(tokenizer(rows[cache.doc_row[j]]["text"], add_special_tokens=False)["input_ids"])
+        doc = np.array(sources.tokenize_text(tokenizer, [rows[cache.doc_row[j]]["text"]])[0])
         stored = cache.document_tokens(j)
         last = j == cache.n_documents - 1
         if last and cache.manifest["last_document_truncated"]:

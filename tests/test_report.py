@@ -97,3 +97,36 @@ def test_not_a_run_is_refused(tmp_path):
         load_run(tmp_path)
     with pytest.raises(MtsaeError, match="no runs"):
         write_report([], tmp_path / "r")
+
+
+def test_non_causal_runs_are_marked_but_kept_in_figures(tmp_path):
+    """A run evaluated with --allow-non-causal: its core row says causal false; the report says what that means."""
+    run = make_run(tmp_path, "run2", arch="mtsae")
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    for row in summary["results"]:
+        row["causal"] = False
+    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    causal = make_run(tmp_path, "relu")
+    data = write_report([run, causal], tmp_path / "report")
+    runs = {r["name"]: r for r in data["runs"]}
+    assert runs["run2"]["caveats"] == ["non-causal SAE: its core scores come from a model that sees later tokens "
+                                       "through it"] and runs["run2"]["flags"] == []
+    assert runs["relu"]["caveats"] == []
+    assert "run2 (mtsae, seed 0) [non-causal]" in data["figures"]["accuracy_comparison.png"]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## ⚠ Non-causal SAEs" in md and "| run2 | mtsae |" in md and "non-causal SAE: its core" in md
+
+
+def test_html_is_rendered_by_markdown_it_with_user_text_escaped(tmp_path):
+    """report.html comes from markdown-it-py: tables, emphasis, code; raw HTML in run names stays text."""
+    from mtsae.evaluate.report import _html
+
+    (tmp_path / "fig.png").write_bytes(b"\x89PNG fake")
+    (tmp_path.parent / "outside.png").write_bytes(b"\x89PNG outside")
+    markdown = ("# Title\n\nRuns: `a<b>` and **<script>alert(1)</script>**\n\n| run | fve |\n|---|---|\n| x_y | 0.5 |\n\n"
+                "![Figure](fig.png)\n\n![Outside](../outside.png)\n")
+    page = _html(markdown, tmp_path)
+    assert "<h1>Title</h1>" in page and "<code>a&lt;b&gt;</code>" in page
+    assert "<strong>&lt;script&gt;alert(1)&lt;/script&gt;</strong>" in page and "<script>" not in page
+    assert "<th>run</th>" in page and "<td>x_y</td>" in page
+    assert page.count("data:image/png;base64,") == 1 and 'src="../outside.png"' in page

@@ -89,6 +89,53 @@ def test_kill_loop_at_many_random_points(reference, tmp_path):
     print("states when killed:", states)
 
 
+# A harvest run in a child that SIGKILLs itself when zarr first writes the store's attributes:
+# "created" right after the empty group exists, "partial" with the attributes in zarr's temporary file.
+_KILLED_AT_FIRST_ATTRS = """
+import os, runpy, signal, sys
+import zarr.storage._local as local
+original_put, kill_at = local._put, sys.argv.pop(1)
+def put(path, value, exclusive=False):
+    if path.name == "zarr.json" and path.exists() and b'"mtsae"' in value.to_bytes():
+        if kill_at == "partial":
+            with local._atomic_write(path, "wb") as f:
+                f.write(value.as_buffer_like())
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original_put(path, value, exclusive)
+local._put = put
+runpy.run_module("mtsae", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["created", "partial"])
+def test_killed_between_creating_the_group_and_its_first_attributes(reference, tmp_path, kill_at):
+    """The kill point the random loop rarely hits: an empty group, the lock, maybe a *.partial; resumed alike."""
+    out = tmp_path / "c.zarr"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT_FIRST_ATTRS, kill_at, *_harvest_cmd(out)[3:]],
+                            capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    left = {p.name for p in out.iterdir()}
+    partial = {name for name in left if name.startswith("zarr.") and name.endswith(".partial")}
+    assert read_attrs(out) is None and left - partial == {".mtsae-harvest.lock", "zarr.json"}
+    assert len(partial) == (1 if kill_at == "partial" else 0)
+    rerun = subprocess.run(_harvest_cmd(out), capture_output=True, timeout=300, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "killed before it wrote anything" in rerun.stderr
+    assert_same_store(reference, out)
+    assert not list(out.glob("*.partial"))
+
+
+def test_a_foreign_empty_group_is_still_refused(tmp_path):
+    """Without the lock file a harvest creates first, an empty Zarr group is someone else's: never touched."""
+    out = tmp_path / "theirs.zarr"
+    zarr.open_group(str(out), mode="w", zarr_format=3)
+    with pytest.raises(MtsaeError, match="not an mtsae cache"):
+        tiny_harvest(out)
+    assert (out / "zarr.json").is_file()
+
+
 def test_second_harvest_into_the_same_store_is_refused(tmp_path):
     out = tmp_path / "c.zarr"
     proc = subprocess.Popen(_harvest_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from mtsae.cache import open_cache
 from mtsae.cli import app
+from mtsae.train.loader import WindowDataset
 from mtsae.train.checkpoint import load_checkpoint
 from mtsae.train.config import TrainConfig, load_config
 from mtsae.train.registry import architecture_names
@@ -44,6 +47,13 @@ def test_preset_with_small_overrides(tiny_cache_path, tmp_path):
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == str(out / "final")
     assert lines[-2].startswith("held-out after 6 steps") and "fve=" in lines[-2] and "sep=" in lines[-2]
+    cache = open_cache(tiny_cache_path)
+    train = WindowDataset(cache, 19, window=16, split="train", holdout_fraction=0.1, seed=0).sequences
+    lengths = np.diff(cache.seq_offsets)[train]
+    assert 0 < (lengths < 16).sum() < len(train)  # the tiny cache has sequences shorter than the window
+    assert (f"never trained on: {(lengths < 16).sum()} of {len(train)} train sequences "
+            f"({lengths[lengths < 16].sum()} of {lengths.sum():,} tokens") in lines[-2]
+    assert "shorter than the 16-token window" in lines[-2]
     sae, meta = load_checkpoint(out / "final")
     assert sae.architecture == "mtsae" and sae.cfg.d_sae == 32
     assert sae.cfg.dilations == (1, 2) and sae.cfg.l1_coefficient == 0.01
@@ -188,3 +198,32 @@ def test_force_keeps_the_run_directory_locked(tiny_cache_path, tmp_path, monkeyp
     assert invoke(*common, "--force").exit_code == 0
     assert trainer_module.RUN_LOCK in seen[0] and "final" not in seen[0]
     assert seen[1].exit_code == 1 and "another mtsae train is writing" in seen[1].output
+
+
+def test_a_run_started_under_another_default_padding_is_not_resumed_as_causal(tiny_cache_path, tmp_path):
+    """A run begun when MTSAE's default padding was circular: its checkpoint says so; resuming it under
+    today's causal default would give its weights another meaning, so it is refused with the way out."""
+    import json
+
+    from mtsae.train.trainer import Trainer
+
+    out = tmp_path / "old-default"
+    cfg = load_config(None, {"cache": str(tiny_cache_path), "out": str(out), "arch": "mtsae", "d_sae": 32,
+                             "steps": 4, "window": 16, "batch_windows": 4, "eval_every": 0, "checkpoint_every": 2,
+                             "holdout_fraction": 0.1})
+    Trainer(cfg, progress=False, log=lambda _l: None).fit(stop_at=2)
+    saved = out / "checkpoints" / "step_000002" / "cfg.json"
+    written = json.loads(saved.read_text())
+    assert written["mtsae"]["config"]["padding"] == "causal"
+    written["mtsae"]["config"]["padding"] = "circular"  # what the older default wrote
+    saved.write_text(json.dumps(written))
+    args = ["--cache", tiny_cache_path, "--out", out, "--arch", "mtsae", "--d-sae", 32, "--steps", 4, "--window", 16,
+            "--batch-windows", 4, "--eval-every", 0, "--checkpoint-every", 2, "--holdout-fraction", 0.1,
+            "--no-progress"]
+    refused = invoke(*args, "--resume")
+    assert refused.exit_code == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "its SAE was built with {'padding': 'circular'}" in refused.stderr
+    assert '--arch-option padding="circular"' in refused.stderr
+    restarted = invoke(*args, "--force", "--arch-option", 'padding="circular"')
+    assert restarted.exit_code == 0, restarted.output
+    assert load_checkpoint(out / "final").sae.cfg.padding == "circular"

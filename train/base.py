@@ -75,6 +75,16 @@ class SAEConfig:
         except TypeError as exc:  # missing required field
             raise MtsaeError(f"invalid {cls.__name__}: {exc}") from None
 
+    @property
+    def is_causal(self) -> bool:
+        """Whether a token's codes depend only on that token and earlier ones in ``[B, T, d]`` input.
+
+        Only a causal SAE may be spliced into a model's forward pass (SAE-Bench core's
+        reconstruction, unlearning's clamp hook): a non-causal one lets position t read
+        tokens after t. Per-token architectures are causal.
+        """
+        return True
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (tuples become lists); ``from_dict`` inverts it."""
         return {

@@ -10,7 +10,7 @@ A checkpoint is a directory::
 ``cfg.json`` top level (read by ``sae_lens.SAE.load_from_disk``)::
 
     architecture            "standard" (relu) | "topk" | "jumprelu" (jumprelu, batchtopk)
-                            | "mtsae" (not loadable by SAELens)
+                            | "mtsae" (SAELens opens it after ``import mtsae.saelens``)
     d_in, d_sae, dtype, device ("cpu"), apply_b_dec_to_input (true),
     normalize_activations ("none"), reshape_activations ("none"),
     k, rescale_acts_by_decoder_norm (false)           topk only

@@ -46,7 +46,7 @@ BATCH_TOKENS = 4096
 """Default batch: ``batch_windows = max(1, BATCH_TOKENS // window)`` windows."""
 
 # Run-control fields: they may differ between a run and its resumption.
-RUN_CONTROL_FIELDS = ("cache", "out", "device", "prefetch_batches")
+RUN_CONTROL_FIELDS = ("cache", "out", "device", "prefetch_batches", "wandb")
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -126,6 +126,9 @@ class TrainConfig:
         default="auto",
     )
     prefetch_batches: int = _doc("Batches assembled ahead by the background loader thread (0: none).", default=4)
+    wandb: str | None = _doc(
+        "Weights & Biases project to mirror the run to: the metrics of log.jsonl, the config, the final checkpoint "
+        "as an artifact (needs the wandb package; WANDB_MODE=offline works without an account).", default=None)
 
     # ------------------------------------------------------------ building
     def __post_init__(self) -> None:
@@ -221,6 +224,8 @@ class TrainConfig:
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (_is_int(self.prefetch_batches) and self.prefetch_batches >= 0,
              f"--prefetch-batches must be >= 0, got {self.prefetch_batches!r}"),
+            (self.wandb is None or (isinstance(self.wandb, str) and self.wandb.strip() != ""),
+             f"--wandb takes a wandb project name, got {self.wandb!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -69,6 +69,16 @@ def tap_offsets(kernel_size: int, dilation: int, padding: str) -> tuple[int, ...
     return tuple((j - centre) * dilation for j in range(kernel_size))
 
 
+def is_causal(kernel_size: int, dilations: Sequence[int], padding: str) -> bool:
+    """Whether no output step reads a later step: no tap ahead of t, and no wrap-around.
+
+    Only ``causal`` padding is (or a 1-tap kernel, which reads t alone): centred taps
+    read t + r, and circular padding also wraps the window's end into its start.
+    """
+    offsets = {o for r in dilations for o in tap_offsets(kernel_size, r, padding)}
+    return max(offsets) <= 0 and (padding != "circular" or offsets == {0})
+
+
 def receptive_field(dilations: Sequence[int], kernel_size: int) -> int:
     """Number of time steps one output can see: ``(K-1)·max(r) + 1``."""
     return (kernel_size - 1) * max(dilations) + 1

@@ -61,13 +61,13 @@ from mtsae.distributed import SINGLE_PROCESS, World
 from mtsae.errors import MtsaeError, writing
 from mtsae.locks import hold_folder_lock, release_folder_lock
 from mtsae.train.base import SparseAutoencoder, linear_warmup
-from mtsae.train.checkpoint import save_checkpoint
+from mtsae.train.checkpoint import CFG_FILENAME, save_checkpoint
 from mtsae.train.config import TrainConfig
 from mtsae.train.loader import WindowDataset
 from mtsae.train.parallel import DataParallel, check_batch_divides, token_count
 from mtsae.train.registry import create_sae
 from mtsae.train.sparsity_control import L0Controller
-from mtsae.train.windows import sample_windows
+from mtsae.train.windows import sample_windows, too_short
 
 RUN_FILENAME = "run.json"
 LOG_FILENAME = "log.jsonl"
@@ -98,12 +98,19 @@ class TrainResult:
     finished: bool
     tokens_per_second: float = 0.0
     """Training throughput of this session (train steps only: evaluation and checkpoints excluded)."""
+    too_short: tuple[int, int, int, int] | None = None
+    """Train split: (sequences shorter than the window, all sequences, their tokens, all tokens) — never trained on."""
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, world: World = SINGLE_PROCESS) -> TrainResult:
-    """Validate ``cfg``, train, and write ``cfg.out``; see :class:`Trainer`."""
-    return Trainer(cfg, resume=resume, force=force, progress=progress, log=log, world=world).fit()
+    """Validate ``cfg``, train, and write ``cfg.out``; see :class:`Trainer`. ``cfg.wandb``: mirrored to wandb."""
+    trainer = Trainer(cfg, resume=resume, force=force, progress=progress, log=log, world=world)
+    if cfg.wandb is None or not world.is_main:
+        return trainer.fit()
+    from mtsae.train.wandb_log import fit_with_wandb  # wandb is imported only when asked for
+
+    return fit_with_wandb(trainer, cfg.wandb)
 
 
 class Trainer:
@@ -151,6 +158,7 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.metrics_step = -1
         self.log_records = 0  # records in log.jsonl; a checkpoint stores it so that resume cuts the log there
+        self.record_sinks: list[Callable[[dict[str, Any]], None]] = []  # also given each log.jsonl record (wandb)
         self.l0_control = None if cfg.target_l0 is None else L0Controller.for_run(
             cfg.target_l0, cfg.sparsity_warmup_steps, self.total_steps)
 
@@ -237,7 +245,13 @@ class Trainer:
         rate = self.clock.rate(self.tokens)
         self.log(f"trained {self.tokens - self.clock.start_tokens:,} tokens at {rate:,.0f} tokens/s "
                  "(train steps only, evaluation and checkpoints excluded)")
-        return TrainResult(self.out, checkpoint, dict(self.metrics), self.step, self.tokens, finished, rate)
+        return TrainResult(self.out, checkpoint, dict(self.metrics), self.step, self.tokens, finished, rate,
+                           self._too_short())
+
+    def _too_short(self) -> tuple[int, int, int, int]:
+        offsets, train = self.cache.seq_offsets, self.train_set.sequences
+        sequences, tokens = too_short(offsets, self.cfg.window, train)
+        return sequences, len(train), tokens, int((offsets[train + 1] - offsets[train]).sum())
 
     # ================================================================ steps
     def train_batches(self) -> Iterator[torch.Tensor]:
@@ -509,6 +523,24 @@ class Trainer:
                 f"cannot resume from {path}: it is a checkpoint of another run (different config or cache); "
                 "remove it to resume from an earlier one, or pass --force to start over"
             )
+        self._check_same_architecture_config(path)
+
+    def _check_same_architecture_config(self, path: Path) -> None:
+        """A run started under other architecture defaults (MTSAE padding was circular) must not resume
+        as today's default: the same tensors would mean another function. Its cfg.json says what it was."""
+        try:
+            saved = json.loads((path / CFG_FILENAME).read_text())["mtsae"]["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # read_resume_state and the weights' load report a damaged checkpoint
+        now = self.sae.cfg.to_dict()
+        differs = {key: saved[key] for key in saved
+                   if key in now and key not in _CONFIG_SCALE_POWERS and saved[key] != now[key]}  # folded: rescaled
+        if differs:
+            options = " ".join(f"--arch-option {key}={json.dumps(value)}" for key, value in differs.items())
+            raise MtsaeError(
+                f"cannot resume from {path}: its SAE was built with {differs}, but the same options now give "
+                f"{ {key: now[key] for key in differs} } (a default changed since the run started), so it cannot "
+                f"continue as the same run; start over with --force (add {options} to keep the old behaviour)")
 
     # ============================================================ run dir
     def _resolve_steps(self) -> int:
@@ -608,6 +640,8 @@ class Trainer:
         with self._writing(f"the training log {self.out / LOG_FILENAME}"):
             self._log_file.write(json.dumps(record) + "\n")
         self.log_records += 1
+        for sink in self.record_sinks:
+            sink(record)
 
     def _flush_log(self, durable: bool = False) -> None:
         if getattr(self, "_log_file", None) is not None and not self._log_file.closed:

@@ -59,6 +59,16 @@ def windows_per_sequence(seq_offsets: np.ndarray, window: int, stride: int | Non
     return np.where(lengths >= window, (lengths - window) // stride + 1, 0).astype(np.int64)
 
 
+def too_short(seq_offsets: np.ndarray, window: int, sequences: np.ndarray | None = None) -> tuple[int, int]:
+    """``(sequences, tokens)`` of the sequences shorter than ``window``: they hold no window, so no
+    training step ever sees them. ``sequences`` restricts the count to those sequence indices."""
+    lengths = np.diff(np.asarray(seq_offsets, dtype=np.int64))
+    if sequences is not None:
+        lengths = lengths[np.asarray(sequences, dtype=np.int64)]
+    short = lengths < window
+    return int(short.sum()), int(lengths[short].sum())
+
+
 def window_starts(
     seq_offsets: np.ndarray,
     window: int,

@@ -50,7 +50,7 @@ from mtsae.train import losses
 from mtsae.train.activations import topk_relu
 from mtsae.train.base import Encoded, SAEConfig, SparseAutoencoder, Term, require
 from mtsae.train.registry import register
-from mtsae.train.temporal import TemporalMixer, validate_temporal_args
+from mtsae.train.temporal import TemporalMixer, is_causal, validate_temporal_args
 
 ACTIVATIONS = ("relu", "topk")
 
@@ -65,8 +65,9 @@ class MTSAEConfig(SAEConfig):
     """Dilation rates, one depth-wise conv + BatchNorm branch each."""
     kernel_size: int = 3
     """Taps per branch; must be odd unless ``padding="causal"``."""
-    padding: str = "circular"
-    """Boundary rule over the window: ``circular | replicate | zeros | causal``."""
+    padding: str = "causal"
+    """Boundary rule over the window: ``causal | circular | replicate | zeros``. Only ``causal``
+    (taps at t, t-r, …) lets the SAE be spliced into a model; the others read future tokens."""
     activation: str = "relu"
     """``relu``, or ``topk`` (TopK on the mixed pre-activations, with AuxK)."""
     k: int = 64
@@ -97,10 +98,14 @@ class MTSAEConfig(SAEConfig):
         require(0 <= self.bn_momentum <= 1, f"bn_momentum must be in [0, 1], got {self.bn_momentum}")
         require(self.bn_eps > 0, f"bn_eps must be positive, got {self.bn_eps}")
 
+    @property
+    def is_causal(self) -> bool:
+        return is_causal(self.kernel_size, self.dilations, self.padding)
+
 
 @register("mtsae")
 class MTSAE(SparseAutoencoder):
-    """Multi-Scale Temporal SAE (see module docstring). Not loadable by SAELens."""
+    """Multi-Scale Temporal SAE (see module docstring). SAELens opens it after ``import mtsae.saelens``."""
 
     config_class = MTSAEConfig
     saelens_architecture = None
@@ -122,19 +127,8 @@ class MTSAE(SparseAutoencoder):
 
     def encode_full(self, x: torch.Tensor) -> Encoded:
         self.check_input(x)
-        pre = self.pre_activations(x)
-        pre_BTF = pre if x.dim() == 3 else pre.unsqueeze(1)  # [N, d] → N sequences of length 1
-        if self.training and pre_BTF.shape[0] * pre_BTF.shape[1] < 2:
-            raise MtsaeError(
-                "a training-mode MTSAE needs at least 2 tokens per batch for its BatchNorm statistics; "
-                "call sae.eval() to encode a single token"
-            )
-        mixed = self.temporal(pre_BTF)
-        if x.dim() == 2:
-            mixed = mixed.squeeze(1)
-        if self.cfg.activation == "topk":
-            return Encoded(topk_relu(mixed, self.cfg.k), mixed)
-        return Encoded(mixed.relu(), mixed)
+        mixed = mix_over_time(self.temporal, self.pre_activations(x))
+        return Encoded(sparsify(mixed, self.cfg), mixed)
 
     def penalties(self, x, enc, recon, sparsity_scale, dead_mask) -> dict[str, Term]:
         terms = {
@@ -147,3 +141,24 @@ class MTSAE(SparseAutoencoder):
             terms["auxk"] = Term(aux, self.cfg.auxk_coefficient)
         return terms
 
+
+def mix_over_time(temporal: TemporalMixer, pre: torch.Tensor) -> torch.Tensor:
+    """``pre`` [B, T, d_sae] mixed over time; [N, d_sae] is N sequences of length 1.
+
+    Shared with the SAELens class (mtsae.saelens), so both encode alike.
+    """
+    pre_BTF = pre if pre.dim() == 3 else pre.unsqueeze(1)
+    if temporal.training and pre_BTF.shape[0] * pre_BTF.shape[1] < 2:
+        raise MtsaeError(
+            "a training-mode MTSAE needs at least 2 tokens per batch for its BatchNorm statistics; "
+            "call sae.eval() to encode a single token"
+        )
+    mixed = temporal(pre_BTF)
+    return mixed if pre.dim() == 3 else mixed.squeeze(1)
+
+
+def sparsify(mixed: torch.Tensor, cfg: MTSAEConfig) -> torch.Tensor:
+    """The codes: ReLU of the mixed pre-activations, or TopK then ReLU (``activation="topk"``)."""
+    if cfg.activation == "topk":
+        return topk_relu(mixed, cfg.k)
+    return mixed.relu()
