@@ -3,7 +3,9 @@
 * **Shared root** (``--shared-root`` or ``MTSAE_SHARED_ROOT``): a folder or URL
   that holds caches at ``<root>/<fingerprint[:12]>``, the harvest's own
   content address. A harvest first looks there for a complete cache of the
-  same fingerprint and reuses it instead of recomputing.
+  same fingerprint and reuses it instead of recomputing -- after checking it
+  (`check_shared`: its digests, then a small audit), unless told not to. The
+  root is write-once per fingerprint: `publish` never replaces what is there.
 * **Read-through** (``mtsae train --cache s3://...``): training wants a local
   store it can memory-map, so a URL is pulled once, verified, into
   ``$MTSAE_REMOTE_CACHE_DIR/<fingerprint[:12]>`` (default
@@ -20,7 +22,8 @@ from typing import Any, Callable
 from mtsae.cache import format as fmt
 from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
-from mtsae.cache.transfer import GB, complete_cache_attrs, holds_complete_copy, pull, push
+from mtsae.cache import digests
+from mtsae.cache.transfer import GB, complete_cache_attrs, holds_complete_copy, pull, push, same_cache
 from mtsae.errors import MtsaeError
 from mtsae.home import mtsae_home
 
@@ -28,6 +31,8 @@ SHARED_ROOT_ENV = "MTSAE_SHARED_ROOT"
 READTHROUGH_DIR_ENV = "MTSAE_REMOTE_CACHE_DIR"
 READTHROUGH_MAX_GB_ENV = "MTSAE_REMOTE_CACHE_MAX_GB"
 DEFAULT_READTHROUGH_MAX_GB = 200.0
+SHARED_AUDIT_SEQUENCES = 2
+"""Sequences a reuse from the shared root re-runs (a forged cache fails on any of them)."""
 
 
 # --- shared root --------------------------------------------------------------------------------------
@@ -50,16 +55,64 @@ def find_shared(root: str, fingerprint: str) -> tuple[str, dict[str, Any]] | Non
     return address, attrs
 
 
+def check_shared(address: str, log: Callable[[str], None] = print, *, audit_sequences: int = SHARED_AUDIT_SEQUENCES,
+                 device: str = "auto") -> None:
+    """Before reusing the shared cache at ``address``: every chunk against its digests, then a small audit.
+
+    Anyone who can write the shared root can replace a cache and recompute its checksums and digests;
+    the audit re-runs the recorded model, which they cannot fake. Raises one line when either fails.
+    """
+    from mtsae.cache.audit import audit_or_refuse
+    from mtsae.cache.verify import verify_cache, verify_digests
+
+    skip = " (skip these checks with --no-check-shared only if you trust everyone who can write the shared root)"
+    problems = verify_digests(address)
+    if problems is None:
+        log(f"{address} carries no content digest (written before mtsae recorded them); checking its crc32s only")
+        problems = verify_cache(address)
+    if problems:
+        raise MtsaeError(f"the shared cache {address} fails verification ({len(problems)} problem(s), first: "
+                         f"{problems[0]}); it was not reused, see `mtsae cache verify {address}`")
+    result = audit_or_refuse(address, audit_sequences, device=device, log=log,
+                             what=f"; it was not reused: tell whoever writes the shared root{skip}")
+    log(f"checked the shared cache {address}: digests match, audit passed ({result.summary()})")
+
+
 def publish(path: str, root: str, log: Callable[[str], None] = print, progress: bool = True) -> str:
-    """Copy the complete cache at ``path`` to its address in the shared root (resumable; nothing if already there)."""
-    address = shared_address(root, complete_cache_attrs(path)["fingerprint"])
+    """Copy the complete cache at ``path`` to its address in the shared root (resumable; nothing if already there).
+
+    Write-once: an address that holds another cache (or another copy being written) is never replaced.
+    """
+    attrs = complete_cache_attrs(path)
+    address = shared_address(root, attrs["fingerprint"])
     if str(path).rstrip("/") == address:
         return address  # reused from the shared root: nothing to copy
     if remote.is_url(path):
         log(f"{path} is remote, so it was not copied to the shared root; push a local copy of it")
         return path
+    refuse_overwrite(address, attrs)
     push(path, address, log=log, progress=progress)
     return address
+
+
+def refuse_overwrite(address: str, attrs: dict[str, Any]) -> None:
+    """A shared root is write-once per fingerprint: refuse ``address`` unless it is empty or a copy of ``attrs``'s cache."""
+    there = read_attrs(address)
+    if there is None and not (remote.exists(address) and remote.list_objects(address)):
+        return
+    if there is not None and same_content(there, attrs):
+        return  # already there, or an unfinished copy of it to resume
+    raise MtsaeError(f"the shared root already holds another cache at {address} (fingerprint "
+                     f"{str((there or {}).get('fingerprint'))[:12]}, other bytes); a shared root is write-once per "
+                     "fingerprint, so it is not replaced: use the cache there, or push yours elsewhere")
+
+
+def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same cache: same data digest where both record one, else the same checksums and layout."""
+    ours, theirs = digests.recorded(a), digests.recorded(b)
+    if ours is not None and theirs is not None:
+        return ours.get("data") == theirs.get("data") and a.get("storage") == b.get("storage")
+    return same_cache(a, b)
 
 
 # --- read-through ---------------------------------------------------------------------------------------

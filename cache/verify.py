@@ -15,9 +15,10 @@ from typing import Any
 
 import zarr
 
+from mtsae.cache import digests
 from mtsae.cache import format as fmt
 from mtsae.cache import remote
-from mtsae.cache.reader import read_attrs
+from mtsae.cache.reader import open_cache, read_attrs
 from mtsae.cache.writer import crc32
 from mtsae.errors import MtsaeError
 
@@ -98,14 +99,14 @@ def _verify_index_array(group: zarr.Group, name: str, expected: int) -> list[Pro
     return []
 
 
-def _verify_chunks(path, arr: zarr.Array, expected: list[int], sizes: dict[str, int], progress) -> list[Problem]:
+def _verify_chunks(path, arr: zarr.Array, expected: list, sizes: dict[str, int], progress, checksum=crc32) -> list[Problem]:
     rows = arr.chunks[0]
 
     def check(i: int) -> Problem | None:
         problem = _file_problem(path, arr, i, sizes)
         if problem is None:
             try:
-                if crc32(arr[i * rows : (i + 1) * rows]) != expected[i]:
+                if checksum(arr[i * rows : (i + 1) * rows]) != expected[i]:
                     problem = ("altered", "checksum mismatch")
             except Exception as exc:
                 problem = ("unreadable", str(exc).splitlines()[0][:120])
@@ -146,3 +147,45 @@ def n_chunks_to_check(path: str | os.PathLike) -> int:
     if attrs is None or fmt.manifest_problems(attrs) or attrs.get("status") != fmt.STATUS_COMPLETE:
         return 0  # verify_cache says why
     return sum(len(v) for v in attrs["checksums"]["chunks"].values())
+
+
+# --- content digests (sha256) ----------------------------------------------------------------------------
+def verify_digests(path: str | os.PathLike, progress=None) -> list[Problem] | None:
+    """Every chunk and index array of the format against the manifest's sha256 digests (cache/digests.py).
+
+    None when the cache records no digests (written before them): its crc32s are then all there is.
+    Only the arrays the format defines are read, whatever names the manifest lists.
+    """
+    cache = open_cache(path)
+    section = digests.recorded(cache.manifest)
+    if section is None:
+        return None
+    altered = digests.manifest_problem(cache.manifest)
+    problems = [Problem("manifest", None, "altered", altered)] if altered else []
+    chunk_digests, array_digests = section.get("chunks") or {}, section.get("arrays") or {}
+    sizes = remote.list_objects(path)
+    for name in _chunked_arrays(cache.layers):
+        expected = chunk_digests.get(name)
+        arr = cache.group[name]
+        n_chunks = -(-arr.shape[0] // arr.chunks[0])
+        if not isinstance(expected, list) or len(expected) != n_chunks:
+            problems.append(Problem(name, None, "unverifiable", f"{n_chunks} chunk(s) but no digest list of that length"))
+            continue
+        problems += _verify_chunks(path, arr, expected, sizes, progress, checksum=digests.digest)
+    for name in (fmt.SEQ_OFFSETS, fmt.DOC_SEQ_OFFSETS, fmt.DOC_ROW):
+        try:
+            if digests.digest(cache.group[name][:]) != array_digests.get(name):
+                problems.append(Problem(name, None, "altered", "sha256 digest mismatch"))
+        except Exception as exc:  # a damaged index array may not even decode
+            problems.append(Problem(name, None, "unreadable", str(exc).splitlines()[0][:120]))
+    return problems
+
+
+def _chunked_arrays(layers: list[int]) -> list[str]:
+    """The per-token arrays of the format, by construction (never a name read from the manifest)."""
+    return [fmt.activation_path(int(layer)) for layer in layers] + [fmt.TOKENS, fmt.SPECIAL_MASK]
+
+
+def n_digests_to_check(path: str | os.PathLike) -> int:
+    section = digests.recorded(open_cache(path).manifest) or {}
+    return sum(len(v) for v in (section.get("chunks") or {}).values() if isinstance(v, list))

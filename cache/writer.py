@@ -21,13 +21,14 @@ import queue
 import threading
 import time
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
 import zarr.codecs
 from zarr.storage import LocalStore
 
+from mtsae.cache import digests
 from mtsae.cache import format as fmt
 from mtsae.cache import remote  # paths or fsspec URLs: each chunk is one whole PUT
 from mtsae.errors import writing
@@ -54,6 +55,17 @@ def compressors_for(compression: str) -> Any:
 def crc32(values: np.ndarray) -> int:
     """Checksum of an array's logical bytes (C order), the unit `mtsae cache verify` compares."""
     return zlib.crc32(np.ascontiguousarray(values).view(np.uint8))
+
+
+class ChunkSums(NamedTuple):
+    """What the writer records of each chunk: the fast crc32 and the sha256 digest (cache/digests.py)."""
+
+    crc32: int
+    sha256: str
+
+
+def chunk_sums(values: np.ndarray) -> ChunkSums:
+    return ChunkSums(crc32(values), digests.digest(values))
 
 
 def _writing_every_chunk(arr: zarr.Array) -> zarr.Array:
@@ -100,7 +112,7 @@ class _ChunkWriterThread:
         for name, rows in columns.items():
             with _writing(f"chunk {index} of {name} in {self._writer.location}"):
                 self._writer.arrays[name][start : start + len(rows)] = rows
-            self._writer.checksums[name][index] = crc32(rows)
+            self._writer.checksums[name][index] = chunk_sums(rows)
         self._durable_rows = start + len(next(iter(columns.values())))
 
     def _record_progress(self) -> None:
@@ -142,7 +154,7 @@ class CacheWriter:
             name: _writing_every_chunk(root[name])
             for name in [fmt.activation_path(layer) for layer in self.layers] + [fmt.TOKENS, fmt.SPECIAL_MASK]
         }
-        self.checksums: dict[str, dict[int, int]] = {name: {} for name in self.arrays}
+        self.checksums: dict[str, dict[int, ChunkSums]] = {name: {} for name in self.arrays}
         self._staging = {name: self._new_buffer(arr) for name, arr in self.arrays.items()}
         self._fill = 0  # rows staged in the current chunk
         self._chunk = 0  # index of the chunk being staged
@@ -301,23 +313,23 @@ class CacheWriter:
         self.flush()
         return self.commit(manifest)
 
-    def flush(self) -> dict[str, dict[int, int]]:
-        """Write the staged tail and wait for every chunk; returns the crc32 of each chunk written, per array."""
+    def flush(self) -> dict[str, dict[int, ChunkSums]]:
+        """Write the staged tail and wait for every chunk; returns the sums of each chunk written, per array."""
         self._start_thread()
         if self._fill:
             self._flush_chunk()
         self._close_thread()
         return self.checksums
 
-    def commit(self, manifest: dict[str, Any], more_checksums: dict[str, dict[int, int]] | None = None) -> dict[str, Any]:
-        """After `flush`: the index, the checksums and, last, the manifest.
+    def commit(self, manifest: dict[str, Any], more_checksums: dict[str, dict[int, ChunkSums]] | None = None) -> dict[str, Any]:
+        """After `flush`: the index, the checksums and digests and, last, the manifest.
 
-        ``more_checksums``: crc32s of chunks other writers wrote (the other ranks of a parallel harvest).
+        ``more_checksums``: sums of chunks other writers wrote (the other ranks of a parallel harvest).
         """
         with _writing(f"the index and manifest of {self.location}"):
             return self._commit(manifest, more_checksums)
 
-    def _commit(self, manifest: dict[str, Any], more_checksums: dict[str, dict[int, int]] | None) -> dict[str, Any]:
+    def _commit(self, manifest: dict[str, Any], more_checksums: dict[str, dict[int, ChunkSums]] | None) -> dict[str, Any]:
         for name, known in (more_checksums or {}).items():
             self.checksums[name].update(known)
         n = self.n_tokens
@@ -333,11 +345,15 @@ class CacheWriter:
         attrs = dict(self.attrs)
         attrs.pop("progress", None)
         attrs.update(manifest)
+        sums = {name: self._chunk_sums(name) for name in self.arrays}
         attrs["checksums"] = {
             "algorithm": "crc32",
-            "chunks": {name: self._chunk_checksums(name) for name in self.arrays},
+            "chunks": {name: [s.crc32 for s in chunks] for name, chunks in sums.items()},
             "arrays": {name: crc32(values) for name, values in index.items()},
         }
+        attrs[digests.DIGESTS_KEY] = digests.record(
+            attrs, {name: [s.sha256 for s in chunks] for name, chunks in sums.items()},
+            {name: digests.digest(values) for name, values in index.items()})
         attrs["status"] = fmt.STATUS_COMPLETE
         attrs["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if isinstance(self.root.store, LocalStore):  # temporaries a killed earlier run left: not part of the cache
@@ -346,11 +362,11 @@ class CacheWriter:
             self.root.attrs[fmt.ATTRS_KEY] = attrs  # zarr.json is replaced atomically: the commit point
         return attrs
 
-    def _chunk_checksums(self, name: str) -> list[int]:
-        """One crc32 per chunk; chunks written by an earlier (resumed) run are read back once."""
+    def _chunk_sums(self, name: str) -> list[ChunkSums]:
+        """One crc32 and digest per chunk; chunks written by an earlier (resumed) run are read back once."""
         arr, known = self.arrays[name], self.checksums[name]
         n_chunks = -(-self.n_tokens // self.chunk_tokens)
-        return [known[i] if i in known else crc32(arr[i * self.chunk_tokens : (i + 1) * self.chunk_tokens])
+        return [known[i] if i in known else chunk_sums(arr[i * self.chunk_tokens : (i + 1) * self.chunk_tokens])
                 for i in range(n_chunks)]
 
     def abort(self) -> None:

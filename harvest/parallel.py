@@ -11,7 +11,7 @@ width, kernel shapes), so keeping the batches is what makes the bytes equal.
 rank. A rank runs every batch whose rows touch its range (a batch straddling
 two ranges is run by both neighbours, the only duplicated work) and writes only
 the rows of its own chunks into the one store: chunk files are disjoint, so no
-two processes ever write the same file. Each rank checksums what it wrote.
+two processes ever write the same file. Each rank checksums (crc32 + sha256) what it wrote.
 
 **Commit.** Rank 0 creates the store (status ``incomplete``, no progress mark)
 before anyone writes. When every rank has flushed, it receives their
@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mtsae.cache import CacheWriter
+from mtsae.cache.writer import ChunkSums
 from mtsae.devices import resolve_device
 from mtsae.distributed import World
 from mtsae.errors import MtsaeError
@@ -185,7 +186,7 @@ def _create_store(out: str, cfg, header: dict[str, Any]) -> None:
 
 
 def _write_share(cfg, out, share: RankShare, plan: SequencePlan, model, tokenizer, text_source, device, world: World,
-                 progress: bool) -> dict[str, dict[int, int]]:
+                 progress: bool) -> dict[str, dict[int, ChunkSums]]:
     """Run this rank's batches and write the rows of its chunks; returns their checksums."""
     from mtsae.harvest.run import batch_activations
 
@@ -227,7 +228,7 @@ def _write_rows_in_share(writer: CacheWriter, seq, activations: dict[int, Any], 
     return hi - lo
 
 
-def _commit(out: str, cfg, plan: SequencePlan, every_rank: list[dict[str, dict[int, int]]], tokenizer, seconds: float,
+def _commit(out: str, cfg, plan: SequencePlan, every_rank: list[dict[str, dict[int, ChunkSums]]], tokenizer, seconds: float,
             device: torch.device) -> dict[str, Any]:
     """Rank 0, after every rank flushed: the one-process writer's index, checksums and manifest."""
     from mtsae.harvest.run import completion_manifest
@@ -235,7 +236,7 @@ def _commit(out: str, cfg, plan: SequencePlan, every_rank: list[dict[str, dict[i
     writer = CacheWriter.resume(out)
     for doc_row, n in zip(plan.doc_rows, plan.lengths):
         writer.replay(doc_row, n)
-    checksums: dict[str, dict[int, int]] = {}
+    checksums: dict[str, dict[int, ChunkSums]] = {}
     for rank_checksums in every_rank:
         for name, chunks in rank_checksums.items():
             checksums.setdefault(name, {}).update(chunks)

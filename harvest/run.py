@@ -17,6 +17,7 @@ import mtsae
 from mtsae.cache import CacheWriter
 from mtsae.cache import format as fmt
 from mtsae.cache import read_attrs
+from mtsae.cache.shared import check_shared as check_shared_cache
 from mtsae.cache.shared import find_shared
 from mtsae.devices import compute_dtype, resolve_device
 from mtsae.distributed import SINGLE_PROCESS, World
@@ -39,11 +40,13 @@ class HarvestOutcome:
 
 
 def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, log: Callable[[str], None] = print,
-            progress: bool = True, world: World = SINGLE_PROCESS, shared_root: str | None = None) -> HarvestOutcome:
+            progress: bool = True, world: World = SINGLE_PROCESS, shared_root: str | None = None,
+            check_shared: bool = True) -> HarvestOutcome:
     """One harvest; under torchrun (``world.size > 1``) the ranks share it (harvest/parallel.py).
 
     ``shared_root``: a folder or URL of caches by fingerprint (cache/shared.py); a complete cache of
-    this fingerprint there is reused instead of recomputed.
+    this fingerprint there is reused instead of recomputed, once its digests and a small audit pass
+    (``check_shared=False`` skips them).
     """
     cfg.validate()
     model_source = sources.resolve_model(cfg.model, cfg.model_revision)
@@ -63,6 +66,8 @@ def harvest(cfg: HarvestConfig, out: str | None = None, *, force: bool = False, 
     at_out = (read_attrs(out) or {}) if shared else {}
     if shared and (at_out.get("fingerprint"), at_out.get("status")) != (fingerprint, fmt.STATUS_COMPLETE):  # --out's copy wins
         log(f"the shared root already holds this harvest (fingerprint {fingerprint[:12]}): reusing {shared[0]}")
+        if check_shared and world.is_main:
+            check_shared_cache(shared[0], log, device=cfg.device)
         return HarvestOutcome(shared[0], shared[1], skipped=True)
     if world.size > 1:
         from mtsae.harvest.parallel import harvest_in_parallel

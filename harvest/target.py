@@ -10,7 +10,6 @@ an empty Zarr group and perhaps zarr's temporary file remain) is started afresh.
 from __future__ import annotations
 
 import enum
-import fcntl
 import json
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from mtsae.cache import format as fmt
 from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
 from mtsae.errors import MtsaeError
+from mtsae.locks import hold_folder_lock
 
 LOCK_NAME = ".mtsae-harvest.lock"
 _PARTIAL_WRITE = re.compile(r"zarr\.[0-9a-f]{32}\.partial")  # zarr's LocalStore: zarr.json written via a temp file
@@ -149,15 +149,5 @@ def _clear_never_started(path: Path, log: Callable[[str], None]) -> None:
 
 
 def _acquire_lock(path: Path) -> IO:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        lock = open(path / LOCK_NAME, "a+")
-    except OSError as exc:
-        raise MtsaeError(f"cannot write the cache to {path}: {exc.strerror or exc}; choose a writable --out") from None
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise MtsaeError(f"another harvest is writing {path}; wait for it to finish or choose another --out") from None
-    return lock
-
+    return hold_folder_lock(path, LOCK_NAME, unwritable=f"cannot write the cache to {path}",
+                            busy=f"another harvest is writing {path}; wait for it to finish or choose another --out")

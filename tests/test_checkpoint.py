@@ -91,6 +91,23 @@ def test_mtsae_tensor_names(tmp_path):
     }
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_every_file_gets_the_umasks_mode(tmp_path, umask):
+    """safetensors writes 0600; a checkpoint in a shared folder must be as readable as the umask allows."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(trained("relu", {}, steps=1), tmp_path / "ckpt", {},
+                               extra_files={"extra.txt": lambda target: target.write_text("x")})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()}
+    assert modes == dict.fromkeys([CFG_FILENAME, WEIGHTS_FILENAME, STATE_FILENAME, "extra.txt"], 0o666 & ~umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+
+
 def test_overwrite_is_atomic_and_guarded(tmp_path):
     target = tmp_path / "ckpt"
     save_checkpoint(trained("relu", {}, steps=1), target, {"step": 1})

@@ -177,6 +177,7 @@ def test_closing_the_consumer_stops_the_thread(synthetic):
     for i, _ in enumerate(ds.batches(2, epochs=None, prefetch=2)):  # endless
         if i == 3:
             break
+    ds.wait_checked()  # the digest checks of the chunks read run on in their own thread, which then ends
     assert threading.active_count() == before
 
 

@@ -338,6 +338,56 @@ def test_shared_root_is_reused_and_published(tiny_cache_path, url, tmp_path):
     assert not fresh.exists()  # nothing recomputed
 
 
+def _forged_copy(tiny_cache_path, folder: Path, recompute_digests: bool) -> Path:
+    import shutil
+
+    from test_digests import forge
+
+    copy = folder / ("forged-all" if recompute_digests else "forged-crc")
+    shutil.copytree(tiny_cache_path, copy)
+    forge(copy, recompute_digests=recompute_digests, whole_layer=True)  # layer 19 holds layer 5's rows
+    return copy
+
+
+@pytest.mark.parametrize("recompute_digests,caught_by", [(False, "fails verification"), (True, "fails the audit")])
+def test_a_forged_shared_cache_is_not_reused(tiny_cache_path, url, tmp_path, recompute_digests, caught_by):
+    """The issue's forgery (data replaced, crc32s recomputed, fingerprint kept) was published and silently reused."""
+    forged = _forged_copy(tiny_cache_path, tmp_path, recompute_digests)
+    published = cli("cache", "push", forged, "--shared-root", url, "--no-progress")
+    assert published.exit_code == 0, published.output  # its crc32s match: push's own check passes it
+
+    fresh = tmp_path / "fresh"
+    refused = cli("harvest", *HARVEST_SMALL, "--out", fresh, "--shared-root", url)
+    assert refused.exit_code == 1, refused.output
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and caught_by in last and "it was not reused" in last
+    assert refused.stderr.count("error:") == 1 and not fresh.exists()
+
+    trusted = cli("harvest", *HARVEST_SMALL, "--out", fresh, "--shared-root", url, "--no-check-shared")
+    assert trusted.exit_code == 0 and "reusing" in trusted.stderr  # the documented way to skip the checks
+
+
+def test_the_shared_root_is_write_once_per_fingerprint(tiny_cache_path, url, tmp_path):
+    from mtsae.cache.shared import publish, shared_address
+
+    first = cli("cache", "push", tiny_cache_path, "--shared-root", url, "--no-progress")
+    assert first.exit_code == 0, first.output
+    address = shared_address(url, read_attrs(tiny_cache_path)["fingerprint"])
+    original = read_attrs(address)["digests"]["data"]
+
+    forged = _forged_copy(tiny_cache_path, tmp_path, recompute_digests=True)
+    over = cli("cache", "push", forged, "--shared-root", url, "--force", "--no-progress")
+    assert over.exit_code == 1
+    assert over.stderr.strip() == (f"error: the shared root already holds another cache at {address} (fingerprint "
+                                   f"{read_attrs(forged)['fingerprint'][:12]}, other bytes); a shared root is write-once "
+                                   "per fingerprint, so it is not replaced: use the cache there, or push yours elsewhere")
+    with pytest.raises(MtsaeError, match="write-once per fingerprint"):
+        publish(str(forged), url, log=lambda _line: None, progress=False)
+    assert read_attrs(address)["digests"]["data"] == original  # untouched
+    again = cli("cache", "push", tiny_cache_path, "--shared-root", url, "--no-progress")
+    assert again.exit_code == 0 and "already holds this cache" in again.stderr
+
+
 # --- configuration and one-line errors ------------------------------------------------------------------------
 def test_storage_options_from_the_environment(pushed, s3_endpoint, monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL")

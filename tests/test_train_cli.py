@@ -158,6 +158,53 @@ def test_config_precedence_preset_then_file_then_command_line(tmp_path):
     assert cfg.arch_config["dilations"] == [1, 2, 4] and cfg.lr == 3e-4  # from run1
 
 
+def test_a_second_train_into_the_same_out_is_one_line_and_the_first_run_stays_whole(tiny_cache_path, tmp_path, monkeypatch):
+    """Two trainings into one --out used to run side by side: run.json of one seed, checkpoints of the other."""
+    from mtsae.train import trainer as trainer_module
+
+    out = tmp_path / "shared-out"
+    common = ["--cache", tiny_cache_path, "--arch", "relu", "--d-sae", 16, "--steps", 4, "--checkpoint-every", 2,
+              "--out", out, *SMALL]
+    second: list = []
+    real_prepare = trainer_module.Trainer._prepare_run_dir
+
+    def start_another_then_prepare(self):
+        if not second:  # the first run holds --out but has written nothing yet: a second one (another seed) starts
+            second.append(invoke(*common, "--seed", 7))
+        return real_prepare(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_prepare_run_dir", start_another_then_prepare)
+    first = invoke(*common, "--seed", 1)
+    assert first.exit_code == 0, first.output
+    assert second[0].exit_code == 1
+    assert second[0].output.strip().splitlines() == [
+        f"error: another mtsae train is writing {out}; wait for it to finish or choose another --out"]
+    assert load_checkpoint(out / "final").metadata["train_config"]["seed"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "final", "log.jsonl", "run.json"]  # no lock left
+
+
+def test_force_keeps_the_run_directory_locked(tiny_cache_path, tmp_path, monkeypatch):
+    """--force empties --out but keeps the lock file it holds, so a third run cannot slip in."""
+    from mtsae.train import trainer as trainer_module
+
+    out = tmp_path / "forced"
+    common = ["--cache", tiny_cache_path, "--arch", "relu", "--d-sae", 16, "--steps", 2, "--out", out, *SMALL]
+    assert invoke(*common).exit_code == 0
+    seen: list = []
+    real_step = trainer_module.Trainer.train_step
+
+    def step_then_look(self, x):
+        if not seen:
+            seen.append(sorted(p.name for p in out.iterdir()))
+            seen.append(invoke(*common, "--force", "--seed", 3))
+        return real_step(self, x)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_look)
+    assert invoke(*common, "--force").exit_code == 0
+    assert trainer_module.RUN_LOCK in seen[0] and "final" not in seen[0]
+    assert seen[1].exit_code == 1 and "another mtsae train is writing" in seen[1].output
+
+
 def test_a_run_started_under_another_default_padding_is_not_resumed_as_causal(tiny_cache_path, tmp_path):
     """A run begun when MTSAE's default padding was circular: its checkpoint says so; resuming it under
     today's causal default would give its weights another meaning, so it is refused with the way out."""

@@ -133,6 +133,11 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise OSError(number, os.strerror(number) if number in errno.errorcode else str(exc), str(path)) from exc
 
 
+def _folder_mode(file_mode: int) -> int:
+    """The mode a folder gets under the umask that gave files ``file_mode``: search wherever read is allowed."""
+    return file_mode | (file_mode & 0o444) >> 2
+
+
 def save_checkpoint(
     sae: SparseAutoencoder, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None,
     extra_files: dict[str, Callable[[Path], None]] | None = None,
@@ -161,10 +166,12 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        _save_tensors(weights, tmp / WEIGHTS_FILENAME)
-        _save_tensors(state, tmp / STATE_FILENAME)
-        (tmp / CFG_FILENAME).write_text(cfg_text + "\n")
+        (tmp / CFG_FILENAME).write_text(cfg_text + "\n")  # first: its mode is the umask's, which the others copy
+        file_mode = (tmp / CFG_FILENAME).stat().st_mode & 0o777
+        tmp.chmod(_folder_mode(file_mode))  # mkdtemp makes it 0700
+        for tensors, name in ((weights, WEIGHTS_FILENAME), (state, STATE_FILENAME)):
+            _save_tensors(tensors, tmp / name)
+            (tmp / name).chmod(file_mode)  # safetensors writes 0600: teammates could not read the weights
         for name, write in (extra_files or {}).items():
             write(tmp / name)
         for name in (WEIGHTS_FILENAME, STATE_FILENAME, CFG_FILENAME, *(extra_files or {})):

@@ -12,6 +12,14 @@ into batches:
   (bfloat16 stays as its uint16 bits until then), cast once to float32 into
   a second preallocated buffer (pinned when the target is CUDA), and rows
   flagged in ``special_mask`` are zeroed.
+* Each chunk is checked the first time it is read (its activations, and the
+  tokens and special mask of the same rows) against the manifest's sha256
+  digests, or crc32s for caches without them (cache/digests.py), in a
+  background thread; a mismatch stops the batches with one error line naming
+  the chunk, and :meth:`WindowDataset.wait_checked` (called by the trainer
+  before every checkpoint) waits for the checks of everything read so far.
+  The index arrays, the data digest and the manifest's dtype/d_model are
+  checked once, when the dataset is made.
 * :class:`Prefetcher` runs the assembly in a background thread with a bounded
   queue, so the accelerator does not wait on I/O; the consumer moves each
   batch to the device with ``non_blocking=True``. An error in the thread is
@@ -33,6 +41,8 @@ import numpy as np
 import torch
 
 from mtsae.cache import ActivationCache, open_cache
+from mtsae.cache import format as fmt
+from mtsae.cache.digests import checker_for
 from mtsae.errors import MtsaeError
 from mtsae.prefetch import Prefetcher
 from mtsae.train import windows as W
@@ -78,6 +88,10 @@ class WindowDataset:
         self.d_model = self.cache.d_model
         self.dtype_name: str = self.cache.manifest["dtype"]
         self.storage_dtype = self.array.dtype
+        self._check_layout()
+        self._checker = checker_for(self.cache)  # the manifest and index against their digests, once per cache
+        self._submitted: set[int] = set()  # chunks whose checks are queued or done
+        self._tokens = self.cache.group[fmt.TOKENS]  # read a chunk at a time, only to be checked
         offsets = self.cache.seq_offsets
         train_seqs, heldout_seqs = W.split_sequences(len(offsets) - 1, holdout_fraction, seed)
         self.sequences = train_seqs if split == "train" else heldout_seqs
@@ -118,11 +132,15 @@ class WindowDataset:
 
     def _chunk(self, c: int) -> np.ndarray:
         if self.memmaps is not None:
+            if c not in self._submitted:
+                self._check_chunk(c, lambda: self.memmaps[c][: self._rows_in(c)])
             return self.memmaps[c]
         with self._lock:  # the prefetch thread and the caller may both read
             chunk = self._zarr_chunks.get(c)
             if chunk is None:
                 chunk = self._decode_chunk(c)
+                if c not in self._submitted:
+                    self._check_chunk(c, lambda: chunk)
                 self._zarr_chunks[c] = chunk
                 while len(self._zarr_chunks) > self._zarr_chunk_cache:
                     self._zarr_chunks.popitem(last=False)
@@ -137,6 +155,34 @@ class WindowDataset:
             raise MtsaeError(f"chunk {c} of {self.array.path} in cache {self.cache.path} cannot be decoded "
                              f"({type(exc).__name__}: {str(exc).strip()[:100]}); the cache is damaged, "
                              f"see `mtsae cache verify {self.cache.path}`") from None
+
+    # ------------------------------------------------------------ integrity
+    def _check_layout(self) -> None:
+        """The manifest's dtype and d_model must describe the layer's array (an edited manifest misreads every row)."""
+        where = f"cache {self.cache.path}"
+        if self.array.attrs.get("mtsae_dtype") not in (None, self.dtype_name) or \
+                self.dtype_name not in fmt.STORAGE_DTYPES or fmt.STORAGE_DTYPES[self.dtype_name] != self.storage_dtype:
+            raise MtsaeError(f"{where}: its manifest says dtype {self.dtype_name!r} but {self.array.path} holds "
+                             f"{self.array.attrs.get('mtsae_dtype') or self.storage_dtype}; the manifest was altered, "
+                             "re-pull or re-harvest the cache")
+        if self.array.ndim != 2 or self.array.shape[1] != self.d_model:
+            raise MtsaeError(f"{where}: its manifest says d_model {self.d_model} but {self.array.path} has shape "
+                             f"{tuple(self.array.shape)}; the manifest was altered, re-pull or re-harvest the cache")
+
+    def _rows_in(self, c: int) -> int:
+        return min(self.chunk_rows, self.array.shape[0] - c * self.chunk_rows)
+
+    def _check_chunk(self, c: int, activations) -> None:
+        """The first read of chunk ``c``: its activations, tokens and special mask are checked in the background."""
+        rows = slice(c * self.chunk_rows, c * self.chunk_rows + self._rows_in(c))
+        self._checker.submit(self.array.path, c, activations)
+        self._checker.submit(fmt.TOKENS, c, lambda: self._tokens[rows])
+        self._checker.submit(fmt.SPECIAL_MASK, c, lambda: self.special_mask[rows])
+        self._submitted.add(c)
+
+    def wait_checked(self) -> None:
+        """Return once every chunk read so far passed its check; raise the first that did not (one line)."""
+        self._checker.wait()
 
     def advise_willneed(self, indices: np.ndarray) -> None:
         """Ask the kernel to read every window of a batch now (``madvise(MADV_WILLNEED)``).
@@ -276,6 +322,7 @@ class WindowDataset:
 
         source: Iterable[tuple[torch.Tensor, torch.Tensor]] = Prefetcher(produce, prefetch) if prefetch > 0 else produce()
         for x, special in source:
+            self._checker.raise_failure()  # a chunk read earlier failed its check: stop here
             if device.type != "cpu":
                 x = x.to(device, non_blocking=True)
                 special = special.to(device, non_blocking=True)

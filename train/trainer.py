@@ -60,6 +60,7 @@ from mtsae.cache.shared import local_cache
 from mtsae.devices import resolve_device
 from mtsae.distributed import SINGLE_PROCESS, World
 from mtsae.errors import MtsaeError, writing
+from mtsae.locks import hold_folder_lock, release_folder_lock
 from mtsae.train.base import SparseAutoencoder, linear_warmup
 from mtsae.train.checkpoint import CFG_FILENAME, save_checkpoint
 from mtsae.train.config import TrainConfig
@@ -74,6 +75,8 @@ LOG_FILENAME = "log.jsonl"
 STATE_FILENAME = "trainer_state.pt"
 CHECKPOINTS_DIRNAME = "checkpoints"
 FINAL_DIRNAME = "final"
+RUN_LOCK = ".mtsae-train.lock"
+"""Held by the one `mtsae train` writing a run directory (removed when it ends)."""
 NORM_SAMPLE_TOKENS = 65_536
 """Train tokens (whole windows, seeded sample) used to estimate the normalisation scale."""
 
@@ -143,7 +146,7 @@ class Trainer:
         self.total_steps = self._resolve_steps()
         self.eval_windows = len(self.heldout_set) if cfg.eval_tokens == 0 else min(
             len(self.heldout_set), -(-cfg.eval_tokens // cfg.window))
-        self.resume_from = self._check_out_dir(resume)
+        self.resume, self.resume_from = resume, self._check_out_dir(resume)
 
         torch.manual_seed(cfg.seed)
         self.sae = self._create_sae()
@@ -168,6 +171,28 @@ class Trainer:
         there, no ``final/``), as an interruption would; ``--resume`` continues.
         """
         self.world.barrier()  # every rank has read --out before rank 0 writes it
+        with self._run_dir_lock():
+            return self._fit(stop_at)
+
+    @contextlib.contextmanager
+    def _run_dir_lock(self) -> Iterator[None]:
+        """Rank 0 holds ``out``'s lock while it trains: a second `mtsae train` into it stops with one line."""
+        if not self.world.is_main:
+            yield
+            return
+        out, existed = self.out, self.out.exists()
+        lock = hold_folder_lock(out, RUN_LOCK, unwritable=f"cannot write the run directory {out}",
+                                busy=f"another mtsae train is writing {out}; wait for it to finish or choose another --out")
+        try:
+            # Decided again under the lock: a run that another process wrote since __init__ is seen now.
+            self.resume_from = self._check_out_dir(self.resume, log=lambda _line: None)
+            yield
+        finally:
+            release_folder_lock(lock, out, RUN_LOCK)
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # created for the lock by a run that wrote nothing
+
+    def _fit(self, stop_at: int | None) -> TrainResult:
         self._prepare_run_dir()
         if self.scale is None:
             self.scale = self.estimate_scale()
@@ -185,6 +210,7 @@ class Trainer:
                     stopping = stop_at is not None and self.step >= stop_at
                     if stopping or (self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0):
                         path = self.checkpoint_dir(self.step)
+                        self._wait_checked()
                         if self.world.is_main:  # rank 0 writes for all: the ranks hold the same state
                             self.save_checkpoint(path)
                 bar.update(1)
@@ -200,6 +226,7 @@ class Trainer:
             if self.metrics_step != self.step:
                 self.evaluate()
             self._check_finite_metrics()
+            self._wait_checked()
             final = self.save_final() if self.world.is_main else self.out / FINAL_DIRNAME
         except BaseException:
             self._close_log(quietly=True)  # a full disk must not turn the real error into a traceback
@@ -209,6 +236,11 @@ class Trainer:
         self._close_log()
         self.world.barrier()  # every rank ends once final/ is written
         return self._result(final, finished=True)
+
+    def _wait_checked(self) -> None:
+        """Before anything is saved: every chunk read so far, on every rank, passed its digest check."""
+        self.train_set.wait_checked()  # the held-out set shares the cache's checker
+        self.world.barrier()  # a rank whose check failed has stopped: the others wait here, nothing is written
 
     def _result(self, checkpoint: Path, finished: bool) -> TrainResult:
         rate = self.clock.rate(self.tokens)
@@ -538,14 +570,14 @@ class Trainer:
             return steps
         return self.batches_per_epoch
 
-    def _check_out_dir(self, resume: bool) -> Path | None:
+    def _check_out_dir(self, resume: bool, log: Callable[[str], None] | None = None) -> Path | None:
         """Decide what to do with ``out`` without writing; returns the checkpoint to resume from."""
-        out = self.out
+        out, log = self.out, log or self.log
         if out.exists() and not out.is_dir():
             raise MtsaeError(f"--out {out} is a file; choose a directory path")
-        if not out.exists() or not any(not _TEMPORARY.match(p.name) for p in out.iterdir()):
+        if not out.exists() or not any(not _TEMPORARY.match(p.name) and p.name != RUN_LOCK for p in out.iterdir()):
             if resume:
-                self.log(f"nothing to resume in {out}; starting a new run")
+                log(f"nothing to resume in {out}; starting a new run")
             return None
         run = read_run_info(out)
         if run is None:
@@ -575,7 +607,7 @@ class Trainer:
             raise MtsaeError(f"the run in {out} is already finished ({out / FINAL_DIRNAME}); pass --force to train it again")
         latest = latest_checkpoint(out)
         if latest is None:
-            self.log(f"no checkpoint in {out} yet; restarting the run from step 0")
+            log(f"no checkpoint in {out} yet; restarting the run from step 0")
         return latest
 
     def _prepare_run_dir(self) -> None:
@@ -586,7 +618,7 @@ class Trainer:
         out = self.out
         if self.force and out.exists() and read_run_info(out) is not None:
             self.log(f"replacing the run in {out}")
-            remove_tree(out)
+            empty_run_dir(out)
         with self._writing(f"the run directory {out}"):
             out.mkdir(parents=True, exist_ok=True)
             remove_temporaries(out)
@@ -771,13 +803,14 @@ def remove_temporaries(out: Path) -> None:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def remove_tree(path: Path) -> None:
-    """Delete a run directory; renamed aside first, so a crash midway never leaves a half-deleted run at ``path``."""
+def empty_run_dir(path: Path) -> None:
+    """Delete a run but its lock (held by this run); moved aside first, ``run.json`` last, so a crash
+    midway leaves a run that --force replaces, never a folder mtsae would not recognise as one."""
     aside = path.with_name(f".{path.name}.removing-{os.getpid()}")
-    try:
-        os.rename(path, aside)
-    except OSError:
-        aside = path
+    aside.mkdir()
+    entries = sorted((p for p in path.iterdir() if p.name != RUN_LOCK), key=lambda p: p.name == RUN_FILENAME)
+    for entry in entries:
+        os.rename(entry, aside / entry.name)
     shutil.rmtree(aside)
 
 
