@@ -40,7 +40,7 @@ INDEX_ARRAYS = (SEQ_OFFSETS, DOC_SEQ_OFFSETS, DOC_ROW)
 GROUPS = ("", "activations", "index")  # every group with a zarr.json ("" is the root)
 # `mtsae synth` stores its ground truth beside the cache in this group (harvest/synth.py).
 GROUND_TRUTH = "ground_truth"
-GROUND_TRUTH_ARRAYS = ("features", "dwell_tokens", "p_active")
+GROUND_TRUTH_ARRAYS = ("features", "dwell_tokens", "p_active", "scale")  # scale: since `synth --slow-scale`
 # Lock files mtsae itself keeps at the root of a store while it writes it; never copied.
 LOCK_FILES = (".mtsae-harvest.lock", ".mtsae-pull.lock")
 # zarr's LocalStore writes <name>.<uuid4 hex>.partial and renames it into place; a kill leaves it behind.

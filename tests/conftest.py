@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 # Before anything imports transformers/datasets: offline, and caches in a throw-away place.
@@ -52,3 +53,11 @@ def tiny_cache_path(tmp_path_factory):
     out = tmp_path_factory.mktemp("caches") / "tiny.zarr"
     tiny_harvest(out)
     return out
+
+
+@pytest.fixture
+def cache_copy(tiny_cache_path, tmp_path):
+    """A private copy of the tiny cache, for tests that damage or edit it."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_cache_path, copy)
+    return copy

@@ -160,8 +160,9 @@ def test_the_demo_leaves_out_what_the_random_model_cannot_score_and_full_adds_it
     from mtsae.evaluate.config import DEMO_PROBING_DATASETS, EvalConfig, resolve_settings
 
     demo, full = load_experiment("embedded"), load_experiment("embedded-full")
-    assert "absorption" not in demo.evals and demo.eval_options == {"profile": "demo"}
-    assert set(full.evals) == {"core", "sparse_probing", "unlearning", "absorption"} and not full.eval_options
+    assert "absorption" not in demo.evals and demo.eval_options == {"profile": "demo", "allow_non_causal": True}
+    assert set(full.evals) == {"core", "sparse_probing", "unlearning", "absorption"}
+    assert full.eval_options == {"allow_non_causal": True}  # the seed's non-causal runs: evaluated, flagged
     assert demo.runs == full.runs and demo.defaults == full.defaults  # the same SAEs, evaluated more fully
     cfg = EvalConfig(checkpoints=["x"], out="o")
     demo_settings, tiny = resolve_settings(cfg, "demo", "cpu"), resolve_settings(cfg, "tiny", "cpu")

@@ -215,7 +215,7 @@ def test_a_run_started_under_another_default_padding_is_not_resumed_as_causal(ti
     out = tmp_path / "old-default"
     cfg = load_config(None, {"cache": str(tiny_cache_path), "out": str(out), "arch": "mtsae", "d_sae": 32,
                              "steps": 4, "window": 16, "batch_windows": 4, "eval_every": 0, "checkpoint_every": 2,
-                             "holdout_fraction": 0.1})
+                             "holdout_fraction": 0.1, "arch_config": {"mixer": "conv"}})  # the seed's conv mixer
     Trainer(cfg, progress=False, log=lambda _l: None).fit(stop_at=2)
     saved = out / "checkpoints" / "step_000002" / "cfg.json"
     written = json.loads(saved.read_text())
@@ -224,7 +224,7 @@ def test_a_run_started_under_another_default_padding_is_not_resumed_as_causal(ti
     saved.write_text(json.dumps(written))
     args = ["--cache", tiny_cache_path, "--out", out, "--arch", "mtsae", "--d-sae", 32, "--steps", 4, "--window", 16,
             "--batch-windows", 4, "--eval-every", 0, "--checkpoint-every", 2, "--holdout-fraction", 0.1,
-            "--no-progress"]
+            "--no-progress", "--arch-option", 'mixer="conv"']
     refused = invoke(*args, "--resume")
     assert refused.exit_code == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert "its SAE was built with {'padding': 'circular'}" in refused.stderr

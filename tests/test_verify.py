@@ -16,13 +16,6 @@ from mtsae.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture
-def cache_copy(tiny_cache_path, tmp_path) -> Path:
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(tiny_cache_path, copy)
-    return copy
-
-
 def _chunk_index(cache: Path, array: str, chunk_file: Path) -> int:
     return int(chunk_file.relative_to(cache / array / "c").parts[0])  # c/<i>/0 (2-D) or c/<i> (1-D)
 
