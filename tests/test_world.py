@@ -93,12 +93,15 @@ def test_documents_stay_on_one_topic(seed, index):
     assert mentioned and mentioned <= set(w.entities[doc["topic"]])
 
 
+def _first_pass_sentences(w) -> set[str]:
+    """Every line of the first DOCUMENTS_PER_PASS training documents."""
+    return {line for i in range(W.DOCUMENTS_PER_PASS) for line in W.document(w, "train", i)["text"].split("\n")}
+
+
 def test_every_fact_is_stated_in_the_first_training_documents():
     w = world(0)
     n_docs = W.DOCUMENTS_PER_PASS
-    sentences = set()
-    for i in range(n_docs):
-        sentences |= set(W.document(w, "train", i)["text"].split("\n"))
+    sentences = _first_pass_sentences(w)
     for fact in w.facts:
         stated = {embedded._detokenize(fact.sentence(t).split()) for t in fact.relation.templates}
         assert stated & sentences, fact
@@ -109,10 +112,7 @@ def test_every_fact_is_stated_in_the_first_training_documents():
 
 def test_completion_probes_cut_the_canonical_sentence_that_every_first_pass_document_states():
     w = world(0)
-    n_docs = W.DOCUMENTS_PER_PASS
-    sentences = set()
-    for i in range(n_docs):
-        sentences |= set(W.document(w, "train", i)["text"].split("\n"))
+    sentences = _first_pass_sentences(w)
     facts = {(f.entity, f.relation.name): f for f in w.facts}
     for topic in W.ALL_TOPICS:
         probes = W.completion_probes(w, topic)
