@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +143,6 @@ class EvalConfig:
             raise MtsaeError(f"--llm-batch-size must be at least 1, got {self.llm_batch_size}")
         if self.llm_dtype is not None and self.llm_dtype not in ("float32", "bfloat16", "float16"):
             raise MtsaeError(f"--llm-dtype must be float32, bfloat16 or float16, got {self.llm_dtype!r}")
-
-
-def help_text(name: str) -> str:
-    return next(f.metadata["help"] for f in fields(EvalConfig) if f.name == name)
 
 
 def resolve_profile(profile: str, model: str) -> str:
