@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mtsae import env
 from mtsae.commands import analysis, evaluate, harvest, train
 from mtsae.commands.common import one_line, user_errors
 from mtsae.errors import MtsaeError
@@ -150,7 +151,7 @@ def cache_pull(
 def cache_push(
     path: Annotated[str, typer.Argument(help="Local complete cache.")],
     url: Annotated[Optional[str], typer.Argument(help="Destination URL (or shared folder). Default: its address in the shared root.")] = None,
-    shared_root: Annotated[Optional[str], typer.Option(envvar="MTSAE_SHARED_ROOT", help="Folder or URL of caches by fingerprint.")] = None,
+    shared_root: Annotated[Optional[str], typer.Option(envvar=env.SHARED_ROOT.name, help="Folder or URL of caches by fingerprint.")] = None,
     verify: Annotated[bool, typer.Option(help="Check the local cache's checksums before uploading.")] = True,
     jobs: Annotated[int, typer.Option(help="Objects uploaded at once.")] = 8,
     force: Annotated[bool, typer.Option(help="Replace another mtsae cache at URL (never anything else).")] = False,

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from mtsae import env
 from mtsae.commands.common import rank0_log, user_errors
 from mtsae.commands.options import ConfigOptions, Form, option, with_parameters
 from mtsae.harvest.config import HarvestConfig
@@ -24,7 +25,7 @@ EPILOG = (
 RUN_OPTIONS = [
     option("out", Optional[str], help="Output store path or fsspec URL (s3://...); default caches/<fingerprint[:12]>."),
     option("force", bool, False, help="Replace an existing mtsae cache at --out (never anything else)."),
-    option("shared_root", Optional[str], envvar="MTSAE_SHARED_ROOT", help="Folder or URL of caches by fingerprint: "
+    option("shared_root", Optional[str], envvar=env.SHARED_ROOT.name, help="Folder or URL of caches by fingerprint: "
            "a complete cache of this harvest there is reused, not recomputed (docs/remote-caches.md)."),
     option("publish", bool, True, help="With a shared root: push the finished cache there."),
     option("check_shared", bool, True, help="With a shared root: before reusing its cache, check its sha256 "
