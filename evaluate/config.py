@@ -34,10 +34,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtsae import env
 from mtsae.errors import MtsaeError
 from mtsae.values import same_kind
 from mtsae.evaluate.names import is_builtin
@@ -48,7 +49,7 @@ PROFILES = ("auto", "standard", "tiny", "demo")
 # random-weights embedded model every dataset tests the same plumbing, and each costs the same again.
 DEMO_PROBING_DATASETS = ["LabHC/bias_in_bios_class_set1", "fancyzhx/ag_news"]
 COMMON_KEYS = ("llm_batch_size", "llm_dtype", "random_seed")
-FORGET_CORPUS_ENV = "MTSAE_WMDP_FORGET_CORPUS"
+FORGET_CORPUS_ENV = env.WMDP_FORGET_CORPUS.name
 SPLICING_EVALS = ("core", "unlearning")
 """Evals that put ``decode(encode(resid))`` back into the model's forward pass: a non-causal SAE there
 lets position t see tokens after t (sparse probing and absorption only read the codes)."""
@@ -143,10 +144,6 @@ class EvalConfig:
             raise MtsaeError(f"--llm-batch-size must be at least 1, got {self.llm_batch_size}")
         if self.llm_dtype is not None and self.llm_dtype not in ("float32", "bfloat16", "float16"):
             raise MtsaeError(f"--llm-dtype must be float32, bfloat16 or float16, got {self.llm_dtype!r}")
-
-
-def help_text(name: str) -> str:
-    return next(f.metadata["help"] for f in fields(EvalConfig) if f.name == name)
 
 
 def resolve_profile(profile: str, model: str) -> str:

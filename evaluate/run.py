@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from mtsae import env
 from mtsae.devices import resolve_device
 from mtsae.errors import MtsaeError
 from mtsae.evaluate.adapter import load_adapter
@@ -194,7 +194,7 @@ def _check_instruct(unlearning_model: str, model: str, dims: ModelDims, mirror: 
 
 
 def _forget_corpus(cfg: EvalConfig, mirror: OfflineMirror | None) -> Path:
-    given = cfg.forget_corpus or os.environ.get(FORGET_CORPUS_ENV)
+    given = cfg.forget_corpus or env.get(env.WMDP_FORGET_CORPUS)
     corpus = Path(given).expanduser() if given else (mirror.forget_corpus if mirror else None)
     if corpus is None or not corpus.is_file():
         raise MtsaeError(
