@@ -180,6 +180,7 @@ def main() -> int:
     # click's exception classes, wherever this typer takes click from (recent typers vendor their own copy).
     clicks = sys.modules[typer.BadParameter.__module__]
     no_args = getattr(clicks, "NoArgsIsHelpError", ())  # click >= 8.2
+    aborted = getattr(clicks, "Abort", None) or typer.Abort  # typer's vendored click keeps Abort in typer
     try:
         code = app(prog_name="mtsae", standalone_mode=False)
     except no_args:  # `mtsae`, `mtsae cache`: the help, as before
@@ -191,7 +192,7 @@ def main() -> int:
     except clicks.ClickException as exc:
         typer.echo(f"error: {one_line(exc.format_message())}", err=True)
         return exc.exit_code
-    except clicks.Abort:
+    except (aborted, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130
     return code if isinstance(code, int) else 0
