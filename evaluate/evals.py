@@ -9,18 +9,17 @@ it needs (:mod:`mtsae.evaluate.patches`) and turns the files SAE-Bench wrote
 from __future__ import annotations
 
 import json
-import random
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from mtsae.evaluate.adapter import MtsaeBenchSAE
 from mtsae.evaluate.checkpoints import CheckpointInfo
+from mtsae.evaluate.rng import seeded
 from mtsae.evaluate.patches import (
     NotScorable,
     absorption_artifacts,
@@ -148,15 +147,11 @@ RUNNERS: dict[str, Callable[[Job], None]] = {
 
 def run_job(job: Job, log: Callable[[str], None]) -> dict[str, Outcome]:
     """Run one SAE-Bench call; ``{release: Outcome}``. Exceptions become ``failed`` outcomes."""
-    seed = job.settings.get("random_seed", 42)
-    # SAE-Bench seeds only some of its random draws; seed all three for repeatable runs.
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
     started, grad = time.perf_counter(), torch.is_grad_enabled()
     not_scorable: str | None = None
     try:
-        RUNNERS[job.eval_name](job)
+        with seeded(job.settings.get("random_seed", 42)):  # SAE-Bench seeds only some of its draws
+            RUNNERS[job.eval_name](job)
     except NotScorable as exc:
         not_scorable = str(exc)
     except Exception as exc:  # one eval's failure must not lose the others' results
