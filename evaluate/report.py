@@ -30,7 +30,7 @@ from typing import Any
 
 import mtsae
 from mtsae.errors import MtsaeError
-from mtsae.evaluate.config import SPLICING_EVALS
+from mtsae.evaluate.config import splicing_evals
 from mtsae.evaluate.names import is_embedded
 
 CHANCE_ACCURACY = 0.5  # SAE-Bench's sparse-probing tasks are binary
@@ -146,7 +146,7 @@ def _read_evals(path: Path, record: RunRecord) -> None:
     leaky = set()
     for row in json.loads(path.read_text()).get("results", []):
         record.evals[row["eval"]] = {"status": row["status"], "metrics": row.get("metrics", {}), "reason": row.get("reason")}
-        if row.get("causal") is False and row["eval"] in SPLICING_EVALS and row["status"] == "ok":
+        if row.get("causal") is False and row["eval"] in splicing_evals() and row["status"] == "ok":
             leaky.add(row["eval"])
     if leaky:
         record.caveats.append(f"non-causal SAE: its {' and '.join(sorted(leaky))} scores come from a model that "

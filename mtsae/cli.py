@@ -415,7 +415,7 @@ def eval_command(
     out: Annotated[str, typer.Option(help=eval_config.help_text("out"))] = "",
     saelens: Annotated[Optional[list[str]], typer.Option(
         "--saelens", metavar="RELEASE:ID", help=eval_config.help_text("saelens") + " Repeatable.")] = None,
-    evals: Annotated[str, typer.Option(help=eval_config.help_text("evals") + " Comma-separated.")] = ",".join(eval_config.EVALS),
+    evals: Annotated[str, typer.Option(help=eval_config.help_text("evals") + " Comma-separated.")] = ",".join(eval_config.eval_names()),
     model: Annotated[Optional[str], typer.Option(help=eval_config.help_text("model"))] = None,
     unlearning_model: Annotated[Optional[str], typer.Option(help=eval_config.help_text("unlearning_model"))] = None,
     profile: Annotated[str, typer.Option(help=eval_config.help_text("profile"))] = "auto",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from mtsae.evaluate import evals as evals_module
+from mtsae.evaluate import registry
 from mtsae.evaluate.evals import Job, run_job
 from mtsae.evaluate.rng import seeded
 
@@ -50,7 +51,7 @@ def test_an_eval_runs_seeded_and_leaves_the_global_generators_as_it_found_them(t
         if crash:
             raise RuntimeError("simulated SAE-Bench crash")
 
-    monkeypatch.setitem(evals_module.RUNNERS, "core", runner)
+    monkeypatch.setitem(registry._REGISTRY, "core", dataclasses.replace(registry.get("core"), run=runner))
     _seed_all(3)
     expected_after = _draws()
     _seed_all(3)
