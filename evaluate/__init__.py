@@ -12,7 +12,7 @@
 - ``evals``, ``checkpoints``, ``summary``, ``synthetic``, ``rng``: one SAE-Bench call, checkpoint metadata,
   summary.json, mirror text, seeding that gives the caller's generators back
 
-(``analysis``, ``ground_truth`` and ``report`` are separate tools; see their docstrings.)
+(``analysis``, ``ground_truth`` and ``report`` (its figures in ``figures``) are separate tools; see their docstrings.)
 
 Nothing is imported here: ``sae_bench`` takes seconds to import.
 """
