@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mtsae.errors import MtsaeError
+from mtsae.evaluate import registry
 from mtsae.values import did_you_mean
 
 # Matched width, learning rate and tokens per step (the trainer's 4096 // window windows) for every run.
@@ -62,14 +63,24 @@ _WORLD_RUNS = [
     {"name": "relu", "arch": "relu"},
     {"name": "jumprelu", "arch": "jumprelu"},
 ]
+
+
+def _demo_evals() -> list[str]:
+    return [spec.name for spec in registry.specs() if spec.in_demo]
+
+
+def _all_evals() -> list[str]:
+    return list(registry.names())
+
+
 BUILTIN = {
-    # The demo (scripts/demo.sh): absorption left out — the random-weights model represents no first letters,
-    # so SAE-Bench can only conclude "not scorable" after training its probes — and sparse probing on 2 of 8
-    # datasets (the "demo" eval profile). embedded-full adds both back (docs/results.md).
+    # The demo (scripts/demo.sh): the evals whose spec is in_demo (absorption is not: the random-weights model
+    # represents no first letters) and sparse probing on 2 of 8 datasets (the "demo" eval profile).
+    # embedded-full adds both back (docs/results.md). "evals" are resolved when the experiment is loaded.
     "embedded": {
         "out": "experiments/embedded",
         "harvest": {},
-        "evals": ["core", "sparse_probing", "unlearning"],
+        "evals": _demo_evals,
         # The seed's run1-run3 keep their non-causal padding: evaluated anyway, and flagged in the report.
         "eval_options": {"profile": "demo", "allow_non_causal": True},
         "defaults": {**_MATCHED, "train_tokens": 1_200_000},
@@ -78,7 +89,7 @@ BUILTIN = {
     "embedded-full": {
         "out": "experiments/embedded-full",
         "harvest": {},
-        "evals": ["core", "sparse_probing", "unlearning", "absorption"],
+        "evals": _all_evals,
         # The seed's run1-run3 keep their non-causal padding: evaluated anyway, and flagged in the report.
         "eval_options": {"allow_non_causal": True},
         "defaults": {**_MATCHED, "train_tokens": 1_200_000},
@@ -89,7 +100,7 @@ BUILTIN = {
     "world": {
         "out": "experiments/world",
         "harvest": {"model": "world", "dataset": "world"},
-        "evals": ["core", "sparse_probing", "unlearning", "absorption"],
+        "evals": _all_evals,
         "defaults": {**_MATCHED, "train_tokens": 1_200_000},
         "match_l0": [16],
         "runs": [{**run, "name": f"{run['name']}-s{seed}", "seed": seed}
@@ -158,6 +169,8 @@ def load_experiment(spec: str, out: str | None = None) -> ExperimentConfig:
     """A built-in name or a TOML path; ``out`` overrides the config's folder."""
     if spec in BUILTIN:
         raw = copy.deepcopy(BUILTIN[spec])
+        if callable(raw.get("evals")):
+            raw["evals"] = raw["evals"]()
     else:
         path = Path(spec)
         if not path.is_file():

@@ -26,9 +26,10 @@ from mtsae.errors import MtsaeError
 from mtsae.evaluate.adapter import load_adapter
 from mtsae.evaluate.checkpoints import CheckpointInfo, read_checkpoint_info
 from mtsae.evaluate.saelens_checkpoints import release_info
-from mtsae.evaluate.config import (FORGET_CORPUS_ENV, SPLICING_EVALS, EvalConfig, context_lengths, resolve_profile,
-                                   resolve_settings)
-from mtsae.evaluate.embedded_mirror import ensure_embedded_mirror, rows_needed
+from mtsae.evaluate import registry
+from mtsae.evaluate.config import (FORGET_CORPUS_ENV, EvalConfig, context_lengths, resolve_profile, resolve_settings,
+                                   splicing_evals)
+from mtsae.evaluate.embedded_mirror import ensure_embedded_mirror
 from mtsae.evaluate.world_mirror import ensure_world_mirror
 from mtsae.harvest import world_assets
 from mtsae.evaluate.evals import Job, Outcome, Target, headline_metrics, not_scorable_path, result_path, run_job
@@ -75,7 +76,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print, progress: bool
     mirror = _mirror(cfg, model, settings)
     unlearning_model = cfg.unlearning_model or instruct_model_name(model)
     _check_compatible(cfg, infos, model, unlearning_model, mirror, settings)
-    corpus = _forget_corpus(cfg, mirror) if "unlearning" in cfg.evals else None
+    corpus = _forget_corpus(cfg, mirror) if _any_selected(cfg, "forget_corpus") else None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     releases = release_names(infos)
@@ -83,7 +84,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print, progress: bool
         f"profile {profile}, device {device}, evals {', '.join(cfg.evals)}")
 
     jobs = [
-        Job(name, unlearning_model if name == "unlearning" else model, [Target(r, i) for r, i in zip(releases, infos)],
+        Job(name, unlearning_model if registry.get(name).instruct_model else model,
+            [Target(r, i) for r, i in zip(releases, infos)],
             settings[name], device, out / name, out / WORK_DIRNAME / name)
         for name in cfg.evals
     ]
@@ -94,7 +96,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print, progress: bool
             outcomes = _run_eval(job, kept[job.eval_name], cfg, mirror, corpus, log, progress)
             rows += [_row(job.eval_name, t, outcomes[t.release], out) for t in job.targets]
     header = {
-        "model": model, "unlearning_model": unlearning_model if "unlearning" in cfg.evals else None,
+        "model": model, "unlearning_model": unlearning_model if _any_selected(cfg, "instruct_model") else None,
         "offline_mirror": str(mirror.root) if mirror else None, "device": device, "profile": profile,
         "evals": cfg.evals, "settings": {e: settings[e] for e in cfg.evals}, "allow_non_causal": cfg.allow_non_causal,
         "checkpoints": [{"release": r, **i.describe()} for r, i in zip(releases, infos)],
@@ -109,7 +111,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print, progress: bool
 
 def _check_causal(cfg: EvalConfig, infos: list[CheckpointInfo], log: Callable[[str], None]) -> None:
     """Refuse to splice an SAE whose codes read later tokens into the model, unless allowed (then say so)."""
-    splicing = [e for e in cfg.evals if e in SPLICING_EVALS]
+    splicing = [e for e in cfg.evals if e in splicing_evals()]
     leaky = [info for info in infos if not info.is_causal]
     if not splicing or not leaky:
         return
@@ -121,6 +123,11 @@ def _check_causal(cfg: EvalConfig, infos: list[CheckpointInfo], log: Callable[[s
             "--evals, or pass --allow-non-causal to run them anyway (results are flagged)")
     log(f"warning: {names} not causal; their {' and '.join(splicing)} scores come from a model that sees later "
         "tokens (flagged non-causal in summary.json)")
+
+
+def _any_selected(cfg: EvalConfig, need: str) -> bool:
+    """Whether a selected eval's spec sets ``need`` (``instruct_model``, ``forget_corpus``)."""
+    return any(getattr(registry.get(name), need) for name in cfg.evals)
 
 
 def _evaluation_model(requested: str | None, infos: list[CheckpointInfo]) -> str:
@@ -152,9 +159,9 @@ def _mirror(cfg: EvalConfig, model: str, settings: dict[str, dict[str, Any]]) ->
     if not is_builtin(model):
         return None
     # a built-in model exists nowhere else: always offline, from its own mirror
-    probing = settings["sparse_probing"]
-    rows = rows_needed(probing.get("probe_train_set_size", 4000), probing.get("probe_test_set_size", 1000))
-    return load_mirror(ensure_world_mirror(rows) if is_world(model) else ensure_embedded_mirror(rows))
+    rows = [spec.mirror_rows(settings[spec.name]) for spec in registry.specs() if spec.mirror_rows is not None]
+    ensure = ensure_world_mirror if is_world(model) else ensure_embedded_mirror
+    return load_mirror(ensure(*([max(rows)] if rows else [])))
 
 
 def _dims(model: str, mirror: OfflineMirror | None) -> ModelDims:
@@ -179,7 +186,7 @@ def _check_compatible(cfg: EvalConfig, infos: list[CheckpointInfo], model: str, 
         if length > dims.n_ctx:
             raise MtsaeError(f"{eval_name} feeds {length}-token sequences but {model} has {dims.n_ctx} positions; "
                              "use --profile tiny or lower it in --config")
-    if "unlearning" in cfg.evals:
+    if _any_selected(cfg, "instruct_model"):
         _check_instruct(unlearning_model, model, dims, mirror)
 
 
@@ -263,7 +270,7 @@ def _run_eval(job: Job, kept: dict[str, Outcome], cfg: EvalConfig, mirror: Offli
         stack.enter_context(working_directory(job.workdir))
         if mirror is not None:
             stack.enter_context(offline(mirror))
-        if corpus is not None and job.eval_name == "unlearning":
+        if corpus is not None and registry.get(job.eval_name).forget_corpus:
             link_forget_corpus(job.workdir, corpus)
         stage = stack.enter_context(contextlib.closing(
             StageProgress(job.eval_name, [t.release for t in pending], terminal, enabled=progress)))
