@@ -68,12 +68,12 @@ def chunk_sums(values: np.ndarray) -> ChunkSums:
     return ChunkSums(crc32(values), digests.digest(values))
 
 
-def _writing_every_chunk(arr: zarr.Array) -> zarr.Array:
-    """``arr`` with write_empty_chunks on: a runtime setting that reopening an array loses, so an all-zero
-    chunk (a synthetic cache's tokens, a mask without specials) would otherwise have no file at all."""
-    from zarr.core.array import AsyncArray
-
-    return zarr.Array(AsyncArray(arr.metadata, arr.store_path, config={"write_empty_chunks": True}))
+def _writing_every_chunk(root: zarr.Group, name: str) -> zarr.Array:
+    """Array ``name`` of ``root`` with write_empty_chunks on: a runtime setting that reopening an array loses, so an
+    all-zero chunk (a synthetic cache's tokens, a mask without specials) would otherwise have no file at all. An array
+    takes zarr's global config when it is opened, and keeps it."""
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return root[name]
 
 
 class _ChunkWriterThread:
@@ -151,7 +151,7 @@ class CacheWriter:
         self.layers: list[int] = list(attrs["layers"])
         self.chunk_tokens: int = attrs["storage"]["chunk_tokens"]
         self.arrays: dict[str, zarr.Array] = {
-            name: _writing_every_chunk(root[name])
+            name: _writing_every_chunk(root, name)
             for name in [fmt.activation_path(layer) for layer in self.layers] + [fmt.TOKENS, fmt.SPECIAL_MASK]
         }
         self.checksums: dict[str, dict[int, ChunkSums]] = {name: {} for name in self.arrays}

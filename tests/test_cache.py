@@ -89,6 +89,27 @@ def test_memmap_is_zero_copy_within_a_chunk(tmp_path):
     assert as_torch(np.array(rows), "bfloat16").dtype == torch.bfloat16
 
 
+def test_all_zero_chunks_get_their_files_even_after_reopening(tmp_path):
+    """Regression guard for the writer's write_empty_chunks: zarr drops all-zero chunks unless an array is opened
+    with it on, and a resumed writer reopens its arrays; np.memmap and `cache verify` need every chunk file."""
+    path = tmp_path / "c.zarr"
+    header = {"fingerprint": "e" * 64, "layers": [0], "d_model": 2, "dtype": "float32"}
+    w = CacheWriter.create(str(path), layers=[0], d_model=2, dtype_name="float32", capacity_tokens=8, chunk_tokens=2,
+                           header=header)
+    zeros = {0: np.zeros((4, 2), np.float32)}
+    w.add_sequence(0, np.zeros(4, np.int32), np.zeros(4, bool), zeros)
+    w.mark()
+    w.flush()
+    w = CacheWriter.resume(str(path))  # reopened: the setting must be applied again
+    w.replay(0, 4)
+    w.resume_staging()
+    w.add_sequence(1, np.zeros(4, np.int32), np.zeros(4, bool), zeros)
+    attrs = w.finish({"counts": {"tokens": 8, "sequences": 2, "documents": 2}})
+    on_disk = {str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()}
+    assert fmt.expected_objects(attrs) <= on_disk
+    assert open_cache(path).chunk_memmaps(0) is not None
+
+
 def test_unfinished_store_is_refused_and_says_so(tmp_path):
     path = tmp_path / "c.zarr"
     _write(path, [(0, 10), (1, 5)], finish=False)
