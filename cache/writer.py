@@ -29,6 +29,7 @@ import zarr.codecs
 from zarr.storage import LocalStore
 
 from mtsae.cache import digests
+from mtsae.cache.bfloat16 import as_bits, is_bfloat16
 from mtsae.cache import format as fmt
 from mtsae.cache import remote  # paths or fsspec URLs: each chunk is one whole PUT
 from mtsae.errors import writing
@@ -111,7 +112,8 @@ class _ChunkWriterThread:
         start = index * self._writer.chunk_tokens
         for name, rows in columns.items():
             with _writing(f"chunk {index} of {name} in {self._writer.location}"):
-                self._writer.arrays[name][start : start + len(rows)] = rows
+                arr = self._writer.arrays[name]
+                arr[start : start + len(rows)] = rows.view(arr.dtype)  # uint16 bits -> bfloat16: same bytes
             self._writer.checksums[name][index] = chunk_sums(rows)
         self._durable_rows = start + len(next(iter(columns.values())))
 
@@ -178,7 +180,7 @@ class CacheWriter:
             **header,
             "layers": list(layers),
             "storage": {**header.get("storage", {}), "chunk_tokens": chunk_tokens, "compression": compression,
-                        "storage_dtype": str(fmt.storage_dtype(dtype_name)), "capacity_tokens": capacity_tokens},
+                        "storage_dtype": fmt.storage_dtype_name(dtype_name), "capacity_tokens": capacity_tokens},
         }
         root.attrs[fmt.ATTRS_KEY] = attrs
         compressors = compressors_for(compression)
@@ -214,7 +216,8 @@ class CacheWriter:
         return dict(self.attrs.get("progress", {"sequences": 0, "tokens": 0}))
 
     def _new_buffer(self, arr: zarr.Array) -> np.ndarray:
-        return np.empty((self.chunk_tokens, *arr.shape[1:]), dtype=arr.dtype)
+        """Staging rows as callers hand them in: bfloat16 as uint16 bits (format 1 or 2 alike)."""
+        return np.empty((self.chunk_tokens, *arr.shape[1:]), dtype=np.uint16 if is_bfloat16(arr.dtype) else arr.dtype)
 
     # --- counts --------------------------------------------------------------------------------------
     @property
@@ -251,7 +254,7 @@ class CacheWriter:
         start = self._chunk * self.chunk_tokens
         if self._fill:
             for name, arr in self.arrays.items():
-                self._staging[name][: self._fill] = arr[start : start + self._fill]
+                self._staging[name][: self._fill] = as_bits(arr[start : start + self._fill])
         self._start_thread()
 
     def _start_thread(self) -> None:
