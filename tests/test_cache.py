@@ -111,6 +111,42 @@ def test_all_zero_chunks_get_their_files_even_after_reopening(tmp_path):
     assert open_cache(path).chunk_memmaps(0) is not None
 
 
+def test_a_resumed_bfloat16_writer_reloads_its_partial_chunk_bit_for_bit(tmp_path):
+    """Resuming reloads the rows of a partly written chunk from disk: format 2 reads them as Zarr bfloat16, and they
+    must come back as the same uint16 bits (a value conversion would change them), so the store ends byte-identical."""
+    generator = torch.Generator().manual_seed(1)
+    rows = torch.randn(12, 4, generator=generator).bfloat16().view(torch.uint16).numpy()
+    header = {"fingerprint": "d" * 64, "layers": [0], "d_model": 4, "dtype": "bfloat16"}
+
+    def start(path):
+        return CacheWriter.create(str(path), layers=[0], d_model=4, dtype_name="bfloat16", capacity_tokens=12,
+                                  chunk_tokens=8, header=header)
+
+    def add(writer, doc, lo, hi):
+        writer.add_sequence(doc, np.arange(lo, hi, dtype=np.int32), np.zeros(hi - lo, bool), {0: rows[lo:hi]})
+
+    whole = start(tmp_path / "whole.zarr")
+    add(whole, 0, 0, 5)
+    add(whole, 1, 5, 12)
+    whole.finish({"counts": {"tokens": 12, "sequences": 2, "documents": 2}})
+    first = start(tmp_path / "resumed.zarr")
+    add(first, 0, 0, 5)
+    first.mark()
+    first.flush()  # 5 rows of chunk 0 on disk, then "killed"
+    again = CacheWriter.resume(str(tmp_path / "resumed.zarr"))
+    again.replay(0, 5)
+    again.resume_staging()
+    add(again, 1, 5, 12)
+    again.finish({"counts": {"tokens": 12, "sequences": 2, "documents": 2}})
+    files = {name: sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*")
+                    if p.is_file() and p.name != "zarr.json")
+             for name in ("whole.zarr", "resumed.zarr")}
+    assert files["whole.zarr"] == files["resumed.zarr"] and "activations/blocks.0.hook_resid_post/c/1/0" in files["whole.zarr"]
+    for key in files["whole.zarr"]:
+        assert (tmp_path / "whole.zarr" / key).read_bytes() == (tmp_path / "resumed.zarr" / key).read_bytes(), key
+    assert np.array_equal(open_cache(tmp_path / "resumed.zarr").rows(0, 0, 12), rows)
+
+
 def test_unfinished_store_is_refused_and_says_so(tmp_path):
     path = tmp_path / "c.zarr"
     _write(path, [(0, 10), (1, 5)], finish=False)
