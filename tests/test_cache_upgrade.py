@@ -209,3 +209,15 @@ def test_refusals_are_one_error_line_and_change_nothing(tmp_path, case):
 def test_a_url_is_refused_with_the_way_round(tmp_path):
     result = upgrade_cli("s3://bucket/caches/demo")
     assert result.exit_code == 1 and result.stderr.startswith("error: ") and "cache pull" in result.stderr
+
+
+def test_the_v1_fixture_and_its_upgrade_audit_alike(tmp_path):
+    """`mtsae cache audit` reads both versions: the recorded model reproduces the same stored rows."""
+    from mtsae.cache.audit import audit_cache
+
+    path = tmp_path / "cache"
+    shutil.copytree(DATA / "cache-v1", path)
+    before = audit_cache(path, 2, seed=0, device="cpu", log=lambda line: None)
+    assert upgrade_cli(path).exit_code == 0
+    after = audit_cache(path, 2, seed=0, device="cpu", log=lambda line: None)
+    assert before.ok and after.ok and after.sequences == before.sequences and after.worst == before.worst
