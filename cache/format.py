@@ -1,4 +1,4 @@
-"""The on-disk layout of an mtsae activation cache (format version 1).
+"""The on-disk layout of an mtsae activation cache (format version 2; version 1 is still read).
 
 One Zarr v3 group, readable with plain ``zarr.open_group``::
 
@@ -10,8 +10,10 @@ One Zarr v3 group, readable with plain ``zarr.open_group``::
     <root>/index/doc_seq_offsets          [n_doc + 1] int64, document j = sequences [d[j], d[j+1])
     <root>/index/doc_row                  [n_doc] int64, row of document j in the source dataset
 
-bfloat16 has no NumPy/Zarr dtype, so bfloat16 activations are stored as their
-raw uint16 bits and the array's attribute ``mtsae_dtype`` names the true dtype.
+Version 2 stores bfloat16 activations with Zarr v3's ``bfloat16`` data type (cache/bfloat16.py); version 1
+stored the same bytes typed uint16. Both keep the array attribute ``mtsae_dtype`` (the true dtype), and every
+mtsae reader hands bfloat16 rows out as their uint16 bits, whichever version stored them. Nothing else differs:
+`mtsae cache upgrade` turns a version-1 bfloat16 cache into version 2 by rewriting metadata only (cache/upgrade.py).
 docs/cache-format.md is the human description of this module.
 """
 
@@ -25,7 +27,10 @@ from typing import Any, Callable
 import numpy as np
 
 FORMAT_NAME = "mtsae.activation-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what the writer writes; readers accept 1 .. FORMAT_VERSION
+# The fingerprint names the content, not the layout: format 2 changed only how bfloat16 is typed, so fingerprints
+# keep hashing version 1 and an upgraded cache keeps its fingerprint (and its caches/<fingerprint[:12]> folder).
+FINGERPRINT_VERSION = 1
 ATTRS_KEY = "mtsae"
 
 STATUS_INCOMPLETE = "incomplete"
@@ -46,7 +51,8 @@ LOCK_FILES = (".mtsae-harvest.lock", ".mtsae-pull.lock")
 # zarr's LocalStore writes <name>.<uuid4 hex>.partial and renames it into place; a kill leaves it behind.
 ZARR_TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
-# torch dtype name -> (numpy dtype actually stored, is a bit-reinterpretation)
+# torch dtype name -> the NumPy dtype mtsae's readers and writers hand rows around in (bfloat16: its uint16 bits),
+# which is also what format 1 stored. Format 2 stores bfloat16 as Zarr's bfloat16 (`storage_dtype`).
 STORAGE_DTYPES: dict[str, np.dtype] = {
     "bfloat16": np.dtype("uint16"),
     "float16": np.dtype("float16"),
@@ -63,11 +69,20 @@ def activation_path(layer: int) -> str:
     return f"activations/{hook_name(layer)}"
 
 
-def storage_dtype(dtype_name: str) -> np.dtype:
-    try:
-        return STORAGE_DTYPES[dtype_name]
-    except KeyError:
-        raise ValueError(f"unsupported activation dtype {dtype_name!r}; use one of {sorted(STORAGE_DTYPES)}") from None
+def storage_dtype(dtype_name: str, version: int = FORMAT_VERSION) -> np.dtype:
+    """The NumPy dtype of the activation arrays of a format-``version`` cache of ``dtype_name``."""
+    if dtype_name not in STORAGE_DTYPES:
+        raise ValueError(f"unsupported activation dtype {dtype_name!r}; use one of {sorted(STORAGE_DTYPES)}")
+    if dtype_name == "bfloat16" and version >= 2:
+        import ml_dtypes  # only here: the CLI's option help imports this module
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return STORAGE_DTYPES[dtype_name]
+
+
+def storage_dtype_name(dtype_name: str, version: int = FORMAT_VERSION) -> str:
+    """``storage.storage_dtype`` of a format-``version`` manifest: the Zarr data type of its activation arrays."""
+    return "bfloat16" if dtype_name == "bfloat16" and version >= 2 else str(STORAGE_DTYPES[dtype_name])
 
 
 def canonical_json(obj: Any) -> str:
@@ -85,7 +100,7 @@ def model_revision(identity: dict[str, Any]) -> str | None:
 
 def fingerprint(content_spec: dict[str, Any]) -> str:
     """sha256 of everything that determines the cache's content (not its layout)."""
-    payload = canonical_json({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **content_spec})
+    payload = canonical_json({"format": FORMAT_NAME, "format_version": FINGERPRINT_VERSION, **content_spec})
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -176,10 +191,10 @@ def _header_problems(attrs: dict[str, Any]) -> list[str]:
     for key, valid, want in checks:
         if not valid(attrs.get(key)):
             return [f"manifest field {key!r} is {_shown(attrs.get(key))}, expected {want}"]
-    stored = str(storage_dtype(attrs["dtype"]))
+    stored = storage_dtype_name(attrs["dtype"], attrs["format_version"])
     if attrs["storage"].get("storage_dtype") != stored:
         return [f"manifest storage.storage_dtype is {_shown(attrs['storage'].get('storage_dtype'))}, "
-                f"but dtype {attrs['dtype']} is stored as {stored}"]
+                f"but dtype {attrs['dtype']} is stored as {stored} (format {attrs['format_version']})"]
     return []
 
 
@@ -260,7 +275,8 @@ def expected_arrays(attrs: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per array of a valid complete manifest: the shape, chunk shape, stored dtype and attributes it must have."""
     counts, rows = attrs["counts"], attrs["storage"]["chunk_tokens"]
     n, d = counts["tokens"], attrs["d_model"]
-    arrays = {activation_path(layer): {"shape": (n, d), "chunks": (rows, d), "dtype": storage_dtype(attrs["dtype"]),
+    stored = storage_dtype(attrs["dtype"], attrs["format_version"])
+    arrays = {activation_path(layer): {"shape": (n, d), "chunks": (rows, d), "dtype": stored,
                                        "attrs": {"mtsae_dtype": attrs["dtype"], "hook_name": hook_name(layer), "layer": layer}}
               for layer in attrs["layers"]}
     arrays[TOKENS] = {"shape": (n,), "chunks": (rows,), "dtype": np.dtype("int32"), "attrs": {}}
@@ -285,8 +301,18 @@ def array_problems(group: Any, attrs: dict[str, Any]) -> dict[str, str]:
         except Exception as exc:  # zarr raises KeyError, ValueError, JSON errors... for missing or bad metadata
             problems[name] = f"its zarr.json is missing or unreadable ({type(exc).__name__})"
             continue
+        if have["dtype"] in _retyped_by_upgrade(attrs, name):
+            have["dtype"] = want["dtype"]
         wrong = [key for key in ("shape", "chunks", "dtype", "attrs") if have[key] != want[key]]
         if wrong:
             key = wrong[0]
             problems[name] = f"{key} is {_shown(have[key])} but the manifest implies {_shown(want[key])}"
     return problems
+
+
+def _retyped_by_upgrade(attrs: dict[str, Any], name: str) -> tuple[np.dtype, ...]:
+    """The other dtype an array of a version-1 manifest may have: an interrupted `mtsae cache upgrade` retyped
+    some of its bfloat16 arrays (same bytes) before it could write the version-2 manifest, the last step."""
+    if attrs["format_version"] == 1 and attrs["dtype"] == "bfloat16" and name.startswith("activations/"):
+        return (storage_dtype("bfloat16", 2),)
+    return ()

@@ -20,6 +20,7 @@ import zarr.codecs
 from zarr.storage import LocalStore
 
 from mtsae.cache import format as fmt
+from mtsae.cache.bfloat16 import as_bits, is_bfloat16
 from mtsae.cache import remote
 from mtsae.errors import MtsaeError
 
@@ -166,16 +167,17 @@ class ActivationCache:
         base = Path(store.root) / arr.store_path.path
         files = [base / arr.metadata.encode_chunk_key((i, 0)) for i in range(n_chunks)]
         _check_chunk_files(arr, files, self.path)
-        return [np.memmap(f, dtype=arr.dtype, mode="r", shape=(chunk_rows, arr.shape[1])) for f in files]
+        bits = np.uint16 if is_bfloat16(arr.dtype) else arr.dtype  # bfloat16 as its bits, as format 1 stored it
+        return [np.memmap(f, dtype=bits, mode="r", shape=(chunk_rows, arr.shape[1])) for f in files]
 
     def rows(self, layer: int, start: int, stop: int) -> np.ndarray:
-        """Activation rows ``[start, stop)`` in the stored dtype (uint16 bits for bfloat16).
+        """Activation rows ``[start, stop)`` as stored, bfloat16 as its uint16 bits (formats 1 and 2 alike).
 
         Zero-copy when the rows lie in one raw local chunk; otherwise a copy.
         """
         maps = self._memmaps(layer)
         if maps is None:
-            return self.layer_array(layer)[start:stop]
+            return as_bits(self.layer_array(layer)[start:stop])
         chunk_rows = maps[0].shape[0]
         first, last = start // chunk_rows, (stop - 1) // chunk_rows
         if first == last:
@@ -212,8 +214,8 @@ def _check_chunk_files(arr: zarr.Array, files: list[Path], path: str) -> None:
 
 
 def as_torch(stored: np.ndarray, dtype_name: str) -> torch.Tensor:
-    """Reinterpret stored rows as their true dtype without changing a bit."""
-    tensor = torch.from_numpy(stored)
+    """Reinterpret stored rows (bfloat16: uint16 bits or ml_dtypes.bfloat16) as their true dtype without changing a bit."""
+    tensor = torch.from_numpy(as_bits(stored))
     return tensor.view(torch.bfloat16) if dtype_name == "bfloat16" else tensor
 
 

@@ -22,6 +22,7 @@ import zarr
 
 from mtsae import env
 from mtsae.cache import format as fmt
+from mtsae.cache.bfloat16 import register_bfloat16
 from mtsae.errors import MtsaeError
 
 STORAGE_OPTIONS_ENV = env.STORAGE_OPTIONS.name
@@ -107,7 +108,8 @@ def filesystem(url: str):
 
 
 def open_group(path: str | os.PathLike, mode: str, **kwargs: Any) -> zarr.Group:
-    """``zarr.open_group`` of a local path or a URL (with the storage options)."""
+    """``zarr.open_group`` of a local path or a URL (with the storage options), with Zarr's bfloat16 known."""
+    register_bfloat16()  # format-2 caches type their bfloat16 activations so
     if not is_url(path):
         return zarr.open_group(local_path(path), mode=mode, **kwargs)
     filesystem(str(path))  # a missing backend ends here, in one line, not deep inside zarr

@@ -29,6 +29,7 @@ import zarr.codecs
 from zarr.storage import LocalStore
 
 from mtsae.cache import digests
+from mtsae.cache.bfloat16 import as_bits, is_bfloat16
 from mtsae.cache import format as fmt
 from mtsae.cache import remote  # paths or fsspec URLs: each chunk is one whole PUT
 from mtsae.errors import writing
@@ -68,12 +69,12 @@ def chunk_sums(values: np.ndarray) -> ChunkSums:
     return ChunkSums(crc32(values), digests.digest(values))
 
 
-def _writing_every_chunk(arr: zarr.Array) -> zarr.Array:
-    """``arr`` with write_empty_chunks on: a runtime setting that reopening an array loses, so an all-zero
-    chunk (a synthetic cache's tokens, a mask without specials) would otherwise have no file at all."""
-    from zarr.core.array import AsyncArray
-
-    return zarr.Array(AsyncArray(arr.metadata, arr.store_path, config={"write_empty_chunks": True}))
+def _writing_every_chunk(root: zarr.Group, name: str) -> zarr.Array:
+    """Array ``name`` of ``root`` with write_empty_chunks on: a runtime setting that reopening an array loses, so an
+    all-zero chunk (a synthetic cache's tokens, a mask without specials) would otherwise have no file at all. An array
+    takes zarr's global config when it is opened, and keeps it."""
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return root[name]
 
 
 class _ChunkWriterThread:
@@ -111,7 +112,8 @@ class _ChunkWriterThread:
         start = index * self._writer.chunk_tokens
         for name, rows in columns.items():
             with _writing(f"chunk {index} of {name} in {self._writer.location}"):
-                self._writer.arrays[name][start : start + len(rows)] = rows
+                arr = self._writer.arrays[name]
+                arr[start : start + len(rows)] = rows.view(arr.dtype)  # uint16 bits -> bfloat16: same bytes
             self._writer.checksums[name][index] = chunk_sums(rows)
         self._durable_rows = start + len(next(iter(columns.values())))
 
@@ -151,7 +153,7 @@ class CacheWriter:
         self.layers: list[int] = list(attrs["layers"])
         self.chunk_tokens: int = attrs["storage"]["chunk_tokens"]
         self.arrays: dict[str, zarr.Array] = {
-            name: _writing_every_chunk(root[name])
+            name: _writing_every_chunk(root, name)
             for name in [fmt.activation_path(layer) for layer in self.layers] + [fmt.TOKENS, fmt.SPECIAL_MASK]
         }
         self.checksums: dict[str, dict[int, ChunkSums]] = {name: {} for name in self.arrays}
@@ -178,7 +180,7 @@ class CacheWriter:
             **header,
             "layers": list(layers),
             "storage": {**header.get("storage", {}), "chunk_tokens": chunk_tokens, "compression": compression,
-                        "storage_dtype": str(fmt.storage_dtype(dtype_name)), "capacity_tokens": capacity_tokens},
+                        "storage_dtype": fmt.storage_dtype_name(dtype_name), "capacity_tokens": capacity_tokens},
         }
         root.attrs[fmt.ATTRS_KEY] = attrs
         compressors = compressors_for(compression)
@@ -214,7 +216,8 @@ class CacheWriter:
         return dict(self.attrs.get("progress", {"sequences": 0, "tokens": 0}))
 
     def _new_buffer(self, arr: zarr.Array) -> np.ndarray:
-        return np.empty((self.chunk_tokens, *arr.shape[1:]), dtype=arr.dtype)
+        """Staging rows as callers hand them in: bfloat16 as uint16 bits (format 1 or 2 alike)."""
+        return np.empty((self.chunk_tokens, *arr.shape[1:]), dtype=np.uint16 if is_bfloat16(arr.dtype) else arr.dtype)
 
     # --- counts --------------------------------------------------------------------------------------
     @property
@@ -251,7 +254,7 @@ class CacheWriter:
         start = self._chunk * self.chunk_tokens
         if self._fill:
             for name, arr in self.arrays.items():
-                self._staging[name][: self._fill] = arr[start : start + self._fill]
+                self._staging[name][: self._fill] = as_bits(arr[start : start + self._fill])
         self._start_thread()
 
     def _start_thread(self) -> None:

@@ -172,6 +172,20 @@ def cache_push(
     typer.echo(outcome.destination)
 
 
+@cache_app.command("upgrade", epilog=(
+    "Examples:\n\n  mtsae cache upgrade caches/demo\n\n"
+    "Safe to interrupt: the manifest is written last, so the cache stays readable (format 1 or 2); run it again "
+    "to finish. docs/cache-format.md#version-2-and-the-upgrade"))
+@user_errors
+def cache_upgrade(path: Annotated[str, typer.Argument(help="Local complete cache.")]):
+    """Upgrade a format-1 bfloat16 cache to format 2 in place: its activations become Zarr's bfloat16 (the same
+    bytes), so zarr, xarray and tensorstore read values instead of uint16 bits. Rewrites metadata only."""
+    from mtsae.cache.upgrade import upgrade_cache
+
+    upgrade_cache(path, log=lambda line: typer.echo(line, err=True))
+    typer.echo(path)
+
+
 EXIT_USAGE = 2  # click's code for a command-line usage mistake (unknown option, missing or mistyped value)
 
 

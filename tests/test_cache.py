@@ -62,7 +62,8 @@ def test_round_trip_is_bit_exact_through_every_reader(tmp_path_factory, seqs, ch
     plain = zarr.open_group(str(path), mode="r")
     for layer, expected in acts.items():
         assert np.array_equal(cache.rows(layer, 0, cache.n_tokens), expected)
-        assert np.array_equal(plain[fmt.activation_path(layer)][:], expected)  # plain zarr sees the same bytes
+        stored = plain[fmt.activation_path(layer)][:]  # format 2: Zarr's bfloat16 (registered by mtsae.cache)
+        assert stored.dtype == fmt.storage_dtype("bfloat16") and np.array_equal(stored.view(np.uint16), expected)
         lo, hi = len(expected) // 3, max(len(expected) // 3 + 1, 2 * len(expected) // 3)
         assert np.array_equal(cache.rows(layer, lo, hi), expected[lo:hi])  # arbitrary slices across chunks
     assert (cache.chunk_memmaps(layers := cache.layers[0]) is None) == (compression != "none"), layers
@@ -87,6 +88,63 @@ def test_memmap_is_zero_copy_within_a_chunk(tmp_path):
     rows = cache.rows(0, 17, 30)
     assert isinstance(rows.base, np.memmap) or isinstance(rows, np.memmap)
     assert as_torch(np.array(rows), "bfloat16").dtype == torch.bfloat16
+
+
+def test_all_zero_chunks_get_their_files_even_after_reopening(tmp_path):
+    """Regression guard for the writer's write_empty_chunks: zarr drops all-zero chunks unless an array is opened
+    with it on, and a resumed writer reopens its arrays; np.memmap and `cache verify` need every chunk file."""
+    path = tmp_path / "c.zarr"
+    header = {"fingerprint": "e" * 64, "layers": [0], "d_model": 2, "dtype": "float32"}
+    w = CacheWriter.create(str(path), layers=[0], d_model=2, dtype_name="float32", capacity_tokens=8, chunk_tokens=2,
+                           header=header)
+    zeros = {0: np.zeros((4, 2), np.float32)}
+    w.add_sequence(0, np.zeros(4, np.int32), np.zeros(4, bool), zeros)
+    w.mark()
+    w.flush()
+    w = CacheWriter.resume(str(path))  # reopened: the setting must be applied again
+    w.replay(0, 4)
+    w.resume_staging()
+    w.add_sequence(1, np.zeros(4, np.int32), np.zeros(4, bool), zeros)
+    attrs = w.finish({"counts": {"tokens": 8, "sequences": 2, "documents": 2}})
+    on_disk = {str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()}
+    assert fmt.expected_objects(attrs) <= on_disk
+    assert open_cache(path).chunk_memmaps(0) is not None
+
+
+def test_a_resumed_bfloat16_writer_reloads_its_partial_chunk_bit_for_bit(tmp_path):
+    """Resuming reloads the rows of a partly written chunk from disk: format 2 reads them as Zarr bfloat16, and they
+    must come back as the same uint16 bits (a value conversion would change them), so the store ends byte-identical."""
+    generator = torch.Generator().manual_seed(1)
+    rows = torch.randn(12, 4, generator=generator).bfloat16().view(torch.uint16).numpy()
+    header = {"fingerprint": "d" * 64, "layers": [0], "d_model": 4, "dtype": "bfloat16"}
+
+    def start(path):
+        return CacheWriter.create(str(path), layers=[0], d_model=4, dtype_name="bfloat16", capacity_tokens=12,
+                                  chunk_tokens=8, header=header)
+
+    def add(writer, doc, lo, hi):
+        writer.add_sequence(doc, np.arange(lo, hi, dtype=np.int32), np.zeros(hi - lo, bool), {0: rows[lo:hi]})
+
+    whole = start(tmp_path / "whole.zarr")
+    add(whole, 0, 0, 5)
+    add(whole, 1, 5, 12)
+    whole.finish({"counts": {"tokens": 12, "sequences": 2, "documents": 2}})
+    first = start(tmp_path / "resumed.zarr")
+    add(first, 0, 0, 5)
+    first.mark()
+    first.flush()  # 5 rows of chunk 0 on disk, then "killed"
+    again = CacheWriter.resume(str(tmp_path / "resumed.zarr"))
+    again.replay(0, 5)
+    again.resume_staging()
+    add(again, 1, 5, 12)
+    again.finish({"counts": {"tokens": 12, "sequences": 2, "documents": 2}})
+    files = {name: sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*")
+                    if p.is_file() and p.name != "zarr.json")
+             for name in ("whole.zarr", "resumed.zarr")}
+    assert files["whole.zarr"] == files["resumed.zarr"] and "activations/blocks.0.hook_resid_post/c/1/0" in files["whole.zarr"]
+    for key in files["whole.zarr"]:
+        assert (tmp_path / "whole.zarr" / key).read_bytes() == (tmp_path / "resumed.zarr" / key).read_bytes(), key
+    assert np.array_equal(open_cache(tmp_path / "resumed.zarr").rows(0, 0, 12), rows)
 
 
 def test_unfinished_store_is_refused_and_says_so(tmp_path):

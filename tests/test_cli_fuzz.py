@@ -58,7 +58,7 @@ COMMANDS = {
 }
 POSITIONAL = {  # commands whose first argument is a path: fuzz that too
     ("cache", "info"): [], ("cache", "verify"): ["--no-progress"], ("cache", "ls"): [],
-    ("cache", "audit"): ["--device", "cpu"],
+    ("cache", "audit"): ["--device", "cpu"], ("cache", "upgrade"): [],
     ("analyze",): [], ("eval",): ["--out", "fuzz-eval"], ("experiment",): [], ("report",): ["--out", "fuzz-report"],
 }
 

@@ -134,6 +134,9 @@ def test_index_reconstructs_every_sequence_and_document(tiny_cache_path):
 
 
 def test_manifest_explains_the_cache_through_plain_zarr(tiny_cache_path):
+    from mtsae.cache import register_bfloat16
+
+    register_bfloat16()
     group = zarr.open_group(str(tiny_cache_path), mode="r")
     attrs = group.attrs["mtsae"]
     assert attrs["status"] == "complete" and attrs["format_version"] == fmt.FORMAT_VERSION
@@ -142,7 +145,8 @@ def test_manifest_explains_the_cache_through_plain_zarr(tiny_cache_path):
     assert attrs["model"]["weights_sha256"] and attrs["dataset"]["files_sha256"]
     assert attrs["fingerprint"] == fmt.fingerprint(attrs["content"])
     array = group["activations/blocks.19.hook_resid_post"]
-    assert array.attrs["mtsae_dtype"] == "bfloat16" and array.dtype == np.uint16
+    assert array.attrs["mtsae_dtype"] == "bfloat16" and array.dtype == fmt.storage_dtype("bfloat16")  # Zarr's bfloat16
+    assert attrs["storage"]["storage_dtype"] == "bfloat16"
     assert array.shape == (attrs["counts"]["tokens"], attrs["d_model"])
     assert array.compressors == ()  # raw by default, so train can memory-map it
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -147,6 +149,25 @@ def test_push_inspect_pull_then_train(tiny_cache_path, url, tmp_path):
     trained = cli("train", "--cache", dest, "--out", run, *TRAIN_SMALL)
     assert trained.exit_code == 0, trained.output
     assert (run / "final").is_dir()
+
+
+def test_both_format_versions_push_verify_and_pull(url, tmp_path):
+    """The committed version-1 cache travels as it is; upgraded to version 2 it travels too."""
+    v1 = tmp_path / "v1"
+    shutil.copytree(Path(__file__).parent / "data" / "cache-v1", v1)
+    for version, source, target in ((1, v1, f"{url}/v1"), (2, v1, f"{url}/v2")):
+        if version == 2:
+            assert cli("cache", "upgrade", v1).exit_code == 0
+        assert cli("cache", "push", source, target, "--no-progress").exit_code == 0
+        verified = cli("cache", "verify", target, "--no-progress")
+        assert verified.exit_code == 0 and "ok:" in verified.stdout, verified.output
+        dest = tmp_path / f"pulled-v{version}"
+        pulled = cli("cache", "pull", target, dest, "--no-progress")
+        assert pulled.exit_code == 0, pulled.output
+        assert _chunk_files(dest) == _chunk_files(source) and verify_cache(dest) == []
+        copy, original = open_cache(dest), open_cache(source)
+        assert copy.manifest["format_version"] == version and copy.fingerprint == original.fingerprint
+        assert np.array_equal(copy.rows(19, 0, copy.n_tokens), original.rows(19, 0, original.n_tokens))
 
 
 def test_pull_defaults_to_the_content_address(pushed, tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ import torch
 
 from mtsae.cache import ActivationCache, open_cache
 from mtsae.cache import format as fmt
+from mtsae.cache.bfloat16 import as_bits
 from mtsae.cache.digests import checker_for
 from mtsae.errors import MtsaeError
 from mtsae.prefetch import Prefetcher
@@ -87,7 +88,7 @@ class WindowDataset:
         self.seed = seed
         self.d_model = self.cache.d_model
         self.dtype_name: str = self.cache.manifest["dtype"]
-        self.storage_dtype = self.array.dtype
+        self.storage_dtype = as_bits(np.empty(0, self.array.dtype)).dtype  # bfloat16 (format 2) read as uint16 bits
         self._check_layout()
         self._checker = checker_for(self.cache)  # the manifest and index against their digests, once per cache
         self._submitted: set[int] = set()  # chunks whose checks are queued or done
@@ -150,7 +151,7 @@ class WindowDataset:
 
     def _decode_chunk(self, c: int) -> np.ndarray:
         try:
-            return self.array[c * self.chunk_rows : (c + 1) * self.chunk_rows]
+            return as_bits(self.array[c * self.chunk_rows : (c + 1) * self.chunk_rows])
         except Exception as exc:  # a truncated or altered compressed chunk does not decode (codec errors vary)
             raise MtsaeError(f"chunk {c} of {self.array.path} in cache {self.cache.path} cannot be decoded "
                              f"({type(exc).__name__}: {str(exc).strip()[:100]}); the cache is damaged, "
