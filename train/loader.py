@@ -42,6 +42,7 @@ from mtsae.cache import ActivationCache, open_cache
 from mtsae.cache import format as fmt
 from mtsae.errors import MtsaeError
 from mtsae.prefetch import Prefetcher
+from mtsae.train.config import Windowing
 from mtsae.train import windows as W
 
 SPLITS = ("train", "heldout")
@@ -53,23 +54,19 @@ class WindowDataset:
     Args:
         cache: an opened :class:`~mtsae.cache.ActivationCache` or a cache path.
         layer: residual-stream layer; must be one the cache holds.
-        window: tokens per window (T).
-        stride: distance between window starts in a sequence; default ``window``.
+        windowing: window length, stride, held-out fraction and seed, checked when made
+            (:class:`~mtsae.train.config.Windowing`; the same for both splits of one run,
+            or they would overlap). Default: the training defaults.
         split: ``"train"`` or ``"heldout"`` (sequences split by
             :func:`mtsae.train.windows.split_sequences`).
-        holdout_fraction, seed: the split's parameters (the same for both splits
-            of one run, or they would overlap).
     """
 
     def __init__(
         self,
         cache: ActivationCache | str | os.PathLike,
         layer: int,
-        window: int = 128,
-        stride: int | None = None,
+        windowing: Windowing = Windowing(),
         split: str = "train",
-        holdout_fraction: float = 0.05,
-        seed: int = 0,
         *,
         zarr_chunk_cache: int = 4,
     ) -> None:
@@ -78,10 +75,9 @@ class WindowDataset:
         self.cache = cache if isinstance(cache, ActivationCache) else open_cache(cache)
         self.layer = layer
         self.array = self.cache.layer_array(layer)  # refuses a layer the cache lacks
-        self.window = window
-        self.stride = W.check_window_args(window, stride)
+        self.windowing = windowing
+        self.window, self.stride, self.seed = windowing.window, windowing.stride, windowing.seed
         self.split = split
-        self.seed = seed
         self.d_model = self.cache.d_model
         self.dtype_name: str = self.cache.manifest["dtype"]
         self.storage_dtype = self.array.dtype
@@ -89,9 +85,9 @@ class WindowDataset:
         # Reads, the prefetch hint and the background digest checks of each chunk's first read (cache/rows.py).
         self.reader = self.cache.layer_rows(layer, chunk_cache=zarr_chunk_cache, checked=True)
         offsets = self.cache.seq_offsets
-        train_seqs, heldout_seqs = W.split_sequences(len(offsets) - 1, holdout_fraction, seed)
+        train_seqs, heldout_seqs = W.split_sequences(len(offsets) - 1, windowing.holdout_fraction, self.seed)
         self.sequences = train_seqs if split == "train" else heldout_seqs
-        self.starts = W.window_starts(offsets, window, self.stride, self.sequences)
+        self.starts = W.window_starts(offsets, self.window, self.stride, self.sequences)
         self.special_mask = self.cache.special_mask
 
     # ------------------------------------------------------------------ info
