@@ -32,6 +32,7 @@ from benchmarks.common import Report, best_of_rounds, release_memory, synchroniz
 from benchmarks.profiles import Profile
 from mtsae.cache import CacheWriter
 from mtsae.cache import format as fmt
+from mtsae.train.config import Windowing
 from mtsae.train.loader import WindowDataset
 from mtsae.train.registry import create_sae
 
@@ -43,12 +44,13 @@ def run(report: Report, profile: Profile, device: torch.device, work: Path) -> N
     path = write_random_cache(work / "loader-cache", profile)
     files = sorted(p for p in path.rglob("*") if p.is_file())
     window_bytes = 128 * profile.loader_d_model * 2
-    steps = min(profile.loader_steps, WindowDataset(str(path), LAYER, window=128).batches_per_epoch(profile.windows))
+    windowing = Windowing(window=128)
+    steps = min(profile.loader_steps, WindowDataset(str(path), LAYER, windowing).batches_per_epoch(profile.windows))
 
     cold, disk, resident = 0.0, 0.0, 1.0
     for _ in range(profile.rounds):  # cold first: a live memmap would keep its pages resident
         resident = min(resident, evict(files))
-        dataset = WindowDataset(str(path), LAYER, window=128)
+        dataset = WindowDataset(str(path), LAYER, windowing)
         cold = max(cold, loader_only_rate(dataset, profile.windows, steps, device) * window_bytes)
         del dataset
         gc.collect()
@@ -59,7 +61,7 @@ def run(report: Report, profile: Profile, device: torch.device, work: Path) -> N
     report.add(NAME, "disk sequential read (cold)", disk / 1e6, "MB/s")
     report.measurements[-2].baseline, report.measurements[-2].ratio = "disk sequential read (cold)", cold / disk
 
-    dataset = WindowDataset(str(path), LAYER, window=128)
+    dataset = WindowDataset(str(path), LAYER, windowing)
     warm = loader_only_rate(dataset, profile.windows, steps, device) * window_bytes
     report.add(NAME, "loader alone, warm (page cache)", warm / 1e6, "MB/s")
     rates = best_of_rounds({

@@ -2,8 +2,9 @@
 
 `open_cache(path)` checks the format and completeness; `ActivationCache`
 exposes the manifest, the token/sequence/document index and the activations
-of each layer, zero-copy through ``np.memmap`` of the raw chunk files where
-the store is local and uncompressed, through zarr reads otherwise.
+of each layer, read by :class:`~mtsae.cache.rows.LayerRows` (cache/rows.py):
+zero-copy through ``np.memmap`` of the raw chunk files where the store is local
+and uncompressed, through zarr reads otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from zarr.storage import LocalStore
 from mtsae.cache import format as fmt
 from mtsae.cache.bfloat16 import as_bits, is_bfloat16
 from mtsae.cache import remote
+from mtsae.cache.rows import LayerRows
 from mtsae.errors import MtsaeError
 
 
@@ -75,7 +77,7 @@ class ActivationCache:
         self.path = path
         self.manifest = attrs
         self.group = remote.open_group(path, mode="r")
-        self._memmap_cache: dict[int, list[np.memmap] | None] = {}
+        self._layer_rows: dict[int, LayerRows] = {}  # the readers behind rows()
 
     # --- manifest --------------------------------------------------------------------------
     @property
@@ -170,33 +172,23 @@ class ActivationCache:
         bits = np.uint16 if is_bfloat16(arr.dtype) else arr.dtype  # bfloat16 as its bits, as format 1 stored it
         return [np.memmap(f, dtype=bits, mode="r", shape=(chunk_rows, arr.shape[1])) for f in files]
 
+    def layer_rows(self, layer: int, *, chunk_cache: int = 4, checked: bool = False) -> LayerRows:
+        """A reader of ``layer``'s rows (cache/rows.py): ``chunk_cache`` decoded zarr chunks kept, ``checked``:
+        each chunk checked against the manifest's digests on its first read, in the background."""
+        return LayerRows(self, layer, chunk_cache=chunk_cache, checked=checked)
+
     def rows(self, layer: int, start: int, stop: int) -> np.ndarray:
         """Activation rows ``[start, stop)`` as stored, bfloat16 as its uint16 bits (formats 1 and 2 alike).
 
         Zero-copy when the rows lie in one raw local chunk; otherwise a copy.
         """
-        maps = self._memmaps(layer)
-        if maps is None:
-            return as_bits(self.layer_array(layer)[start:stop])
-        chunk_rows = maps[0].shape[0]
-        first, last = start // chunk_rows, (stop - 1) // chunk_rows
-        if first == last:
-            return maps[first][start - first * chunk_rows : stop - first * chunk_rows]
-        parts = []
-        for c in range(first, last + 1):
-            lo = max(start, c * chunk_rows) - c * chunk_rows
-            hi = min(stop, (c + 1) * chunk_rows) - c * chunk_rows
-            parts.append(maps[c][lo:hi])
-        return np.concatenate(parts)
+        if layer not in self._layer_rows:
+            self._layer_rows[layer] = self.layer_rows(layer)
+        return self._layer_rows[layer].rows(start, stop)
 
     def activations(self, layer: int, start: int, stop: int) -> torch.Tensor:
         """Rows ``[start, stop)`` as a torch tensor of the true dtype (a copy, safe to modify)."""
         return as_torch(np.array(self.rows(layer, start, stop)), self.manifest["dtype"])
-
-    def _memmaps(self, layer: int) -> list[np.memmap] | None:
-        if layer not in self._memmap_cache:
-            self._memmap_cache[layer] = self.chunk_memmaps(layer)
-        return self._memmap_cache[layer]
 
 
 def _check_chunk_files(arr: zarr.Array, files: list[Path], path: str) -> None:

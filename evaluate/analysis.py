@@ -111,6 +111,7 @@ def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int
     from mtsae.cache.shared import local_cache
     from mtsae.errors import MtsaeError
     from mtsae.train.checkpoint import load_checkpoint
+    from mtsae.train.config import Windowing
     from mtsae.train.loader import WindowDataset
 
     run = Path(run_dir)
@@ -120,8 +121,8 @@ def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int
     cfg = json.loads((run / "run.json").read_text())["config"]
     # A URL: a verified local copy, pulled once (stdout carries the JSON, so the pull talks on stderr).
     cache_path = local_cache(cache_path or cfg["cache"], log=lambda line: print(line, file=sys.stderr))
-    heldout = WindowDataset(cache_path, cfg["layer"], cfg["window"], cfg.get("stride"), "heldout",
-                            cfg["holdout_fraction"], cfg["seed"])
+    windowing = Windowing(cfg["window"], cfg.get("stride"), cfg["holdout_fraction"], cfg["seed"])
+    heldout = WindowDataset(cache_path, cfg["layer"], windowing, "heldout")
     if len(heldout) == 0:
         raise MtsaeError(f"the held-out split of {cache_path} has no window of {cfg['window']} tokens")
     if heldout.d_model != sae.cfg.d_in:

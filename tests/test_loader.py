@@ -11,6 +11,7 @@ from conftest import tiny_harvest
 
 from mtsae.cache import CacheWriter, as_torch, open_cache
 from mtsae.errors import MtsaeError
+from mtsae.train.config import Windowing
 from mtsae.train.loader import Prefetcher, WindowDataset
 from mtsae.train.windows import window_sequences
 
@@ -66,7 +67,7 @@ def expected_window(stored_rows, special_mask, start, window, dtype_name="bfloat
 @pytest.mark.parametrize("window,stride", [(16, None), (7, 3)])
 def test_every_window_is_the_cache_rows_with_specials_zeroed(synthetic, store, split, window, stride):
     root, stored = synthetic
-    ds = WindowDataset(root / store, 19, window=window, stride=stride, split=split, holdout_fraction=0.3, seed=1)
+    ds = WindowDataset(root / store, 19, Windowing(window=window, stride=stride, holdout_fraction=0.3, seed=1), split=split)
     assert ds.uses_memmap == (store == "raw.zarr")
     assert len(ds) > 0
     special = ds.cache.special_mask
@@ -88,8 +89,8 @@ def test_every_window_is_the_cache_rows_with_specials_zeroed(synthetic, store, s
 def test_memmap_and_zarr_fallback_yield_identical_batches(synthetic):
     root, _ = synthetic
     kwargs = dict(window=9, holdout_fraction=0.2, seed=4)
-    a = WindowDataset(root / "raw.zarr", 5, **kwargs)
-    b = WindowDataset(root / "zstd.zarr", 5, **kwargs)
+    a = WindowDataset(root / "raw.zarr", 5, Windowing(**kwargs))
+    b = WindowDataset(root / "zstd.zarr", 5, Windowing(**kwargs))
     np.testing.assert_array_equal(a.starts, b.starts)
     for xa, xb in zip(a.batches(4, epoch=2, epochs=2), b.batches(4, epoch=2, epochs=2), strict=True):
         assert torch.equal(xa, xb)
@@ -98,7 +99,7 @@ def test_memmap_and_zarr_fallback_yield_identical_batches(synthetic):
 def test_float32_cache_is_read_exactly(synthetic):
     root, stored = synthetic
     f32 = write_cache(root / "f32b.zarr", dtype="float32")
-    ds = WindowDataset(root / "f32b.zarr", 19, window=10, holdout_fraction=0.2)
+    ds = WindowDataset(root / "f32b.zarr", 19, Windowing(window=10, holdout_fraction=0.2))
     for i, start in enumerate(ds.starts):
         np.testing.assert_array_equal(ds.raw_window(i), f32[19][start : start + 10])
         assert torch.equal(ds.window_tensor(i), expected_window(f32[19], ds.cache.special_mask, start, 10, "float32"))
@@ -106,8 +107,8 @@ def test_float32_cache_is_read_exactly(synthetic):
 
 def test_windows_stay_in_their_split_and_sequence(synthetic):
     root, _ = synthetic
-    train = WindowDataset(root / "raw.zarr", 19, window=5, holdout_fraction=0.3, seed=2)
-    held = WindowDataset(root / "raw.zarr", 19, window=5, split="heldout", holdout_fraction=0.3, seed=2)
+    train = WindowDataset(root / "raw.zarr", 19, Windowing(window=5, holdout_fraction=0.3, seed=2))
+    held = WindowDataset(root / "raw.zarr", 19, Windowing(window=5, holdout_fraction=0.3, seed=2), split="heldout")
     offsets = train.cache.seq_offsets
     assert set(window_sequences(offsets, train.starts)) <= set(train.sequences)
     assert set(window_sequences(offsets, held.starts)) <= set(held.sequences)
@@ -116,7 +117,7 @@ def test_windows_stay_in_their_split_and_sequence(synthetic):
 
 def test_epochs_shuffle_and_resume_positions(synthetic):
     root, _ = synthetic
-    ds = WindowDataset(root / "raw.zarr", 19, window=6, holdout_fraction=0.1, seed=3)
+    ds = WindowDataset(root / "raw.zarr", 19, Windowing(window=6, holdout_fraction=0.1, seed=3))
     one = [x for x in ds.batches(4, epoch=0, drop_last=True, prefetch=0)]
     assert len(one) == ds.batches_per_epoch(4)
     # Every window once per epoch.
@@ -132,7 +133,7 @@ def test_epochs_shuffle_and_resume_positions(synthetic):
 
 def test_prefetcher_yields_the_same_batches_in_the_same_order(synthetic):
     root, _ = synthetic
-    ds = WindowDataset(root / "zstd.zarr", 19, window=8, holdout_fraction=0.1, seed=5)
+    ds = WindowDataset(root / "zstd.zarr", 19, Windowing(window=8, holdout_fraction=0.1, seed=5))
     plain = list(ds.batches(3, epoch=0, epochs=3, prefetch=0))
     ahead = list(ds.batches(3, epoch=0, epochs=3, prefetch=2))
     assert len(plain) == len(ahead) > 3
@@ -152,7 +153,7 @@ def test_prefetcher_reraises_errors_in_the_consumer(synthetic, monkeypatch):
     assert got == [1, 2]
 
     root, _ = synthetic
-    ds = WindowDataset(root / "raw.zarr", 19, window=4)
+    ds = WindowDataset(root / "raw.zarr", 19, Windowing(window=4))
     calls = {"n": 0}
     original = ds.assemble
 
@@ -172,7 +173,7 @@ def test_prefetcher_reraises_errors_in_the_consumer(synthetic, monkeypatch):
 
 def test_closing_the_consumer_stops_the_thread(synthetic):
     root, _ = synthetic
-    ds = WindowDataset(root / "raw.zarr", 19, window=4)
+    ds = WindowDataset(root / "raw.zarr", 19, Windowing(window=4))
     before = threading.active_count()
     for i, _ in enumerate(ds.batches(2, epochs=None, prefetch=2)):  # endless
         if i == 3:
@@ -200,8 +201,8 @@ def test_real_harvest_memmap_equals_zstd(tiny_cache_path, tmp_path):
     raw_cache, zstd_cache = open_cache(tiny_cache_path), open_cache(zstd)
     assert raw_cache.fingerprint == zstd_cache.fingerprint
     for split in ("train", "heldout"):
-        a = WindowDataset(raw_cache, 19, window=16, split=split, holdout_fraction=0.1)
-        b = WindowDataset(zstd_cache, 19, window=16, split=split, holdout_fraction=0.1)
+        a = WindowDataset(raw_cache, 19, Windowing(window=16, holdout_fraction=0.1), split=split)
+        b = WindowDataset(zstd_cache, 19, Windowing(window=16, holdout_fraction=0.1), split=split)
         assert a.uses_memmap and not b.uses_memmap and len(a) == len(b) > 0
         for i in range(len(a)):
             np.testing.assert_array_equal(a.raw_window(i), b.raw_window(i))

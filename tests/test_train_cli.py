@@ -10,7 +10,7 @@ from mtsae.cache import open_cache
 from mtsae.cli import app
 from mtsae.train.loader import WindowDataset
 from mtsae.train.checkpoint import load_checkpoint
-from mtsae.train.config import TrainConfig, load_config
+from mtsae.train.config import TrainConfig, Windowing, load_config
 from mtsae.train.registry import architecture_names
 from mtsae.train.trainer import read_log
 
@@ -48,7 +48,7 @@ def test_preset_with_small_overrides(tiny_cache_path, tmp_path):
     assert lines[-1] == str(out / "final")
     assert lines[-2].startswith("held-out after 6 steps") and "fve=" in lines[-2] and "sep=" in lines[-2]
     cache = open_cache(tiny_cache_path)
-    train = WindowDataset(cache, 19, window=16, split="train", holdout_fraction=0.1, seed=0).sequences
+    train = WindowDataset(cache, 19, Windowing(window=16, holdout_fraction=0.1, seed=0), split="train").sequences
     lengths = np.diff(cache.seq_offsets)[train]
     assert 0 < (lengths < 16).sum() < len(train)  # the tiny cache has sequences shorter than the window
     assert (f"never trained on: {(lengths < 16).sum()} of {len(train)} train sequences "

@@ -12,7 +12,7 @@ import mtsae
 from mtsae.cache import open_cache
 from mtsae.errors import MtsaeError
 from mtsae.train.checkpoint import load_checkpoint
-from mtsae.train.config import TrainConfig
+from mtsae.train.config import TrainConfig, Windowing
 from mtsae.train.loader import WindowDataset
 from mtsae.train.registry import architecture_names, create_sae
 from mtsae.train.trainer import Trainer, fold_activation_scale, read_log, train
@@ -103,7 +103,7 @@ def test_checkpoint_loads_back_with_metadata_and_acts_on_raw_activations(tiny_ca
         assert (path / "trainer_state.pt").is_file()
     # Decoder rows stay unit norm after folding, and the folded SAE reproduces the held-out FVE on raw inputs.
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(sae.cfg.d_sae), atol=1e-5)
-    held = WindowDataset(cache, 19, window=16, split="heldout", holdout_fraction=0.1)
+    held = WindowDataset(cache, 19, Windowing(window=16, holdout_fraction=0.1), split="heldout")
     x, special = held.assemble(torch.arange(len(held)).numpy())
     with torch.no_grad():
         recon = sae(x)

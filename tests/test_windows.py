@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from mtsae.errors import MtsaeError
 from mtsae.train import windows as W
+from mtsae.train.config import TrainConfig, Windowing
 
 
 @st.composite
@@ -16,12 +17,11 @@ def layouts(draw):
     lengths = draw(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=30))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     window = draw(st.integers(min_value=1, max_value=24))
-    stride = draw(st.one_of(st.none(), st.integers(min_value=1, max_value=24)))
+    stride = draw(st.one_of(st.just(window), st.integers(min_value=1, max_value=24)))  # the default, or any
     return offsets, window, stride
 
 
 def brute_force_starts(offsets, window, stride):
-    stride = window if stride is None else stride
     starts = []
     for i in range(len(offsets) - 1):
         s = offsets[i]
@@ -87,19 +87,27 @@ def test_epochs_and_seeds_give_different_orders():
     assert len(orders) == 9
 
 
-def test_split_leaves_training_sequences_and_rejects_bad_fractions():
+def test_split_leaves_training_sequences():
     assert len(W.split_sequences(1, 0.5, 0)[1]) == 0  # a single sequence is never held out
     assert len(W.split_sequences(10, 0.99, 0)[0]) == 1
-    with pytest.raises(MtsaeError, match="holdout_fraction"):
-        W.split_sequences(10, 1.0, 0)
 
 
-def test_bad_window_arguments_are_user_errors():
-    offsets = np.array([0, 10])
-    with pytest.raises(MtsaeError, match="window"):
-        W.window_starts(offsets, 0)
-    with pytest.raises(MtsaeError, match="stride"):
-        W.window_starts(offsets, 4, 0)
+@pytest.mark.parametrize("values,option", [
+    (dict(window=0), "--window"), (dict(window=2.5), "--window"), (dict(window=True), "--window"),
+    (dict(window=4, stride=0), "--stride"), (dict(stride=-3), "--stride"),
+    (dict(holdout_fraction=0.0), "--holdout-fraction"), (dict(holdout_fraction=1.0), "--holdout-fraction"),
+    (dict(holdout_fraction=float("nan")), "--holdout-fraction"), (dict(seed=-1), "--seed"), (dict(seed=2**64), "--seed"),
+])
+def test_bad_windowing_is_refused_once_by_its_one_check(values, option):
+    with pytest.raises(MtsaeError, match=option):
+        Windowing(**values)
+    with pytest.raises(MtsaeError, match=option):  # the training config checks through it
+        TrainConfig(cache="c", out="o", **values).validate()
+
+
+def test_windowing_defaults_are_the_training_defaults():
+    assert Windowing() == TrainConfig().windowing() == Windowing(128, 128, 0.05, 0)
+    assert Windowing(window=7).stride == 7 and Windowing(window=7, stride=3).stride == 3
 
 
 def test_sample_windows_is_seeded_and_distinct():

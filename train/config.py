@@ -43,6 +43,7 @@ DEFAULT_LAYER = 19
 DEFAULT_D_SAE = 2304
 DEFAULT_LR = 3e-4
 DEFAULT_WINDOW = 128
+DEFAULT_HOLDOUT_FRACTION = 0.05
 BATCH_TOKENS = 4096
 """Default batch: ``batch_windows = max(1, BATCH_TOKENS // window)`` windows."""
 
@@ -52,6 +53,34 @@ RUN_CONTROL_FIELDS = ("cache", "out", "device", "prefetch_batches", "wandb")
 
 def _doc(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How a run cuts its cache into windows and splits them: the one check of these values.
+
+    Made by :meth:`TrainConfig.windowing` (or directly, e.g. from a finished
+    run's ``run.json``); a ``Windowing`` that exists is valid, so the loader and
+    the pure index math of :mod:`mtsae.train.windows` below it check nothing.
+    ``stride`` None means the window (windows tile each sequence).
+    """
+
+    window: int = DEFAULT_WINDOW
+    stride: int | None = None  # None: the window (an int once made)
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stride is None:
+            object.__setattr__(self, "stride", self.window)
+        _raise_first([
+            (_is_int(self.window) and self.window >= 1, f"--window must be a positive integer, got {self.window!r}"),
+            (_is_int(self.stride) and self.stride >= 1, f"--stride must be a positive integer, got {self.stride!r}"),
+            (_is_number(self.holdout_fraction) and 0 < self.holdout_fraction < 1, "--holdout-fraction must be in "
+             f"(0, 1) (held-out metrics need held-out sequences), got {self.holdout_fraction!r}"),
+            (_is_int(self.seed) and 0 <= self.seed < 2**64,
+             f"--seed must be an integer in [0, 2**64) (torch's seed range), got {self.seed!r}"),
+        ])
 
 
 @dataclass
@@ -113,7 +142,8 @@ class TrainConfig:
         "folded into saved weights so checkpoints act on raw activations. none: train on raw activations.",
         default="expected_norm",
     )
-    holdout_fraction: float = _doc("Fraction of sequences held out for evaluation (split by sequence).", default=0.05)
+    holdout_fraction: float = _doc("Fraction of sequences held out for evaluation (split by sequence).",
+                                   default=DEFAULT_HOLDOUT_FRACTION)
     eval_every: int = _doc("Evaluate on held-out windows every N steps (0: only at the end).", default=500)
     eval_tokens: int = _doc(
         "Held-out tokens per evaluation (a fixed seeded subset of windows; 0: all held-out windows).",
@@ -208,18 +238,19 @@ class TrainConfig:
     # ---------------------------------------------------------- validation
     def validate(self) -> "TrainConfig":
         """Check every value without I/O; raises ``MtsaeError`` naming the option and the fix. Returns self."""
-        from mtsae.train.registry import architecture_names, get_architecture
+        from mtsae.train.registry import architecture_names
 
         if self.arch not in architecture_names():
             raise MtsaeError(f"unknown --arch {self.arch!r}{did_you_mean(self.arch, architecture_names())}; "
                              f"choose one of: {', '.join(architecture_names())}")
-        checks = [
+        _raise_first([
             (self.cache is not None and str(self.cache) != "", "--cache is required: the path of a cache written by `mtsae harvest`"),
             (self.out is not None and str(self.out) != "", "--out is required: the run directory to write"),
             (_is_int(self.layer) and self.layer >= 0, f"--layer must be a non-negative integer, got {self.layer!r}"),
             (_is_int(self.d_sae) and self.d_sae >= 1, f"--d-sae must be a positive integer, got {self.d_sae!r}"),
-            (_is_int(self.window) and self.window >= 1, f"--window must be a positive integer, got {self.window!r}"),
-            (_is_int(self.stride) and self.stride >= 1, f"--stride must be a positive integer, got {self.stride!r}"),
+        ])
+        self.windowing()  # window, stride, holdout fraction and seed
+        _raise_first([
             (_is_int(self.batch_windows) and self.batch_windows >= 1,
              f"--batch-windows must be a positive integer, got {self.batch_windows!r}"),
             (self.steps is None or self.train_tokens is None, "give --steps or --train-tokens, not both"),
@@ -240,25 +271,24 @@ class TrainConfig:
             (_is_number(self.grad_clip) and self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip!r}"),
             (self.normalize_activations in NORMALIZATIONS,
              f"--normalize-activations must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize_activations!r}"),
-            (_is_number(self.holdout_fraction) and 0 < self.holdout_fraction < 1,
-             f"--holdout-fraction must be in (0, 1) (held-out metrics need held-out sequences), got {self.holdout_fraction!r}"),
             (_is_int(self.eval_every) and self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every!r}"),
             (_is_int(self.eval_tokens) and self.eval_tokens >= 0, f"--eval-tokens must be >= 0, got {self.eval_tokens!r}"),
             (_is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
              f"--checkpoint-every must be >= 0, got {self.checkpoint_every!r}"),
-            (_is_int(self.seed) and 0 <= self.seed < 2**64,
-             f"--seed must be an integer in [0, 2**64) (torch's seed range), got {self.seed!r}"),
             (isinstance(self.device, str) and self.device != "", "--device must be auto, cpu, cuda or cuda:N"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (_is_int(self.prefetch_batches) and self.prefetch_batches >= 0,
              f"--prefetch-batches must be >= 0, got {self.prefetch_batches!r}"),
             (self.wandb is None or (isinstance(self.wandb, str) and self.wandb.strip() != ""),
              f"--wandb takes a wandb project name, got {self.wandb!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MtsaeError(message)
-        # The architecture's own checks (placeholder d_in: nothing there depends on it).
+        ])
+        self._check_arch_config()
+        return self
+
+    def _check_arch_config(self) -> None:
+        """The architecture's own checks (placeholder d_in: nothing there depends on it)."""
+        from mtsae.train.registry import get_architecture
+
         cls = get_architecture(self.arch)
         if self.target_l0 is not None and cls.sparsity_coefficient is None:
             raise MtsaeError(f"--target-l0 adapts a sparsity coefficient, and {self.arch} has none; "
@@ -268,7 +298,10 @@ class TrainConfig:
             raise MtsaeError(f"arch_config may not set {reserved}: d_in comes from the cache and d_sae is its own option")
         _check_arch_options(self.arch, cls, self.arch_config)
         cls.config_class.from_dict({"d_in": 1, "d_sae": self.d_sae, **self.arch_config})
-        return self
+
+    def windowing(self) -> Windowing:
+        """The run's windows and split, checked (raises ``MtsaeError`` naming the option)."""
+        return Windowing(self.window, self.stride, self.holdout_fraction, self.seed)
 
     # ------------------------------------------------------------ derived
     @property
@@ -340,6 +373,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def field_default(name: str) -> Any:
     f = next(f for f in fields(TrainConfig) if f.name == name)
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _raise_first(checks: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first failed ``(ok, message)`` check."""
+    for ok, message in checks:
+        if not ok:
+            raise MtsaeError(message)
 
 
 def _is_int(value: Any) -> bool:

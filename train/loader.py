@@ -4,10 +4,11 @@
 :mod:`mtsae.train.windows` for the index math and the special-token policy)
 into batches:
 
-* Reads are zero-copy ``np.memmap`` slices of the raw chunk files when the
-  store is local and uncompressed; otherwise (compressed or remote stores) the
-  rows come from zarr, one decoded chunk at a time through a small LRU cache.
-  Both paths yield bit-identical windows.
+* Rows come from the cache's one row reader, :class:`mtsae.cache.rows.LayerRows`:
+  zero-copy ``np.memmap`` slices of the raw chunk files when the store is
+  local and uncompressed, otherwise one decoded zarr chunk at a time through a
+  small LRU cache (both bit-identical); each batch's windows are announced to
+  its prefetch hint one batch ahead.
 * Each batch is assembled into one preallocated buffer in the stored dtype
   (bfloat16 stays as its uint16 bits until then), cast once to float32 into
   a second preallocated buffer (pinned when the target is CUDA), and rows
@@ -15,11 +16,11 @@ into batches:
 * Each chunk is checked the first time it is read (its activations, and the
   tokens and special mask of the same rows) against the manifest's sha256
   digests, or crc32s for caches without them (cache/digests.py), in a
-  background thread; a mismatch stops the batches with one error line naming
-  the chunk, and :meth:`WindowDataset.wait_checked` (called by the trainer
-  before every checkpoint) waits for the checks of everything read so far.
-  The index arrays, the data digest and the manifest's dtype/d_model are
-  checked once, when the dataset is made.
+  background thread (the reader queues it); a mismatch stops the batches with
+  one error line naming the chunk, and :meth:`WindowDataset.wait_checked`
+  (called by the trainer before every checkpoint) waits for the checks of
+  everything read so far. The index arrays, the data digest and the
+  manifest's dtype/d_model are checked once, when the dataset is made.
 * :class:`Prefetcher` runs the assembly in a background thread with a bounded
   queue, so the accelerator does not wait on I/O; the consumer moves each
   batch to the device with ``non_blocking=True``. An error in the thread is
@@ -31,10 +32,7 @@ tokens in the trainer.
 
 from __future__ import annotations
 
-import collections
-import mmap
 import os
-import threading
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -43,9 +41,9 @@ import torch
 from mtsae.cache import ActivationCache, open_cache
 from mtsae.cache import format as fmt
 from mtsae.cache.bfloat16 import as_bits
-from mtsae.cache.digests import checker_for
 from mtsae.errors import MtsaeError
 from mtsae.prefetch import Prefetcher
+from mtsae.train.config import Windowing
 from mtsae.train import windows as W
 
 SPLITS = ("train", "heldout")
@@ -57,23 +55,19 @@ class WindowDataset:
     Args:
         cache: an opened :class:`~mtsae.cache.ActivationCache` or a cache path.
         layer: residual-stream layer; must be one the cache holds.
-        window: tokens per window (T).
-        stride: distance between window starts in a sequence; default ``window``.
+        windowing: window length, stride, held-out fraction and seed, checked when made
+            (:class:`~mtsae.train.config.Windowing`; the same for both splits of one run,
+            or they would overlap). Default: the training defaults.
         split: ``"train"`` or ``"heldout"`` (sequences split by
             :func:`mtsae.train.windows.split_sequences`).
-        holdout_fraction, seed: the split's parameters (the same for both splits
-            of one run, or they would overlap).
     """
 
     def __init__(
         self,
         cache: ActivationCache | str | os.PathLike,
         layer: int,
-        window: int = 128,
-        stride: int | None = None,
+        windowing: Windowing = Windowing(),
         split: str = "train",
-        holdout_fraction: float = 0.05,
-        seed: int = 0,
         *,
         zarr_chunk_cache: int = 4,
     ) -> None:
@@ -82,27 +76,20 @@ class WindowDataset:
         self.cache = cache if isinstance(cache, ActivationCache) else open_cache(cache)
         self.layer = layer
         self.array = self.cache.layer_array(layer)  # refuses a layer the cache lacks
-        self.window = window
-        self.stride = W.check_window_args(window, stride)
+        self.windowing = windowing
+        self.window, self.stride, self.seed = windowing.window, windowing.stride, windowing.seed
         self.split = split
-        self.seed = seed
         self.d_model = self.cache.d_model
         self.dtype_name: str = self.cache.manifest["dtype"]
         self.storage_dtype = as_bits(np.empty(0, self.array.dtype)).dtype  # bfloat16 (format 2) read as uint16 bits
         self._check_layout()
-        self._checker = checker_for(self.cache)  # the manifest and index against their digests, once per cache
-        self._submitted: set[int] = set()  # chunks whose checks are queued or done
-        self._tokens = self.cache.group[fmt.TOKENS]  # read a chunk at a time, only to be checked
+        # Reads, the prefetch hint and the background digest checks of each chunk's first read (cache/rows.py).
+        self.reader = self.cache.layer_rows(layer, chunk_cache=zarr_chunk_cache, checked=True)
         offsets = self.cache.seq_offsets
-        train_seqs, heldout_seqs = W.split_sequences(len(offsets) - 1, holdout_fraction, seed)
+        train_seqs, heldout_seqs = W.split_sequences(len(offsets) - 1, windowing.holdout_fraction, self.seed)
         self.sequences = train_seqs if split == "train" else heldout_seqs
-        self.starts = W.window_starts(offsets, window, self.stride, self.sequences)
+        self.starts = W.window_starts(offsets, self.window, self.stride, self.sequences)
         self.special_mask = self.cache.special_mask
-        self.memmaps = self.cache.chunk_memmaps(layer)
-        self.chunk_rows = int(self.memmaps[0].shape[0]) if self.memmaps else int(self.array.chunks[0])
-        self._zarr_chunks: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-        self._zarr_chunk_cache = max(1, zarr_chunk_cache)
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ info
     def __len__(self) -> int:
@@ -111,7 +98,7 @@ class WindowDataset:
     @property
     def uses_memmap(self) -> bool:
         """True when windows are read from memory-mapped raw chunks (else through zarr)."""
-        return self.memmaps is not None
+        return self.reader.uses_memmap
 
     @property
     def n_tokens(self) -> int:
@@ -123,39 +110,7 @@ class WindowDataset:
     # ------------------------------------------------------------- reading
     def read_rows(self, start: int, stop: int, out: np.ndarray) -> None:
         """Copy cache rows ``[start, stop)`` of the layer (stored dtype) into ``out``."""
-        first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
-        filled = 0
-        for c in range(first, last + 1):
-            lo = max(start, c * self.chunk_rows) - c * self.chunk_rows
-            hi = min(stop, (c + 1) * self.chunk_rows) - c * self.chunk_rows
-            out[filled : filled + hi - lo] = self._chunk(c)[lo:hi]
-            filled += hi - lo
-
-    def _chunk(self, c: int) -> np.ndarray:
-        if self.memmaps is not None:
-            if c not in self._submitted:
-                self._check_chunk(c, lambda: self.memmaps[c][: self._rows_in(c)])
-            return self.memmaps[c]
-        with self._lock:  # the prefetch thread and the caller may both read
-            chunk = self._zarr_chunks.get(c)
-            if chunk is None:
-                chunk = self._decode_chunk(c)
-                if c not in self._submitted:
-                    self._check_chunk(c, lambda: chunk)
-                self._zarr_chunks[c] = chunk
-                while len(self._zarr_chunks) > self._zarr_chunk_cache:
-                    self._zarr_chunks.popitem(last=False)
-            else:
-                self._zarr_chunks.move_to_end(c)
-            return chunk
-
-    def _decode_chunk(self, c: int) -> np.ndarray:
-        try:
-            return as_bits(self.array[c * self.chunk_rows : (c + 1) * self.chunk_rows])
-        except Exception as exc:  # a truncated or altered compressed chunk does not decode (codec errors vary)
-            raise MtsaeError(f"chunk {c} of {self.array.path} in cache {self.cache.path} cannot be decoded "
-                             f"({type(exc).__name__}: {str(exc).strip()[:100]}); the cache is damaged, "
-                             f"see `mtsae cache verify {self.cache.path}`") from None
+        self.reader.read_into(start, stop, out)
 
     # ------------------------------------------------------------ integrity
     def _check_layout(self) -> None:
@@ -170,43 +125,13 @@ class WindowDataset:
             raise MtsaeError(f"{where}: its manifest says d_model {self.d_model} but {self.array.path} has shape "
                              f"{tuple(self.array.shape)}; the manifest was altered, re-pull or re-harvest the cache")
 
-    def _rows_in(self, c: int) -> int:
-        return min(self.chunk_rows, self.array.shape[0] - c * self.chunk_rows)
-
-    def _check_chunk(self, c: int, activations) -> None:
-        """The first read of chunk ``c``: its activations, tokens and special mask are checked in the background."""
-        rows = slice(c * self.chunk_rows, c * self.chunk_rows + self._rows_in(c))
-        self._checker.submit(self.array.path, c, activations)
-        self._checker.submit(fmt.TOKENS, c, lambda: self._tokens[rows])
-        self._checker.submit(fmt.SPECIAL_MASK, c, lambda: self.special_mask[rows])
-        self._submitted.add(c)
-
     def wait_checked(self) -> None:
         """Return once every chunk read so far passed its check; raise the first that did not (one line)."""
-        self._checker.wait()
+        self.reader.wait_checked()
 
     def advise_willneed(self, indices: np.ndarray) -> None:
-        """Ask the kernel to read every window of a batch now (``madvise(MADV_WILLNEED)``).
-
-        Copying a shuffled window from a cold memmap faults its pages in one
-        small read at a time; announcing the whole batch first lets the kernel
-        issue all those reads at once, so a cold epoch reads near the disk's
-        rate instead of at one page fault's latency per window.
-        """
-        if self.memmaps is None or not hasattr(mmap, "MADV_WILLNEED"):
-            return
-        row_bytes = self.d_model * np.dtype(self.storage_dtype).itemsize
-        for i in indices:
-            start = int(self.starts[i])
-            first, last = start // self.chunk_rows, (start + self.window - 1) // self.chunk_rows
-            for c in range(first, last + 1):
-                lo = max(start, c * self.chunk_rows) - c * self.chunk_rows
-                hi = min(start + self.window, (c + 1) * self.chunk_rows) - c * self.chunk_rows
-                mapped = getattr(self.memmaps[c], "_mmap", None)
-                if mapped is None:
-                    continue
-                begin = lo * row_bytes // mmap.PAGESIZE * mmap.PAGESIZE  # madvise needs a page-aligned start
-                mapped.madvise(mmap.MADV_WILLNEED, begin, hi * row_bytes - begin)
+        """Announce every window of a batch to the reader's prefetch hint (pages read ahead on a memmap)."""
+        self.reader.prefetch((int(self.starts[i]), int(self.starts[i]) + self.window) for i in indices)
 
     def raw_window(self, i: int) -> np.ndarray:
         """Window ``i`` as stored (uint16 bits for bfloat16), ``[T, d]``, specials *not* zeroed; a copy."""
@@ -323,7 +248,7 @@ class WindowDataset:
 
         source: Iterable[tuple[torch.Tensor, torch.Tensor]] = Prefetcher(produce, prefetch) if prefetch > 0 else produce()
         for x, special in source:
-            self._checker.raise_failure()  # a chunk read earlier failed its check: stop here
+            self.reader.raise_failure()  # a chunk read earlier failed its check: stop here
             if device.type != "cpu":
                 x = x.to(device, non_blocking=True)
                 special = special.to(device, non_blocking=True)

@@ -139,9 +139,8 @@ class Trainer:
         check_batch_divides(cfg.batch_windows, world)
         self.device = world.device(resolve_device(cfg.device))
         self.amp_dtype = resolve_amp_dtype(cfg.dtype, self.device)
-        split = dict(window=cfg.window, stride=cfg.stride, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
-        self.train_set = WindowDataset(self.cache, cfg.layer, split="train", **split)
-        self.heldout_set = WindowDataset(self.cache, cfg.layer, split="heldout", **split)
+        self.train_set = WindowDataset(self.cache, cfg.layer, cfg.windowing(), split="train")
+        self.heldout_set = WindowDataset(self.cache, cfg.layer, cfg.windowing(), split="heldout")
         self.batches_per_epoch = self.train_set.batches_per_epoch(cfg.batch_windows)
         self.total_steps = self._resolve_steps()
         self.eval_windows = len(self.heldout_set) if cfg.eval_tokens == 0 else min(

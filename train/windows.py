@@ -1,5 +1,9 @@
 """Training windows over a cache: pure index math on ``seq_offsets``, no I/O.
 
+Its arguments are checked once, above it: a :class:`mtsae.train.config.Windowing`
+(window >= 1, stride >= 1, 0 < holdout fraction < 1) is valid by construction,
+and nothing here checks them again.
+
 A *window* is ``T`` contiguous cache rows ``[start, start + T)`` lying entirely
 inside one sequence (hence inside one document: a harvested sequence never
 mixes documents). Windows never cross a sequence boundary; in a sequence of
@@ -35,26 +39,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtsae.errors import MtsaeError
-
 _ORDER_STREAM = 1
 _SPLIT_STREAM = 2
 _SAMPLE_STREAM = 3
 
 
-def check_window_args(window: int, stride: int | None) -> int:
-    """Validate ``window``/``stride``; returns the effective stride (``window`` when None)."""
-    if window < 1:
-        raise MtsaeError(f"window must be at least 1 token, got {window}")
-    stride = window if stride is None else stride
-    if stride < 1:
-        raise MtsaeError(f"stride must be at least 1 token, got {stride}")
-    return stride
-
-
-def windows_per_sequence(seq_offsets: np.ndarray, window: int, stride: int | None = None) -> np.ndarray:
+def windows_per_sequence(seq_offsets: np.ndarray, window: int, stride: int) -> np.ndarray:
     """``[n_seq]`` int64: how many windows each sequence holds."""
-    stride = check_window_args(window, stride)
     lengths = np.diff(np.asarray(seq_offsets, dtype=np.int64))
     return np.where(lengths >= window, (lengths - window) // stride + 1, 0).astype(np.int64)
 
@@ -72,7 +63,7 @@ def too_short(seq_offsets: np.ndarray, window: int, sequences: np.ndarray | None
 def window_starts(
     seq_offsets: np.ndarray,
     window: int,
-    stride: int | None = None,
+    stride: int,
     sequences: np.ndarray | None = None,
 ) -> np.ndarray:
     """Start rows of every window of ``window`` rows inside one sequence, in row order.
@@ -80,7 +71,6 @@ def window_starts(
     ``sequences`` (sorted sequence indices) restricts the windows to those
     sequences; default all. Returns int64 ``[n_windows]``.
     """
-    stride = check_window_args(window, stride)
     offsets = np.asarray(seq_offsets, dtype=np.int64)
     counts = windows_per_sequence(offsets, window, stride)
     firsts = offsets[:-1]
@@ -105,9 +95,8 @@ def split_sequences(n_sequences: int, holdout_fraction: float, seed: int) -> tup
     ``round(holdout_fraction · n)`` sequences are held out, at least one when
     the fraction is positive and at most ``n - 1``; the choice is a seeded
     permutation, deterministic in ``(n_sequences, holdout_fraction, seed)``.
+    ``0 <= holdout_fraction < 1``.
     """
-    if not 0.0 <= holdout_fraction < 1.0:
-        raise MtsaeError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     n = int(n_sequences)
     n_held = int(round(holdout_fraction * n))
     if holdout_fraction > 0:
