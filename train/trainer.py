@@ -58,6 +58,7 @@ from mtsae.cache import hook_name, open_cache
 from mtsae.cache.format import model_revision
 from mtsae.cache.shared import local_cache
 from mtsae.devices import resolve_device
+from mtsae.durable import write_text_atomic
 from mtsae.distributed import SINGLE_PROCESS, World
 from mtsae.errors import MtsaeError, writing
 from mtsae.locks import hold_folder_lock, release_folder_lock
@@ -635,7 +636,7 @@ class Trainer:
             info = {"config": self.cfg.to_dict(), "cache_fingerprint": self.cache.fingerprint,
                     "mtsae_version": mtsae.__version__, "total_steps": self.total_steps,
                     "compute_dtype": str(self.amp_dtype).removeprefix("torch.")}
-            _atomic_write_text(out / RUN_FILENAME, json.dumps(info, indent=2) + "\n")
+            write_text_atomic(out / RUN_FILENAME, json.dumps(info, indent=2) + "\n")
             self._log_file = open(out / LOG_FILENAME, "a", encoding="utf-8")
 
     def write_log(self, record: dict[str, Any]) -> None:
@@ -820,7 +821,7 @@ def keep_log_records(path: Path, count: int) -> int:
         return 0
     with open(path, encoding="utf-8") as f:
         kept = [line.rstrip("\n") + "\n" for line, _ in zip(f, range(count))]
-    _atomic_write_text(path, "".join(kept))
+    write_text_atomic(path, "".join(kept))
     return len(kept)
 
 
@@ -836,7 +837,7 @@ def truncate_log(path: Path, keep_until: int) -> int:
             continue  # a line cut by a crash
         if record.get("step", 0) <= keep_until:
             kept.append(line)
-    _atomic_write_text(path, "".join(line + "\n" for line in kept))
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
     return len(kept)
 
 
@@ -844,12 +845,6 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a run's ``log.jsonl``."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fmt(components: dict[str, float]) -> str:
