@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mtsae.errors import MtsaeError
+from mtsae.evaluate import registry
 from mtsae.train.rundir import RunDir
 from mtsae.values import did_you_mean
 
@@ -55,14 +56,32 @@ _BASELINES = [
     {"name": "batchtopk", "arch": "batchtopk", "arch_config": {"k": 32}},
     {"name": "jumprelu", "arch": "jumprelu"},
 ]
+# Causal runs for the world: the default temporal SAE (causal bank, per-group TopK) and each per-token twin.
+_WORLD_RUNS = [
+    {"name": "mtsae", "arch": "mtsae"},
+    {"name": "topk", "arch": "topk"},
+    {"name": "batchtopk", "arch": "batchtopk"},
+    {"name": "relu", "arch": "relu"},
+    {"name": "jumprelu", "arch": "jumprelu"},
+]
+
+
+def _demo_evals() -> list[str]:
+    return [spec.name for spec in registry.specs() if spec.in_demo]
+
+
+def _all_evals() -> list[str]:
+    return list(registry.names())
+
+
 BUILTIN = {
-    # The demo (scripts/demo.sh): absorption left out — the random-weights model represents no first letters,
-    # so SAE-Bench can only conclude "not scorable" after training its probes — and sparse probing on 2 of 8
-    # datasets (the "demo" eval profile). embedded-full adds both back (docs/results.md).
+    # The demo (scripts/demo.sh): the evals whose spec is in_demo (absorption is not: the random-weights model
+    # represents no first letters) and sparse probing on 2 of 8 datasets (the "demo" eval profile).
+    # embedded-full adds both back (docs/results.md). "evals" are resolved when the experiment is loaded.
     "embedded": {
         "out": "experiments/embedded",
         "harvest": {},
-        "evals": ["core", "sparse_probing", "unlearning"],
+        "evals": _demo_evals,
         # The seed's run1-run3 keep their non-causal padding: evaluated anyway, and flagged in the report.
         "eval_options": {"profile": "demo", "allow_non_causal": True},
         "defaults": {**_MATCHED, "train_tokens": 1_200_000},
@@ -71,11 +90,22 @@ BUILTIN = {
     "embedded-full": {
         "out": "experiments/embedded-full",
         "harvest": {},
-        "evals": ["core", "sparse_probing", "unlearning", "absorption"],
+        "evals": _all_evals,
         # The seed's run1-run3 keep their non-causal padding: evaluated anyway, and flagged in the report.
         "eval_options": {"allow_non_causal": True},
         "defaults": {**_MATCHED, "train_tokens": 1_200_000},
         "runs": _SEED_RUNS + _BASELINES,
+    },
+    # The trained world LM (docs/world.md): every eval scorable. Causal runs only, since unlearning splices
+    # the SAE into the model: the recommended temporal SAE and its per-token twins, at matched L0, 3 seeds.
+    "world": {
+        "out": "experiments/world",
+        "harvest": {"model": "world", "dataset": "world"},
+        "evals": _all_evals,
+        "defaults": {**_MATCHED, "train_tokens": 1_200_000},
+        "match_l0": [16],
+        "runs": [{**run, "name": f"{run['name']}-s{seed}", "seed": seed}
+                 for seed in (0, 1, 2) for run in _WORLD_RUNS],
     },
     "synthetic": {
         "out": "experiments/synthetic",
@@ -140,6 +170,8 @@ def load_experiment(spec: str, out: str | None = None) -> ExperimentConfig:
     """A built-in name or a TOML path; ``out`` overrides the config's folder."""
     if spec in BUILTIN:
         raw = copy.deepcopy(BUILTIN[spec])
+        if callable(raw.get("evals")):
+            raw["evals"] = raw["evals"]()
     else:
         path = Path(spec)
         if not path.is_file():

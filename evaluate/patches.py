@@ -18,31 +18,30 @@ from typing import Iterator
 from unittest import mock
 
 from mtsae.errors import MtsaeError
+from mtsae.evaluate import registry
 from mtsae.evaluate.models import load_hooked_transformer
 from mtsae.evaluate.offline import OfflineMirror
 
 FORGET_CORPUS_RELPATH = Path("sae_bench/evals/unlearning/data/bio-forget-corpus.jsonl")
 """Where SAE-Bench's unlearning eval opens the WMDP bio forget corpus, relative to the working directory."""
 
-_MODEL_MODULES = (
-    "sae_bench.evals.core.main",
-    "sae_bench.evals.sparse_probing.main",
-    "sae_bench.evals.unlearning.main",
-    "sae_bench.evals.absorption.main",
-)
-_DATASET_MODULES = (
-    "sae_bench.sae_bench_utils.dataset_utils",  # sparse probing's datasets
-    "sae_bench.evals.unlearning.utils.metrics",  # WMDP-bio, MMLU
-    "sae_bench.evals.unlearning.utils.feature_activation",  # wikitext (retain set)
-    "sae_lens.training.activations_store",  # core's ActivationsStore (openwebtext)
-)
+
+def _model_modules() -> tuple[str, ...]:
+    """Where the registered evals' SAE-Bench code builds its model (``HookedTransformer``)."""
+    return tuple(dict.fromkeys(m for spec in registry.specs() for m in spec.model_modules))
+
+
+def _dataset_modules() -> tuple[str, ...]:
+    """Where their SAE-Bench (or SAELens) code loads its datasets (``load_dataset``)."""
+    return tuple(dict.fromkeys(m for spec in registry.specs() for m in spec.dataset_modules))
+
 
 _PROBE_TRAINING = "sae_bench.evals.sparse_probing.probe_training"
 _NESTED_SHAPE_CHECKED = ("train_sklearn_probe", "test_sklearn_probe")
 
 PATCH_POINTS: tuple[tuple[str, str, str], ...] = (
-    *((m, "HookedTransformer", "offline: the model is built from a local directory") for m in _MODEL_MODULES),
-    *((m, "load_dataset", "offline: hub dataset names resolve to mirror files") for m in _DATASET_MODULES),
+    *((m, "HookedTransformer", "offline: the model is built from a local directory") for m in _model_modules()),
+    *((m, "load_dataset", "offline: hub dataset names resolve to mirror files") for m in _dataset_modules()),
     ("sae_bench.evals.absorption.main", "run_k_sparse_probing_experiment",
      "artifacts go to the run's working directory, not inside the installed sae_bench package"),
     ("sae_bench.evals.absorption.main", "run_feature_absortion_experiment", "as above"),
@@ -113,9 +112,9 @@ def offline(mirror: OfflineMirror) -> Iterator[None]:
     """SAE-Bench's model and dataset loads resolve to the mirror; nothing reaches the hub."""
     with contextlib.ExitStack() as stack:
         shim = _LocalHookedTransformer(mirror)
-        for name in _MODEL_MODULES:
+        for name in _model_modules():
             stack.enter_context(mock.patch.object(_module(name), "HookedTransformer", shim))
-        for name in _DATASET_MODULES:
+        for name in _dataset_modules():
             stack.enter_context(mock.patch.object(_module(name), "load_dataset", mirror.load_dataset))
         yield
 

@@ -18,27 +18,21 @@ line carries it as its ``gid``); a figure with nothing to show is not drawn.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import math
-import statistics
-import subprocess
-import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mtsae
 from mtsae.errors import MtsaeError
-from mtsae.evaluate.config import SPLICING_EVALS
-from mtsae.evaluate.names import is_embedded
+from mtsae.evaluate import figures, registry
+from mtsae.evaluate.config import splicing_evals
+from mtsae.evaluate.figures import (L0_MATCH_TOLERANCE, NOT_L0_MATCHED, l0_unmatched, model_line, plot_accuracy,
+                                    plot_loss_curves, plot_unlearning, provenance, random_weights_warning,
+                                    unlearning_results)
 from mtsae.train.rundir import RUN_FILENAME, RunDir
 
-CHANCE_ACCURACY = 0.5  # SAE-Bench's sparse-probing tasks are binary
-CHANCE_MARGIN = 0.05
 MAX_DEAD_FRACTION = 0.5
-L0_MATCH_TOLERANCE = 0.25  # a run whose L0 is further than this (relative) from the runs' median is not L0-matched
-NOT_L0_MATCHED = "not L0-matched"
 PENALTY_SYMBOLS = {"l1_coefficient": "L1 λ", "l0_coefficient": "L0 λ"}
 FIGURES = ("accuracy_comparison.png", "loss_curves.png", "sparsity_comparison.png", "unlearning.png")
 
@@ -144,7 +138,7 @@ def _read_evals(path: Path, record: RunRecord) -> None:
     leaky = set()
     for row in json.loads(path.read_text()).get("results", []):
         record.evals[row["eval"]] = {"status": row["status"], "metrics": row.get("metrics", {}), "reason": row.get("reason")}
-        if row.get("causal") is False and row["eval"] in SPLICING_EVALS and row["status"] == "ok":
+        if row.get("causal") is False and row["eval"] in splicing_evals() and row["status"] == "ok":
             leaky.add(row["eval"])
     if leaky:
         record.caveats.append(f"non-causal SAE: its {' and '.join(sorted(leaky))} scores come from a model that "
@@ -168,154 +162,24 @@ def guardrail_flags(record: RunRecord) -> list[str]:
     fve = record.final.get("fve")
     if fve is not None and not fve > 0:
         flags.append(f"explained variance {fve:.3f} <= 0")
-    # SAE-Bench's core eval feeds 128-token contexts; an SAE can look fine on its own windows and fail there.
-    core_ev = record.evals.get("core", {}).get("metrics", {}).get("explained_variance")
-    if core_ev is not None and not core_ev > 0:
-        flags.append(f"SAE-Bench core explained variance {core_ev:.3f} <= 0")
+    flags += _eval_flags(record, "reconstruction")
     dead = record.final.get("dead_fraction")
     if dead is not None and dead > MAX_DEAD_FRACTION:
         flags.append(f"{dead:.0%} dead latents (> {MAX_DEAD_FRACTION:.0%})")
-    probing = record.evals.get("sparse_probing", {})
-    sae_acc = probing.get("metrics", {}).get("sae_test_accuracy")
-    if sae_acc is not None and sae_acc <= CHANCE_ACCURACY + CHANCE_MARGIN:
-        flags.append(f"sparse probing at chance (SAE accuracy {sae_acc:.3f})")
+    return flags + _eval_flags(record, "downstream")
+
+
+def _eval_flags(record: RunRecord, kind: str) -> list[str]:
+    """What the guardrails of the evals of ``kind`` (registry order) say about this run's scores."""
+    flags = []
+    for spec in registry.specs():
+        if spec.kind == kind and spec.guardrail is not None and spec.name in record.evals:
+            flag = spec.guardrail(record.evals[spec.name].get("metrics", {}))
+            flags += [flag] if flag else []
     return flags
 
 
 # -------------------------------------------------------------------------------------- figures
-
-REFERENCE_GIDS = ("chance",)  # reference lines, not data: they may share an axis with its quantity
-
-
-def provenance(records: list[RunRecord]) -> str:
-    caches = sorted({(r.cache_fingerprint or "?")[:12] for r in records})
-    return f"mtsae {mtsae.__version__} (commit {source_commit() or 'unknown'}) · cache {', '.join(caches)}"
-
-
-def model_line(records: list[RunRecord]) -> str:
-    """Which model the runs read: name, revision, layer(s) and width."""
-    models = sorted({(r.model_name or "unknown model", r.model_revision or "revision unknown") for r in records})
-    layers = sorted({str(r.layer) for r in records if r.layer is not None}) or ["unknown"]
-    widths = sorted({str(r.d_model) for r in records if r.d_model is not None}) or ["unknown"]
-    names = "; ".join(f"{name} ({revision})" for name, revision in models)
-    return f"{names}, layer {', '.join(layers)}, d_model {', '.join(widths)}"
-
-
-def random_weights_warning(records: list[RunRecord]) -> str | None:
-    embedded = sorted({r.model_name for r in records if r.model_name and is_embedded(r.model_name)})
-    if not embedded:
-        return None
-    return (f"⚠ Random weights: these runs read {', '.join(embedded)}, mtsae's embedded tiny Gemma-2 with random, "
-            "seeded weights. It checks the pipeline; no number in this report says anything about a trained "
-            "language model.")
-
-
-@functools.lru_cache(maxsize=1)
-def source_commit() -> str | None:  # asked once per figure: run git once
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _figure(title: str, records: list[RunRecord], left_out: list[RunRecord], panels: int = 1):
-    """A figure with ``panels`` axes side by side (a list when more than one), titled and footed with provenance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    width = max(6.0, 1.3 * len(records) + 3) if panels == 1 else 4.2 * panels
-    fig, axes = plt.subplots(1, panels, figsize=(width, 4.5), squeeze=False)
-    warning = " — RANDOM-WEIGHTS MODEL" if random_weights_warning(records + left_out) else ""
-    fig.suptitle(title + warning, fontsize=11)
-    footer = "model " + model_line(records + left_out) + " · " + provenance(records + left_out)
-    if left_out:
-        footer += "\nleft out (flagged): " + "; ".join(f"{r.name}: {', '.join(r.flags)}" for r in left_out)
-    fig.text(0.01, 0.005, footer, fontsize=7, va="bottom", wrap=True)
-    return fig, (axes[0][0] if panels == 1 else list(axes[0]))
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
-def l0_unmatched(records: list[RunRecord]) -> set[str]:
-    """Runs whose held-out L0 is more than L0_MATCH_TOLERANCE (relative) away from the median L0 of the runs
-    they are compared with: all of ``records``, or those of the same ``match_l0`` level (``-l0_<level>`` names)."""
-    from mtsae.evaluate.experiment import by_l0_level
-
-    unmatched = set()
-    for group in by_l0_level({r.name: r for r in records if r.final.get("l0") is not None}).values():
-        if len(group) < 2:
-            continue
-        median = statistics.median(r.final["l0"] for r in group.values())
-        unmatched |= {n for n, r in group.items() if abs(r.final["l0"] - median) > L0_MATCH_TOLERANCE * max(median, 1e-9)}
-    return unmatched
-
-
-def _run_tick(r: RunRecord, unmatched: set[str]) -> str:
-    return r.label + (f"\n({NOT_L0_MATCHED}: L0 {r.final['l0']:.3g})" if r.name in unmatched else "")
-
-
-def plot_accuracy(records: list[RunRecord], left_out: list[RunRecord], path: Path) -> dict[str, Any] | None:
-    rows = [(r, r.evals["sparse_probing"]["metrics"]) for r in records
-            if r.evals.get("sparse_probing", {}).get("status") == "ok"]
-    if not rows:
-        return None
-    data = {r.label: {"llm": m.get("llm_test_accuracy"), "sae": m.get("sae_test_accuracy")} for r, m in rows}
-    unmatched = l0_unmatched([r for r, _ in rows])
-    fig, ax = _figure("Sparse probing: LLM vs SAE test accuracy", records, left_out)
-    x = list(range(len(rows)))
-    ax.bar([i - 0.2 for i in x], [d["llm"] or 0 for d in data.values()], 0.4, color="tab:blue", label="LLM", gid="test accuracy")
-    ax.bar([i + 0.2 for i in x], [d["sae"] or 0 for d in data.values()], 0.4, color="tab:orange", label="SAE", gid="test accuracy")
-    ax.axhline(CHANCE_ACCURACY, color="gray", linestyle="--", linewidth=1, label="chance (binary tasks)", gid="chance")
-    ax.set_xticks(x, [_run_tick(r, unmatched) for r, _ in rows], rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8)
-    _save(fig, path)
-    return data
-
-
-def plot_loss_curves(records: list[RunRecord], left_out: list[RunRecord], path: Path, components: bool) -> dict[str, Any] | None:
-    """Reconstruction MSE and held-out FVE (comparable across objectives); with ``components``, each run's
-    own total loss on its own axis (different runs minimise different objectives)."""
-    if not any(r.train_curve for r in records):
-        return None
-    own = [r for r in records if r.train_curve] if components else []
-    fig, axes = _figure("Training: reconstruction MSE and held-out FVE", records, left_out, panels=2 + len(own))
-    data: dict[str, Any] = {}
-    for r in records:
-        mse = r.component_curves.get("mse", [])
-        data[r.label] = {"steps": [s for s, _ in mse], "mse": [v for _, v in mse],
-                         "heldout_steps": [s for s, _ in r.heldout_fve], "heldout_fve": [v for _, v in r.heldout_fve]}
-        axes[0].plot(data[r.label]["steps"], data[r.label]["mse"], label=r.label, gid="reconstruction MSE")
-        axes[1].plot(data[r.label]["heldout_steps"], data[r.label]["heldout_fve"], "o-", label=r.label, gid="held-out FVE")
-    _label(axes[0], "reconstruction MSE (train, normalised units)", log=True)
-    _label(axes[1], "held-out FVE (fraction of variance explained)")
-    for ax, r in zip(axes[2:], own):
-        steps, losses = zip(*r.train_curve)
-        ax.plot(steps, losses, color="tab:gray", gid="total loss")
-        ax.set_title(f"{r.name}: its own total loss", fontsize=8)
-        _label(ax, f"{r.arch} objective", log=True)
-        data[r.label].update(loss_steps=list(steps), loss=list(losses))
-    axes[0].legend(fontsize=7)
-    _save(fig, path)
-    return data
-
-
-def _label(ax, ylabel: str, log: bool = False) -> None:
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel, fontsize=8)
-    if log:
-        ax.set_yscale("log")
 
 
 def sparsity_label(r: RunRecord) -> str:
@@ -331,42 +195,18 @@ def plot_sparsity(records: list[RunRecord], left_out: list[RunRecord], path: Pat
     data = {r.label: {"sparsity": sparsity_label(r), "sparsity_coefficient": r.sparsity_coefficient,
                       "l0": r.final.get("l0"), "dead_fraction": r.final.get("dead_fraction")} for r in records}
     unmatched = l0_unmatched(records)
-    fig, ax = _figure("Sparsity: achieved L0 (bars) and dead fraction (dots)", records, left_out)
+    fig, ax = figures.open_figure("Sparsity: achieved L0 (bars) and dead fraction (dots)", records, left_out)
     x = list(range(len(records)))
     ax.bar(x, [d["l0"] or 0 for d in data.values()], color="tab:green", label="L0 (held-out)", gid="L0")
     ax.set_ylabel("L0 (active latents per token)")
-    ax.set_xticks(x, [f"{_run_tick(r, unmatched)}\n{d['sparsity']}" for r, d in zip(records, data.values())],
+    ax.set_xticks(x, [f"{figures.run_tick(r, unmatched)}\n{d['sparsity']}" for r, d in zip(records, data.values())],
                   rotation=20, ha="right", fontsize=7)
     twin = ax.twinx()
     twin.plot(x, [d["dead_fraction"] or 0 for d in data.values()], "o", color="tab:red", label="dead fraction",
               gid="dead fraction")
     twin.set_ylim(0, 1)
     twin.set_ylabel("dead fraction")
-    _save(fig, path)
-    return data
-
-
-def unlearning_results(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
-    return {r.label: {"status": e["status"], **e.get("metrics", {}), "reason": e.get("reason")}
-            for r in records if (e := r.evals.get("unlearning")) is not None}
-
-
-def plot_unlearning(records: list[RunRecord], left_out: list[RunRecord], path: Path) -> dict[str, Any] | None:
-    """Drawn only when some run has an unlearning score; the reasons for the others are in the report's text."""
-    data = unlearning_results(records)
-    scorable = {k: v for k, v in data.items() if v["status"] == "ok" and v.get("unlearning_score") is not None}
-    if not scorable:
-        return None
-    fig, ax = _figure("Unlearning (SAE-Bench): score per run", records, left_out)
-    ax.bar(range(len(scorable)), [v["unlearning_score"] for v in scorable.values()], color="tab:purple",
-           gid="unlearning score")
-    ax.set_xticks(range(len(scorable)), list(scorable), rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("unlearning score (WMDP-bio drop at MMLU retained)")
-    others = [f"{k}: {v['status']} ({textwrap.shorten(v.get('reason') or 'no reason given', 70, placeholder=' …')})"
-              for k, v in data.items() if k not in scorable]
-    if others:
-        ax.text(0.98, 0.98, "\n".join(others), ha="right", va="top", transform=ax.transAxes, fontsize=7)
-    _save(fig, path)
+    figures.save_figure(fig, path)
     return data
 
 
@@ -419,26 +259,40 @@ def _json_default(value: Any) -> Any:
 
 
 def metric_table(records: list[RunRecord]) -> list[str]:
-    columns = ["run", "arch", "seed", "steps", "fve", "mse", "l0", "dead", "sep", "probe LLM", "probe SAE",
-               "unlearning", "absorption", "core", "flags"]
+    evals = _eval_columns()
+    columns = ["run", "arch", "seed", "steps", "fve", "mse", "l0", "dead", "sep", *(c.header for _, c in evals), "flags"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     unmatched = l0_unmatched([r for r in records if not r.flags])
     for r in records:
-        ev = {name: e.get("metrics", {}) for name, e in r.evals.items() if e["status"] == "ok"}
-        status = {name: e["status"] for name, e in r.evals.items()}
         cells = [
             r.name + (f" ({NOT_L0_MATCHED})" if r.name in unmatched else ""), r.arch, r.seed, r.steps,
             _num(r.final.get("fve")), _num(r.final.get("mse")), _num(r.final.get("l0")),
             _num(r.final.get("dead_fraction")), _num(r.final.get("sep")),
-            _num(ev.get("sparse_probing", {}).get("llm_test_accuracy")),
-            _num(ev.get("sparse_probing", {}).get("sae_test_accuracy")),
-            _num(ev.get("unlearning", {}).get("unlearning_score")) if "unlearning" in ev else status.get("unlearning", "–"),
-            _num(ev.get("absorption", {}).get("mean_absorption_fraction_score")) if "absorption" in ev else status.get("absorption", "–"),
-            _num(ev.get("core", {}).get("explained_variance")) if "core" in ev else status.get("core", "–"),
+            *(_eval_cell(r.evals.get(name), column) for name, column in evals),
             "; ".join(([f"**FLAGGED: {'; '.join(r.flags)}**"] if r.flags else []) + r.caveats) or "ok",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
+
+
+def _eval_columns() -> list[tuple[str, registry.ReportColumn]]:
+    """``(eval, column)`` of the metric table: the downstream evals' columns, then the reconstruction ones."""
+    ordered = sorted(registry.specs(), key=lambda spec: spec.kind == "reconstruction")  # stable: registry order
+    return [(spec.name, column) for spec in ordered for column in spec.report_columns()]
+
+
+def _eval_cell(result: dict[str, Any] | None, column: registry.ReportColumn) -> str:
+    if result is not None and result["status"] == "ok":
+        return _num(result.get("metrics", {}).get(column.metric))
+    return result["status"] if result is not None and column.status_when_missing else "–"
+
+
+def _columns_note() -> str:
+    """What the eval columns hold, for the note under the table."""
+    specs = sorted(registry.specs(), key=lambda spec: spec.kind == "reconstruction")
+    scores = "/".join(column.header for _, column in _eval_columns() if column.status_when_missing)
+    return " ".join([*(s.column_note for s in specs if s.column_note),
+                     f"{scores}: SAE-Bench headline scores, or why there is none."])
 
 
 def _num(value: Any) -> str:
@@ -464,8 +318,7 @@ def _markdown(records: list[RunRecord], data: dict[str, Any], extra_sections: li
         lines += [f"- **{r.name}**: {'; '.join(r.caveats)}" for r in caveated] + [""]
     lines += ["## Metrics", "", *metric_table(records), "",
               "fve/mse/l0/dead/sep: held-out metrics of the final checkpoint (sep = mean cosine of codes at adjacent "
-              "tokens). probe: SAE-Bench sparse probing test accuracy. unlearning/absorption/core: SAE-Bench headline "
-              "scores, or why there is none. Accuracy figures draw chance (0.5: the probing tasks are binary). "
+              f"tokens). {_columns_note()} Accuracy figures draw chance (0.5: the probing tasks are binary). "
               f"\"{NOT_L0_MATCHED}\": the run's L0 is more than {L0_MATCH_TOLERANCE:.0%} from the median L0 of the "
               "unflagged runs it is compared with (those of its match_l0 level, if any), so its scores are not "
               "comparable at equal sparsity.", ""]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -21,17 +20,22 @@ from typing import Any, Callable
 
 import torch
 
+from mtsae import env
 from mtsae.devices import resolve_device
 from mtsae.errors import MtsaeError
 from mtsae.evaluate.adapter import load_adapter
 from mtsae.evaluate.checkpoints import CheckpointInfo, read_checkpoint_info
 from mtsae.evaluate.saelens_checkpoints import release_info
-from mtsae.evaluate.config import (FORGET_CORPUS_ENV, SPLICING_EVALS, EvalConfig, context_lengths, resolve_profile,
-                                   resolve_settings)
-from mtsae.evaluate.embedded_mirror import ensure_embedded_mirror, rows_needed
+from mtsae.evaluate import registry
+from mtsae.evaluate.config import (FORGET_CORPUS_ENV, EvalConfig, context_lengths, resolve_profile, resolve_settings,
+                                   splicing_evals)
+from mtsae.evaluate.embedded_mirror import ensure_embedded_mirror
+from mtsae.evaluate.world_mirror import ensure_world_mirror
+from mtsae.harvest import world_assets
 from mtsae.evaluate.evals import Job, Outcome, Target, headline_metrics, not_scorable_path, result_path, run_job
 from mtsae.evaluate.models import ModelDims, hub_model_dims
-from mtsae.evaluate.names import EMBEDDED, base_model_name, canonical_model_name, instruct_model_name, is_embedded
+from mtsae.evaluate.names import (WORLD, base_model_name, builtin_base, canonical_model_name, instruct_model_name,
+                                  is_builtin, is_world)
 from mtsae.evaluate.offline import OfflineMirror, load_mirror
 from mtsae.evaluate.patches import link_forget_corpus, offline, working_directory
 from mtsae.evaluate.quiet import LOG_FILENAME, StageProgress, third_party_output
@@ -73,7 +77,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print, progress: bool
     mirror = _mirror(cfg, model, settings)
     unlearning_model = cfg.unlearning_model or instruct_model_name(model)
     _check_compatible(cfg, infos, model, unlearning_model, mirror, settings)
-    corpus = _forget_corpus(cfg, mirror) if "unlearning" in cfg.evals else None
+    corpus = _forget_corpus(cfg, mirror) if _any_selected(cfg, "forget_corpus") else None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     releases = release_names(infos)
@@ -81,7 +85,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print, progress: bool
         f"profile {profile}, device {device}, evals {', '.join(cfg.evals)}")
 
     jobs = [
-        Job(name, unlearning_model if name == "unlearning" else model, [Target(r, i) for r, i in zip(releases, infos)],
+        Job(name, unlearning_model if registry.get(name).instruct_model else model,
+            [Target(r, i) for r, i in zip(releases, infos)],
             settings[name], device, out / name, out / WORK_DIRNAME / name)
         for name in cfg.evals
     ]
@@ -92,7 +97,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print, progress: bool
             outcomes = _run_eval(job, kept[job.eval_name], cfg, mirror, corpus, log, progress)
             rows += [_row(job.eval_name, t, outcomes[t.release], out) for t in job.targets]
     header = {
-        "model": model, "unlearning_model": unlearning_model if "unlearning" in cfg.evals else None,
+        "model": model, "unlearning_model": unlearning_model if _any_selected(cfg, "instruct_model") else None,
         "offline_mirror": str(mirror.root) if mirror else None, "device": device, "profile": profile,
         "evals": cfg.evals, "settings": {e: settings[e] for e in cfg.evals}, "allow_non_causal": cfg.allow_non_causal,
         "checkpoints": [{"release": r, **i.describe()} for r, i in zip(releases, infos)],
@@ -107,7 +112,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print, progress: bool
 
 def _check_causal(cfg: EvalConfig, infos: list[CheckpointInfo], log: Callable[[str], None]) -> None:
     """Refuse to splice an SAE whose codes read later tokens into the model, unless allowed (then say so)."""
-    splicing = [e for e in cfg.evals if e in SPLICING_EVALS]
+    splicing = [e for e in cfg.evals if e in splicing_evals()]
     leaky = [info for info in infos if not info.is_causal]
     if not splicing or not leaky:
         return
@@ -121,23 +126,43 @@ def _check_causal(cfg: EvalConfig, infos: list[CheckpointInfo], log: Callable[[s
         "tokens (flagged non-causal in summary.json)")
 
 
+def _any_selected(cfg: EvalConfig, need: str) -> bool:
+    """Whether a selected eval's spec sets ``need`` (``instruct_model``, ``forget_corpus``)."""
+    return any(getattr(registry.get(name), need) for name in cfg.evals)
+
+
 def _evaluation_model(requested: str | None, infos: list[CheckpointInfo]) -> str:
     trained = {canonical_model_name(i.model_name) for i in infos}
     if len(trained) > 1:
         raise MtsaeError(f"the checkpoints were trained on different models ({', '.join(sorted(trained))}); "
                          "evaluate each model's checkpoints in a separate run")
     model = requested or infos[0].model_name
-    return EMBEDDED if model.startswith(EMBEDDED + ":") else model
+    _check_builtin(model, infos[0].model_name)
+    base = builtin_base(model)
+    return base if base and model.startswith(base + ":") else model
+
+
+def _check_builtin(model: str, trained: str) -> None:
+    """A built-in model is only evaluated with SAEs trained on it, and the world LM only in its own version."""
+    wanted, had = builtin_base(model), builtin_base(trained)
+    if (wanted or had) and wanted != had:
+        raise MtsaeError(f"the checkpoints were trained on {trained} but would be evaluated on {model}; "
+                         "an SAE only reads the residual stream of the model it was trained on")
+    if had == WORLD and trained.startswith(WORLD + ":") and trained != f"{WORLD}:{world_assets.MODEL_DIRNAME}":
+        raise MtsaeError(f"the checkpoints were trained on {trained}, but this mtsae ships "
+                         f"{WORLD}:{world_assets.MODEL_DIRNAME} (another world or model version); "
+                         "re-harvest and retrain with this version")
 
 
 def _mirror(cfg: EvalConfig, model: str, settings: dict[str, dict[str, Any]]) -> OfflineMirror | None:
     if cfg.offline:
         return load_mirror(cfg.offline)
-    if is_embedded(model):  # the embedded model exists nowhere else: always offline
-        probing = settings["sparse_probing"]
-        return load_mirror(ensure_embedded_mirror(rows_needed(probing.get("probe_train_set_size", 4000),
-                                                               probing.get("probe_test_set_size", 1000))))
-    return None
+    if not is_builtin(model):
+        return None
+    # a built-in model exists nowhere else: always offline, from its own mirror
+    rows = [spec.mirror_rows(settings[spec.name]) for spec in registry.specs() if spec.mirror_rows is not None]
+    ensure = ensure_world_mirror if is_world(model) else ensure_embedded_mirror
+    return load_mirror(ensure(*([max(rows)] if rows else [])))
 
 
 def _dims(model: str, mirror: OfflineMirror | None) -> ModelDims:
@@ -162,7 +187,7 @@ def _check_compatible(cfg: EvalConfig, infos: list[CheckpointInfo], model: str, 
         if length > dims.n_ctx:
             raise MtsaeError(f"{eval_name} feeds {length}-token sequences but {model} has {dims.n_ctx} positions; "
                              "use --profile tiny or lower it in --config")
-    if "unlearning" in cfg.evals:
+    if _any_selected(cfg, "instruct_model"):
         _check_instruct(unlearning_model, model, dims, mirror)
 
 
@@ -177,7 +202,7 @@ def _check_instruct(unlearning_model: str, model: str, dims: ModelDims, mirror: 
 
 
 def _forget_corpus(cfg: EvalConfig, mirror: OfflineMirror | None) -> Path:
-    given = cfg.forget_corpus or os.environ.get(FORGET_CORPUS_ENV)
+    given = cfg.forget_corpus or env.get(env.WMDP_FORGET_CORPUS)
     corpus = Path(given).expanduser() if given else (mirror.forget_corpus if mirror else None)
     if corpus is None or not corpus.is_file():
         raise MtsaeError(
@@ -201,7 +226,7 @@ def _threads_for(model: str, device: str):
     machine OpenMP spin-waiting made the four evals 4-10x slower (docs/evaluation.md).
     """
     before = torch.get_num_threads()
-    if is_embedded(model) and device == "cpu":
+    if is_builtin(model) and device == "cpu":
         torch.set_num_threads(1)
     try:
         yield
@@ -246,7 +271,7 @@ def _run_eval(job: Job, kept: dict[str, Outcome], cfg: EvalConfig, mirror: Offli
         stack.enter_context(working_directory(job.workdir))
         if mirror is not None:
             stack.enter_context(offline(mirror))
-        if corpus is not None and job.eval_name == "unlearning":
+        if corpus is not None and registry.get(job.eval_name).forget_corpus:
             link_forget_corpus(job.workdir, corpus)
         stage = stack.enter_context(contextlib.closing(
             StageProgress(job.eval_name, [t.release for t in pending], terminal, enabled=progress)))

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtsae.evaluate.rng import seeded
 from mtsae.harvest.synth import GroundTruth, SynthConfig, make_ground_truth, sample_codes
 from mtsae.train.registry import create_sae
 
@@ -102,29 +103,29 @@ def per_token_snr(x_BTD: torch.Tensor, codes_BTG: np.ndarray, truth: GroundTruth
 
 def train_one(model: Model, x_train: torch.Tensor, *, d_sae: int, steps: int, batch_tokens: int, window: int,
               lr: float, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    sae = create_sae(model.arch, d_in=x_train.shape[-1], d_sae=d_sae, **model.options).train()
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    n_seq, seq_len, d = x_train.shape
-    flat = x_train.reshape(-1, d)
-    for step in range(steps):
-        for group in opt.param_groups:  # linear decay to 0 over the last 20 %, as mtsae train
-            group["lr"] = lr * min(1.0, (steps - step) / (0.2 * steps))
-        if model.on_windows:
-            b = batch_tokens // window
-            rows = torch.randint(n_seq, (b,), generator=gen)
-            starts = torch.randint(seq_len - window + 1, (b,), generator=gen)
-            x = torch.stack([x_train[r, s:s + window] for r, s in zip(rows.tolist(), starts.tolist())])
-        else:
-            x = flat[torch.randint(flat.shape[0], (batch_tokens,), generator=gen)]
-        out = sae.loss(x)
-        opt.zero_grad()
-        out.loss.backward()
-        sae.remove_parallel_gradient_()
-        opt.step()
-        sae.constrain_parameters_()
-    return sae.eval()
+    with seeded(seed):  # the SAE's initialisation; the caller's global generators are given back
+        sae = create_sae(model.arch, d_in=x_train.shape[-1], d_sae=d_sae, **model.options).train()
+        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(seed)
+        n_seq, seq_len, d = x_train.shape
+        flat = x_train.reshape(-1, d)
+        for step in range(steps):
+            for group in opt.param_groups:  # linear decay to 0 over the last 20 %, as mtsae train
+                group["lr"] = lr * min(1.0, (steps - step) / (0.2 * steps))
+            if model.on_windows:
+                b = batch_tokens // window
+                rows = torch.randint(n_seq, (b,), generator=gen)
+                starts = torch.randint(seq_len - window + 1, (b,), generator=gen)
+                x = torch.stack([x_train[r, s:s + window] for r, s in zip(rows.tolist(), starts.tolist())])
+            else:
+                x = flat[torch.randint(flat.shape[0], (batch_tokens,), generator=gen)]
+            out = sae.loss(x)
+            opt.zero_grad()
+            out.loss.backward()
+            sae.remove_parallel_gradient_()
+            opt.step()
+            sae.constrain_parameters_()
+        return sae.eval()
 
 
 def bucket_of(dwell: np.ndarray) -> list[np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from mtsae.devices import compute_dtype
 from mtsae.errors import MtsaeError
-from mtsae.evaluate import evals as evals_module
+from mtsae.evaluate import registry
 from mtsae.evaluate.config import EvalConfig
 from mtsae.evaluate.run import evaluate
 from test_eval_support import save
@@ -64,7 +65,7 @@ def test_a_crashing_eval_is_recorded_and_the_others_run(checkpoints, tmp_path, m
     def boom(job):
         raise RuntimeError("simulated SAE-Bench crash")
 
-    monkeypatch.setitem(evals_module.RUNNERS, "core", boom)
+    monkeypatch.setitem(registry._REGISTRY, "core", dataclasses.replace(registry.get("core"), run=boom))
     summary = run(checkpoints[:1], tmp_path, evals=["core"])
     assert summary.rows[0]["status"] == "failed" and "simulated" in summary.rows[0]["reason"]
     assert (tmp_path / "core" / "core_error.txt").is_file()
@@ -154,7 +155,7 @@ def test_online_gemma_run_is_prepared_as_sae_bench_expects(tmp_path, monkeypatch
         seen.update(model=job.model, settings=job.settings, linked=(job.workdir / FORGET_CORPUS_RELPATH).resolve(),
                     cwd=str(__import__("pathlib").Path.cwd()), sae_model=job.targets[0].sae.cfg.model_name)
 
-    monkeypatch.setitem(evals_module.RUNNERS, "unlearning", fake)
+    monkeypatch.setitem(registry._REGISTRY, "unlearning", dataclasses.replace(registry.get("unlearning"), run=fake))
     summary = run([str(ckpt)], tmp_path / "out", evals=["unlearning"], forget_corpus=str(corpus))
     assert seen["model"] == "google/gemma-2-2b-it" and seen["sae_model"] == "google/gemma-2-2b-it"
     assert seen["settings"]["llm_batch_size"] == 4  # 32 // 8

@@ -157,7 +157,8 @@ def test_experiment_harvests_reuse_and_publish_to_the_shared_root(tmp_path, monk
 
 
 def test_the_demo_leaves_out_what_the_random_model_cannot_score_and_full_adds_it_back():
-    from mtsae.evaluate.config import DEMO_PROBING_DATASETS, EvalConfig, resolve_settings
+    from mtsae.evaluate.config import EvalConfig, resolve_settings
+    from mtsae.evaluate.sae_bench_evals import DEMO_PROBING_DATASETS
 
     demo, full = load_experiment("embedded"), load_experiment("embedded-full")
     assert "absorption" not in demo.evals and demo.eval_options == {"profile": "demo", "allow_non_causal": True}

@@ -143,15 +143,15 @@ def test_html_is_rendered_by_markdown_it_with_user_text_escaped(tmp_path):
 @pytest.fixture
 def drawn(monkeypatch):
     """Every figure the report draws, by file name, kept open for inspection after it is saved."""
-    from mtsae.evaluate import report
+    from mtsae.evaluate import figures as module
 
-    figures, save = {}, report._save
+    figures, save = {}, module.save_figure
 
     def keep(fig, path):
         figures[path.name] = fig
         save(fig, path)
 
-    monkeypatch.setattr(report, "_save", keep)
+    monkeypatch.setattr(module, "save_figure", keep)
     return figures
 
 
