@@ -104,21 +104,24 @@ def summarize_time_scales(scales: np.ndarray, max_lag: int | None = None, window
 def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int = 256, max_lag: int = 32,
                 batch_windows: int = 16) -> dict[str, Any]:
     """Every statistic above for a finished run, on held-out windows of its own cache and split."""
-    import json
     import sys
-    from pathlib import Path
 
     from mtsae.cache.shared import local_cache
     from mtsae.errors import MtsaeError
     from mtsae.train.checkpoint import load_checkpoint
     from mtsae.train.config import Windowing
     from mtsae.train.loader import WindowDataset
+    from mtsae.train.rundir import RUN_FILENAME, RunDir
 
-    run = Path(run_dir)
-    if not (run / "final").is_dir():
-        raise MtsaeError(f"{run} has no final checkpoint; train it to the end first")
-    sae, metadata = load_checkpoint(run / "final")
-    cfg = json.loads((run / "run.json").read_text())["config"]
+    run = RunDir(run_dir)
+    if not run.is_finished:
+        raise MtsaeError(f"{run.path} has no final checkpoint; train it to the end first")
+    sae, metadata = load_checkpoint(run.final)
+    info = run.read_info()
+    if info is None:
+        raise MtsaeError(f"{run.path} is not a training run (no valid {RUN_FILENAME}); "
+                         "pass a directory written by `mtsae train`")
+    cfg = info["config"]
     # A URL: a verified local copy, pulled once (stdout carries the JSON, so the pull talks on stderr).
     cache_path = local_cache(cache_path or cfg["cache"], log=lambda line: print(line, file=sys.stderr))
     windowing = Windowing(cfg["window"], cfg.get("stride"), cfg["holdout_fraction"], cfg["seed"])
@@ -126,7 +129,7 @@ def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int
     if len(heldout) == 0:
         raise MtsaeError(f"the held-out split of {cache_path} has no window of {cfg['window']} tokens")
     if heldout.d_model != sae.cfg.d_in:
-        raise MtsaeError(f"the checkpoint of {run} reads {sae.cfg.d_in}-wide activations, but layer {cfg['layer']} of "
+        raise MtsaeError(f"the checkpoint of {run.path} reads {sae.cfg.d_in}-wide activations, but layer {cfg['layer']} of "
                          f"{cache_path} is {heldout.d_model} wide; pass the cache it was trained on (--cache)")
     indices = np.arange(min(max_windows, len(heldout)))
     sae.eval()
@@ -139,7 +142,7 @@ def analyze_run(run_dir: str, *, cache_path: str | None = None, max_windows: int
     acf = autocorrelation(codes_BTF.numpy(), max_lag)
     scales = time_scales(acf)
     result = {
-        "run": run.name,
+        "run": run.path.name,
         "architecture": metadata.get("architecture"),
         "heldout_windows": int(len(indices)),
         "window": cfg["window"],

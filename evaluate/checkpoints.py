@@ -18,8 +18,7 @@ from typing import Any
 from mtsae.errors import MtsaeError
 from mtsae.train.checkpoint import CFG_FILENAME, FORMAT_VERSION, is_checkpoint
 from mtsae.train.registry import get_architecture
-
-FINAL_DIRNAME = "final"  # what `mtsae train` names the last checkpoint of a run
+from mtsae.train.rundir import FINAL_DIRNAME, RunDir
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,8 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if is_checkpoint(path):
         return path.resolve()
-    if is_checkpoint(path / FINAL_DIRNAME):
-        return (path / FINAL_DIRNAME).resolve()
+    if is_checkpoint(RunDir(path).final):
+        return RunDir(path).final.resolve()
     raise MtsaeError(
         f"{path} is not an mtsae checkpoint (no {CFG_FILENAME} with an 'mtsae' section, nor a run's "
         f"{FINAL_DIRNAME}/) nor a SAELens checkpoint folder; pass a checkpoint directory such as runs/<name>/{FINAL_DIRNAME}"
@@ -76,7 +75,7 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     """An mtsae checkpoint (or run directory), or a folder SAELens saved (mtsae.evaluate.saelens_checkpoints)."""
     from mtsae.evaluate import saelens_checkpoints
 
-    if not is_checkpoint(path) and not is_checkpoint(Path(path) / FINAL_DIRNAME) and saelens_checkpoints.is_saelens_folder(path):
+    if not is_checkpoint(path) and not is_checkpoint(RunDir(path).final) and saelens_checkpoints.is_saelens_folder(path):
         return saelens_checkpoints.folder_info(path)
     path = resolve_checkpoint_dir(path)
     cfg = json.loads((path / CFG_FILENAME).read_text())

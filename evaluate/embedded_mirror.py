@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from mtsae.durable import materialise_dir
 from mtsae.evaluate import synthetic
 from mtsae.evaluate.offline import MANIFEST, write_manifest
 from mtsae.evaluate.synthetic import TOPIC_NAMES, TextMaker
@@ -267,20 +266,9 @@ def _embedded_dir(home: Path | None) -> Path:
 
 
 def _materialise(final: Path, marker: str, build: Callable[[Path], None]) -> Path:
-    """Build into a temporary sibling and rename it into place; a finished ``final`` is reused."""
-    if (final / marker).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        build(tmp)
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / marker).is_file():  # not a finished concurrent build: a broken leftover
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    """Build once into a temporary sibling and rename it into place (mtsae.durable); a finished ``final`` is reused."""
+    def build_readable(root: Path) -> None:
+        build(root)
+        os.chmod(root, 0o755)  # mkdtemp makes it 0700
 
+    return materialise_dir(final, build_readable, complete=lambda path: (path / marker).is_file())

@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from mtsae.errors import MtsaeError
 from mtsae.evaluate import registry
+from mtsae.train.rundir import RunDir
 from mtsae.values import did_you_mean
 
 # Matched width, learning rate and tokens per step (the trainer's 4096 // window windows) for every run.
@@ -241,7 +242,7 @@ def _train(cfg: ExperimentConfig, spec: dict[str, Any], cache: str, run_dir: Pat
     from mtsae.train.config import TrainConfig
     from mtsae.train.trainer import train
 
-    if (run_dir / "final").is_dir():
+    if RunDir(run_dir).is_finished:
         log(f"[experiment] {spec['name']}: already trained, skipping")
         return True
     try:
@@ -252,7 +253,7 @@ def _train(cfg: ExperimentConfig, spec: dict[str, Any], cache: str, run_dir: Pat
         log(f"[experiment] {spec['name']}: training failed: {exc}")
     except TypeError as exc:
         raise MtsaeError(f"run {spec['name']}: {exc}") from None
-    return (run_dir / "final").is_dir()
+    return RunDir(run_dir).is_finished
 
 
 def _train_fields(defaults: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -266,29 +267,30 @@ def _evaluate(cfg: ExperimentConfig, run_dirs: list[Path], out: Path, log, progr
     from mtsae.evaluate.config import EvalConfig
     from mtsae.evaluate.run import evaluate
 
-    pending = [d for d in run_dirs if not (d / "eval" / "summary.json").is_file()]
+    pending = [d for d in run_dirs if not RunDir(d).eval_summary.is_file()]
     for d in set(run_dirs) - set(pending):
         log(f"[experiment] {d.name}: already evaluated, skipping")
     if not pending:
         return
     log(f"[experiment] SAE-Bench {', '.join(cfg.evals)} on {', '.join(d.name for d in pending)}")
     try:
-        summary = evaluate(EvalConfig(checkpoints=[str(d / "final") for d in pending], out=str(out),
+        summary = evaluate(EvalConfig(checkpoints=[str(RunDir(d).final) for d in pending], out=str(out),
                                       evals=list(cfg.evals), **cfg.eval_options), log=log, progress=progress)
     except MtsaeError as exc:
         log(f"[experiment] evaluation failed: {exc}")
         return
     for d in pending:
-        final = str((d / "final").resolve())
+        run = RunDir(d)
+        final = str(run.final.resolve())
         rows = [r for r in summary.rows if r["checkpoint"] == final]
-        (d / "eval").mkdir(exist_ok=True)
-        (d / "eval" / "summary.json").write_text(json.dumps({**summary.data, "results": rows}, indent=2, default=str) + "\n")
+        run.eval_summary.parent.mkdir(exist_ok=True)
+        run.eval_summary.write_text(json.dumps({**summary.data, "results": rows}, indent=2, default=str) + "\n")
 
 
 def _analyze(run_dir: Path, cache: str, log) -> None:
     from mtsae.evaluate.analysis import analyze_run
 
-    target = run_dir / "analysis.json"
+    target = RunDir(run_dir).analysis
     if target.is_file():
         return
     log(f"[experiment] {run_dir.name}: disentanglement analysis")
@@ -298,7 +300,7 @@ def _analyze(run_dir: Path, cache: str, log) -> None:
 def _report(run_dirs: list[Path], out: Path, log) -> dict[str, Any]:
     from mtsae.evaluate.report import write_report
 
-    analyses = {d.name: json.loads((d / "analysis.json").read_text()) for d in run_dirs if (d / "analysis.json").is_file()}
+    analyses = {d.name: json.loads(RunDir(d).analysis.read_text()) for d in run_dirs if RunDir(d).analysis.is_file()}
     data = write_report(run_dirs, out, analyses=analyses, extra_sections=analysis_sections(analyses))
     flagged = [r for r in data["runs"] if r["flags"]]
     for r in flagged:

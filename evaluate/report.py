@@ -1,8 +1,8 @@
 """`mtsae report`: figures, a Markdown + self-contained HTML report and report.json from training runs.
 
-A run directory is what `mtsae train` writes (run.json, log.jsonl, final/);
-its SAE-Bench results are read from ``<run>/eval/summary.json`` (what
-`mtsae experiment` writes) when present. Every number drawn is also written
+A run directory is what `mtsae train` writes (run.json, log.jsonl, final/), read
+through train/rundir.py; its SAE-Bench results are read from ``<run>/eval/summary.json``
+(what `mtsae experiment` writes) when present. Every number drawn is also written
 to report.json, so what a figure shows can be checked.
 
 Honesty guardrails: a run that trained 0 steps or did not finish, has NaN or
@@ -30,6 +30,7 @@ from mtsae.evaluate.config import splicing_evals
 from mtsae.evaluate.figures import (L0_MATCH_TOLERANCE, NOT_L0_MATCHED, l0_unmatched, model_line, plot_accuracy,
                                     plot_loss_curves, plot_unlearning, provenance, random_weights_warning,
                                     unlearning_results)
+from mtsae.train.rundir import RUN_FILENAME, RunDir
 
 MAX_DEAD_FRACTION = 0.5
 PENALTY_SYMBOLS = {"l1_coefficient": "L1 λ", "l0_coefficient": "L0 λ"}
@@ -71,19 +72,19 @@ class RunRecord:
 
 
 def load_run(path: str | Path) -> RunRecord:
-    run = Path(path)
-    info_file = run / "run.json"
-    if not info_file.is_file():
-        raise MtsaeError(f"{run} is not a training run (no run.json); pass directories written by `mtsae train`")
-    info = json.loads(info_file.read_text())
-    cfg = info.get("config", {})
-    record = RunRecord(name=run.name, path=str(run), arch=cfg.get("arch"), preset=cfg.get("preset"), seed=cfg.get("seed"),
+    run = RunDir(path)
+    info = run.read_info()
+    if info is None:
+        raise MtsaeError(f"{run.path} is not a training run (no valid {RUN_FILENAME}); "
+                         "pass directories written by `mtsae train`")
+    cfg = info["config"]
+    record = RunRecord(name=run.path.name, path=str(run.path), arch=cfg.get("arch"), preset=cfg.get("preset"), seed=cfg.get("seed"),
                        cache_fingerprint=info.get("cache_fingerprint"), mtsae_version=info.get("mtsae_version"),
                        layer=cfg.get("layer"))
     record.sparsity_penalty, record.sparsity_coefficient = _sparsity_coefficient(cfg)
-    _read_log(run / "log.jsonl", record)
-    _read_final(run / "final" / "cfg.json", record)
-    _read_evals(run / "eval" / "summary.json", record)
+    _read_log(run.read_log(), record)
+    _read_final(run.final_cfg, record)
+    _read_evals(run.eval_summary, record)
     record.flags = guardrail_flags(record)
     return record
 
@@ -99,11 +100,8 @@ def _sparsity_coefficient(cfg: dict[str, Any]) -> tuple[str | None, float | None
     return None, None
 
 
-def _read_log(path: Path, record: RunRecord) -> None:
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
+def _read_log(entries: list[dict[str, Any]], record: RunRecord) -> None:
+    for entry in entries:
         if entry.get("split") == "heldout" and isinstance(entry.get("fve"), (int, float)):
             record.heldout_fve.append((entry.get("step", 0), entry["fve"]))
         if entry.get("split") != "train":

@@ -40,6 +40,7 @@ from mtsae.evaluate.offline import OfflineMirror, load_mirror
 from mtsae.evaluate.patches import link_forget_corpus, offline, working_directory
 from mtsae.evaluate.quiet import LOG_FILENAME, StageProgress, third_party_output
 from mtsae.evaluate.summary import EvalSummary, write_summary
+from mtsae.train.rundir import FINAL_DIRNAME
 
 WORK_DIRNAME = ".work"
 
@@ -240,7 +241,7 @@ def release_names(infos: list[CheckpointInfo]) -> list[str]:
         if info.path is None:  # a SAELens release: RELEASE:ID
             base = str(info.saelens)
         else:
-            base = info.path.name if info.path.name != "final" else f"{info.path.parent.name}_final"
+            base = info.path.name if info.path.name != FINAL_DIRNAME else f"{info.path.parent.name}_{FINAL_DIRNAME}"
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", base)
         name, n = base, 2
         while name in names:

@@ -38,18 +38,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
-import shutil
-import tempfile
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mtsae.durable import fsync_path
+from mtsae.durable import materialise_dir, materialise_file
 from mtsae.home import mtsae_home
 
 EMBEDDED_NAME = "embedded"
@@ -521,86 +516,12 @@ def _is_complete_dir(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file()
 
 
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            fsync_path(path)
-    fsync_path(root)
-
-
-def _sweep_stale_temps(parent: Path, name: str) -> None:
-    """Remove temp siblings of ``name`` left by builds that crashed long ago.
-
-    Young ones may belong to a build running right now in another process.
-    """
-    cutoff = time.time() - _STALE_TEMP_AGE_S
-    for path in parent.glob(f".{name}.*"):
-        try:
-            if path.lstat().st_mtime < cutoff:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        except OSError:
-            pass  # somebody else is sweeping it
-
-
-def _publish_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; if a complete ``final`` exists, keep that one."""
-    for _ in range(5):
-        try:
-            os.rename(tmp, final)  # fails if final is a non-empty directory
-            fsync_path(final.parent)
-            return
-        except OSError:
-            if _is_complete_dir(final):
-                return  # a concurrent builder won; ours is discarded by the caller
-            if not final.exists():
-                continue
-        # final exists but was never completed (not ours: ours only appear by
-        # rename). Move it aside atomically, then delete it.
-        trash = final.parent / f".{final.name}.stale-{uuid.uuid4().hex}"
-        try:
-            os.rename(final, trash)
-        except FileNotFoundError:
-            continue  # another process moved it first
-        shutil.rmtree(trash, ignore_errors=True)
-    raise OSError(f"could not publish {tmp} as {final}")
-
-
 def _materialise_dir(final: Path, build: Callable[[Path], None]) -> Path:
-    if _is_complete_dir(final):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_temps(final.parent, final.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        build(tmp)
-        (tmp / COMPLETE_MARKER).write_text(final.name + "\n")
-        _fsync_tree(tmp)  # contents on disk before the rename makes them visible
-        _publish_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op once renamed
-    return final
+    def build_complete(directory: Path) -> None:
+        build(directory)
+        (directory / COMPLETE_MARKER).write_text(final.name + "\n")
 
-
-def _materialise_file(final: Path, build: Callable[[Path], None]) -> Path:
-    # A file only ever appears at `final` by rename, so existing means complete.
-    if final.is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_temps(final.parent, final.name)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        build(tmp)
-        fsync_path(tmp)
-        # Racing builders write identical bytes, so whichever rename lands last
-        # is as good as the first; readers holding the old inode are unaffected.
-        os.replace(tmp, final)
-        fsync_path(final.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return materialise_dir(final, build_complete, complete=_is_complete_dir, stale_after_s=_STALE_TEMP_AGE_S)
 
 
 def ensure_embedded_model(home: Path | None = None) -> Path:
@@ -610,4 +531,4 @@ def ensure_embedded_model(home: Path | None = None) -> Path:
 
 def ensure_embedded_corpus(home: Path | None = None) -> Path:
     """Materialise (once) and return the embedded corpus's JSONL path."""
-    return _materialise_file(_embedded_dir(home) / CORPUS_FILENAME, _write_corpus)
+    return materialise_file(_embedded_dir(home) / CORPUS_FILENAME, _write_corpus, stale_after_s=_STALE_TEMP_AGE_S)

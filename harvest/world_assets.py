@@ -18,6 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from mtsae.durable import materialise_file
 from mtsae.errors import MtsaeError
 from mtsae.harvest import world as W
 from mtsae.home import mtsae_home
@@ -76,12 +77,10 @@ def corpus_documents(count: int = CORPUS_DOCUMENTS) -> list[dict]:
 
 def ensure_world_corpus(home: Path | None = None) -> Path:
     """Materialise (once) and return the world corpus's JSONL path."""
-    from mtsae.harvest.embedded import _materialise_file
-
     def write(path: Path) -> None:
         with open(path, "w", encoding="utf-8", newline="\n") as f:
             for doc in corpus_documents():
                 f.write(json.dumps(doc, ensure_ascii=False) + "\n")
 
     root = Path(home if home is not None else mtsae_home()) / WORLD_NAME
-    return _materialise_file(root / CORPUS_FILENAME, write)
+    return materialise_file(root / CORPUS_FILENAME, write)

@@ -45,3 +45,10 @@ def compute_dtype(storage_dtype: str, device: torch.device) -> str:
         return storage_dtype
     native = {"bfloat16": cpu_has_native_bf16(), "float16": torch.cpu._is_amx_fp16_supported()}
     return storage_dtype if native.get(storage_dtype, True) else "float32"
+
+
+def resolve_amp_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype the trainer computes in: ``auto`` is bfloat16 autocast on CUDA, float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)

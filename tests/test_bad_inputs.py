@@ -21,7 +21,8 @@ from mtsae.cache import format as fmt
 from mtsae.cli import app
 from mtsae.train.checkpoint import CFG_FILENAME
 from mtsae.train.config import TrainConfig
-from mtsae.train.trainer import STATE_FILENAME, Trainer, latest_checkpoint
+from mtsae.train.rundir import STATE_FILENAME, latest_checkpoint
+from mtsae.train.trainer import Trainer
 from test_eval_support import save
 
 runner = CliRunner()

@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 
 from mtsae.cache import read_attrs
-from mtsae.train.trainer import FINAL_DIRNAME
+from mtsae.train.rundir import FINAL_DIRNAME
 from test_resume import SETTINGS as HARVEST_SETTINGS
 from test_resume import assert_same_store
 from test_train_crash import ENV, assert_resumable_checkpoints_load, assert_same_run, train_cmd

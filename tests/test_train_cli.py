@@ -12,7 +12,7 @@ from mtsae.train.loader import WindowDataset
 from mtsae.train.checkpoint import load_checkpoint
 from mtsae.train.config import TrainConfig, Windowing, load_config
 from mtsae.train.registry import architecture_names
-from mtsae.train.trainer import read_log
+from mtsae.train.rundir import RUN_LOCK, read_log
 
 runner = CliRunner()
 SMALL = ["--window", "16", "--batch-windows", "8", "--eval-every", "5", "--eval-tokens", "0",
@@ -201,7 +201,7 @@ def test_force_keeps_the_run_directory_locked(tiny_cache_path, tmp_path, monkeyp
 
     monkeypatch.setattr(trainer_module.Trainer, "train_step", step_then_look)
     assert invoke(*common, "--force").exit_code == 0
-    assert trainer_module.RUN_LOCK in seen[0] and "final" not in seen[0]
+    assert RUN_LOCK in seen[0] and "final" not in seen[0]
     assert seen[1].exit_code == 1 and "another mtsae train is writing" in seen[1].output
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from mtsae.train.checkpoint import load_checkpoint
-from mtsae.train.trainer import CHECKPOINTS_DIRNAME, FINAL_DIRNAME, STATE_FILENAME, latest_checkpoint, read_log
+from mtsae.train.rundir import CHECKPOINTS_DIRNAME, FINAL_DIRNAME, STATE_FILENAME, latest_checkpoint, read_log
 
 # Tiny and checkpointing every step: most of the run's time is spent writing checkpoints.
 STEPS = 30

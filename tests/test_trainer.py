@@ -15,7 +15,9 @@ from mtsae.train.checkpoint import load_checkpoint
 from mtsae.train.config import TrainConfig, Windowing
 from mtsae.train.loader import WindowDataset
 from mtsae.train.registry import architecture_names, create_sae
-from mtsae.train.trainer import Trainer, fold_activation_scale, read_log, train
+from mtsae.train.rundir import read_log
+from mtsae.train.scale import fold_activation_scale
+from mtsae.train.trainer import Trainer, train
 
 TINY = dict(d_sae=48, window=16, batch_windows=8, lr=3e-3, holdout_fraction=0.1, eval_every=10,
             checkpoint_every=0, eval_tokens=0, prefetch_batches=2)

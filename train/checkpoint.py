@@ -36,8 +36,6 @@ import errno
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -46,7 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import mtsae
-from mtsae.durable import fsync_path
+from mtsae.durable import publish_dir
 from mtsae.errors import MtsaeError
 from mtsae.train.base import SparseAutoencoder
 from mtsae.train.registry import get_architecture
@@ -163,9 +161,8 @@ def save_checkpoint(
         raise MtsaeError(f"refusing to overwrite {path}: it exists and is not an mtsae checkpoint; choose another path")
 
     weights, state = sae.tensors_for_saving()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         (tmp / CFG_FILENAME).write_text(cfg_text + "\n")  # first: its mode is the umask's, which the others copy
         file_mode = (tmp / CFG_FILENAME).stat().st_mode & 0o777
         tmp.chmod(_folder_mode(file_mode))  # mkdtemp makes it 0700
@@ -174,20 +171,8 @@ def save_checkpoint(
             (tmp / name).chmod(file_mode)  # safetensors writes 0600: teammates could not read the weights
         for name, write in (extra_files or {}).items():
             write(tmp / name)
-        for name in (WEIGHTS_FILENAME, STATE_FILENAME, CFG_FILENAME, *(extra_files or {})):
-            fsync_path(tmp / name)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            old.rmdir()
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-        fsync_path(path.parent)  # the rename itself survives a power cut
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish_dir(path, build)  # an existing checkpoint is replaced: a crash leaves the old one or the new one
     return path
 
 
