@@ -1,0 +1,221 @@
+"""The in-house unlearning benchmark's mechanics (evaluate/unlearn.py) on a tiny world LM.
+
+The LM is a 20-layer, 8-wide Gemma-2 trained a few steps by harvest/world_lm.py; the SAE is a
+ReLU SAE whose encoder biases are set from the LM's own residuals, so that each latent fires on
+a chosen fraction of tokens.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from mtsae.evaluate import unlearn as U  # noqa: E402
+from mtsae.evaluate.adapter import load_adapter  # noqa: E402
+from mtsae.harvest import world as W  # noqa: E402
+from mtsae.harvest import world_lm  # noqa: E402
+from mtsae.train.checkpoint import save_checkpoint  # noqa: E402
+from mtsae.train.registry import create_sae  # noqa: E402
+
+LAYER = 5
+TINY_LM = ["--hidden", "8", "--layers", "20", "--heads", "2", "--ctx", "32", "--batch", "2", "--lr", "1e-2",
+           "--max-steps", "3"]
+SETTINGS = U.UnlearnSettings(latent_counts=(0, 1, 3), clamp_values=(5.0, 50.0), forget_documents=2,
+                             retain_documents=2, seq_len=32, batch_size=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def world_model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world-lm")
+    assert world_lm.main([*TINY_LM, "--out", str(out)]) == 0
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
+def lm(world_model_dir):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(world_model_dir, attn_implementation="eager").eval()
+    return model, AutoTokenizer.from_pretrained(world_model_dir), W.build_world(0)
+
+
+def forget_rows(tokenizer, world, docs=2, seq_len=32):
+    return U.document_rows(tokenizer, [d["text"] for d in W.forget_corpus(world, docs)], seq_len)
+
+
+def make_sae(tmp_path, model_dir, model, rows, quantiles, name="sae"):
+    """A ReLU SAE on the LM's width; latent i fires on about (1 - quantiles[i]) of ``rows``' tokens."""
+    torch.manual_seed(1)
+    sae = create_sae("relu", d_in=model.config.hidden_size, d_sae=len(quantiles))
+    resid = U.residuals(model, rows, LAYER).flatten(0, 1)
+    with torch.no_grad():
+        pre = sae.pre_activations(resid)
+        q = torch.tensor(quantiles, dtype=pre.dtype)
+        sae.b_enc -= torch.stack([pre[:, i].quantile(q[i]) if q[i] < 1 else pre[:, i].max() + 1
+                                  for i in range(len(quantiles))])
+    path = save_checkpoint(sae, tmp_path / name, {"model_name": str(model_dir), "layer": LAYER})
+    return load_adapter(path)
+
+
+# --------------------------------------------------------------------------- splice and clamp
+
+
+def test_the_splice_reproduces_the_model_exactly_where_no_selected_latent_fires(tmp_path, world_model_dir, lm):
+    model, tokenizer, world = lm
+    sae = make_sae(tmp_path, world_model_dir, model, forget_rows(tokenizer, world), [1.0, 1.0, 0.0])
+    ids = forget_rows(tokenizer, world)[:4]
+    plain = U.logits_of(model, ids)
+    calls = []
+    quiet_edit = U.clamp_edit(sae, [0, 1], 50.0)  # latents 0 and 1 never fire
+    with U.residual_edit(model, LAYER, lambda r: calls.append(1) or quiet_edit(r)):
+        spliced = U.logits_of(model, ids)
+    assert calls and torch.equal(spliced, plain)
+    with U.residual_edit(model, LAYER, U.clamp_edit(sae, [], 50.0)):
+        assert torch.equal(U.logits_of(model, ids), plain)
+    with U.residual_edit(model, LAYER, U.clamp_edit(sae, [2], 50.0)):  # latent 2 fires on every token
+        assert not torch.allclose(U.logits_of(model, ids), plain)
+
+
+def test_clamping_changes_the_stream_only_where_selected_latents_fire(tmp_path, world_model_dir, lm):
+    model, tokenizer, world = lm
+    rows = forget_rows(tokenizer, world)
+    sae = make_sae(tmp_path, world_model_dir, model, rows, [0.7, 0.9, 0.0])
+    resid = U.residuals(model, rows, LAYER)
+    firing = (sae.encode(resid)[:, :, [0, 1]] > 0).any(-1)
+    firing[:, 0] = False  # BOS is never clamped
+    assert 0 < firing.float().mean() < 0.6
+    changed = (U.clamp_edit(sae, [0, 1], 20.0)(resid.clone()) != resid).any(-1)
+    assert torch.equal(changed, firing)
+    # At the logits: prompts where no selected latent fires are untouched, the others move. A latent that
+    # fires on ~2% of the prompts' tokens, so that both kinds of prompt occur.
+    probes = U.probe_set(tokenizer, W.completion_probes(world, W.FORGET_TOPIC)[:40])
+    (ids, _, _), = probes.groups  # the canonical templates cut before the value: all 6 tokens long
+    rare = make_sae(tmp_path, world_model_dir, model, ids, [0.98], name="rare")
+    fires = (rare.encode(U.residuals(model, ids, LAYER))[:, 1:, 0] > 0).any(-1)
+    with U.residual_edit(model, LAYER, U.clamp_edit(rare, [0], 20.0)):
+        clamped = U.logits_of(model, ids)[:, -1]
+    plain = U.logits_of(model, ids)[:, -1]
+    assert torch.equal(clamped[~fires], plain[~fires])
+    assert (clamped[fires] != plain[fires]).any(-1).all()
+    seen = torch.tensor([int(fires.sum()), int((~fires).sum())])
+    assert (seen > 0).all(), seen  # both kinds of prompt were checked
+
+
+def test_the_clamp_is_sae_benchs_intervention(tmp_path, world_model_dir, lm):
+    from sae_bench.evals.unlearning.utils.intervention import anthropic_clamp_resid_SAE_features
+
+    model, tokenizer, world = lm
+    rows = forget_rows(tokenizer, world)
+    sae = make_sae(tmp_path, world_model_dir, model, rows, [0.5, 0.8, 0.95, 0.99])
+    resid = U.residuals(model, rows, LAYER)
+    for latents, value in (([0], 1.0), ([1, 3], 20.0), ([0, 1, 2, 3], 50.0)):
+        ours = U.clamp_edit(sae, latents, value)(resid.clone())
+        theirs = anthropic_clamp_resid_SAE_features(resid.clone(), None, sae, latents, multiplier=value)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+        assert not torch.equal(ours, resid)
+
+
+# --------------------------------------------------------------------------- selection and coverage
+
+
+def test_firing_frequencies_and_selection_match_sae_benchs_functions(tmp_path, world_model_dir, lm):
+    from sae_bench.evals.unlearning.utils.feature_activation import get_top_features
+    from sae_bench.sae_bench_utils.activation_collection import get_feature_activation_sparsity
+
+    from mtsae.evaluate.models import load_hooked_transformer
+
+    model, tokenizer, world = lm
+    rows = forget_rows(tokenizer, world, docs=3)
+    quantiles = [0.3, 0.6, 0.9, 0.97, 0.99, 0.995, 1.0, 0.5]
+    sae = make_sae(tmp_path, world_model_dir, model, rows, quantiles)
+    mask = U.token_mask(rows, tokenizer)
+    assert not mask[:, 0].any() and mask.float().mean() > 0.8
+    ours = U.firing_frequency(U.latent_firing(model, sae, rows, LAYER, batch_size=4), mask)
+    tl_model = load_hooked_transformer(world_model_dir, "world-tiny", device="cpu")
+    tl_ours = U.firing_frequency(U.latent_firing(tl_model, sae, rows, LAYER, batch_size=4), mask)
+    theirs = get_feature_activation_sparsity(rows, tl_model, sae, batch_size=4, layer=LAYER,
+                                             hook_name=f"blocks.{LAYER}.hook_resid_post", mask_bos_pad_eos_tokens=True)
+    one_token = 1.0 / int(mask.sum())
+    assert torch.allclose(ours, theirs.double(), atol=one_token) and torch.allclose(tl_ours, theirs.double(), atol=1e-12)
+    assert ours[6] == 0 and ours[0] > ours[2] > ours[4]
+    retain = torch.tensor([0.5, 0.0, 0.005, 0.02, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    chosen = U.select_latents(ours, retain, 0.01)
+    assert chosen == [int(i) for i in get_top_features(theirs.double().numpy(), retain.numpy(), 0.01)]
+    assert set(chosen) == {1, 2, 4, 5, 7} and chosen[0] in (1, 7)  # frequent on forget, rare on retain, fires
+
+
+def test_coverage_and_false_positive_rate_on_a_hand_made_case():
+    firing = torch.zeros(2, 4, 3, dtype=torch.bool)
+    firing[0, 1, 0] = firing[0, 2, 1] = firing[1, 3, 0] = firing[1, 3, 2] = firing[0, 0, 0] = True
+    mask = torch.tensor([[False, True, True, True], [False, True, True, True]])  # position 0: BOS, not counted
+    assert U.coverage(firing, mask, [0]) == pytest.approx(2 / 6)
+    assert U.coverage(firing, mask, [0, 1]) == pytest.approx(3 / 6)
+    assert U.coverage(firing, mask, [2]) == pytest.approx(1 / 6)
+    assert U.coverage(firing, mask, []) == 0.0
+    torch.testing.assert_close(U.firing_frequency(firing, mask), torch.tensor([2 / 6, 1 / 6, 1 / 6], dtype=torch.float64))
+
+
+def test_document_rows_follow_sae_benchs_layout(lm):
+    _, tokenizer, _ = lm
+    texts = ["the host of a is b .", "music is loud", "x y z"]
+    rows = U.document_rows(tokenizer, texts, 4)
+    flat = []
+    for i, text in enumerate(texts):
+        flat += ([tokenizer.eos_token_id] if i else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert rows.shape == (len(flat) // 4, 4) and (rows[:, 0] == tokenizer.bos_token_id).all()
+    assert rows[:, 1:].flatten().tolist() == [t for i, t in enumerate(flat[: rows.numel()]) if i % 4]
+    with pytest.raises(U.MtsaeError, match="fewer than one 64-token row"):
+        U.document_rows(tokenizer, ["short"], 64)
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def test_with_no_latents_the_sweep_scores_the_plain_model(tmp_path, world_model_dir, lm):
+    model, tokenizer, world = lm
+    sae = make_sae(tmp_path, world_model_dir, model, forget_rows(tokenizer, world), [0.6, 0.9, 0.99, 0.3] * 4)
+    result = U.sweep(model, tokenizer, sae, LAYER, world, SETTINGS)
+    probes = W.completion_probes(world, W.FORGET_TOPIC)
+    by_hand = []
+    for probe in probes:  # one at a time, straight through transformers
+        ids = tokenizer(probe["prompt"], return_tensors="pt")["input_ids"]
+        by_hand.append(model(ids).logits[0, -1].argmax().item() == tokenizer.convert_tokens_to_ids(probe["answer"]))
+    assert result["plain_model"]["forget_accuracy"] == pytest.approx(sum(by_hand) / len(probes))
+    assert result["plain_model"]["forget_facts"] == 256 and result["plain_model"]["retain_facts"] == 384
+    for point in (p for p in result["curve"] if p["latents_requested"] == 0):
+        assert point["forget_accuracy"] == result["plain_model"]["forget_accuracy"]
+        assert point["retain_accuracy"] == result["plain_model"]["retain_accuracy"]
+        assert point["forget_kept"] in (None, 1.0) and point["retain_kept"] in (None, 1.0)
+    assert len(result["curve"]) == 6 and [s["latents_requested"] for s in result["latent_sets"]] == [0, 1, 3]
+    assert result["latent_sets"][0]["forget_token_coverage"] == 0.0
+    selected = result["selection"]["latents"]
+    assert all(s["retain_frequency"] < SETTINGS.retain_threshold and s["forget_frequency"] > 0 for s in selected)
+
+
+def test_kept_fraction_and_headline():
+    base = torch.tensor([True, True, False, True])
+    assert U.kept_fraction(base, torch.tensor([True, False, True, True])) == pytest.approx(2 / 3)
+    assert U.kept_fraction(torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)) is None
+
+    def point(n, clamp, forget_kept, retain_kept):
+        return {"latents": n, "clamp": clamp, "forget_kept": forget_kept, "retain_kept": retain_kept,
+                "forget_accuracy": forget_kept}
+
+    curve = [point(0, 0.0, 1.0, 1.0), point(2, 5.0, 0.6, 0.995), point(5, 5.0, 0.6, 1.0), point(5, 50.0, 0.1, 0.9)]
+    best = U.headline(curve)
+    assert (best["forget_drop"], best["latents"], best["clamp"]) == (pytest.approx(0.4), 2, 5.0)
+    assert U.headline([point(0, 0.0, None, 1.0)])["reason"] == "the plain model completes no forget-topic fact"
+    assert U.headline([point(3, 5.0, 0.2, 0.5)])["forget_drop"] is None
+
+
+def test_bad_settings_are_refused():
+    for bad, match in ((dict(latent_counts=(-1,)), "--latents"), (dict(clamp_values=(0.0,)), "--clamp"),
+                       (dict(retain_threshold=0.0), "--retain-threshold"), (dict(seq_len=1), "--seq-len"),
+                       (dict(forget_documents=0), "--forget-documents")):
+        with pytest.raises(U.MtsaeError, match=match):
+            U.UnlearnSettings(**bad).validate()
