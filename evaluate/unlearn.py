@@ -26,18 +26,14 @@ follows SAE-Bench's recipe:
 
 The core works on any Gemma-2: a transformers ``Gemma2ForCausalLM`` (forward hook on
 ``model.model.layers[layer]``) or a transformer_lens ``HookedTransformer``
-(``blocks.{layer}.hook_resid_post``). ``unlearn_runs`` (the CLI) resolves run folders.
+(``blocks.{layer}.hook_resid_post``). ``mtsae.evaluate.unlearn_runs`` (the CLI) resolves run folders.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch

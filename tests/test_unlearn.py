@@ -7,6 +7,7 @@ a chosen fraction of tokens.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -18,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from mtsae.evaluate import unlearn as U  # noqa: E402
 from mtsae.evaluate.adapter import load_adapter  # noqa: E402
+from mtsae.evaluate.unlearn_runs import markdown_summary  # noqa: E402
 from mtsae.harvest import world as W  # noqa: E402
 from mtsae.harvest import world_lm  # noqa: E402
 from mtsae.train.checkpoint import save_checkpoint  # noqa: E402
@@ -219,3 +221,81 @@ def test_bad_settings_are_refused():
                        (dict(forget_documents=0), "--forget-documents")):
         with pytest.raises(U.MtsaeError, match=match):
             U.UnlearnSettings(**bad).validate()
+
+
+# --------------------------------------------------------------------------- mtsae unlearn
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from mtsae.cli import app
+
+    return CliRunner().invoke(app, ["unlearn", *map(str, args)])
+
+
+CLI_SMALL = ["--latents", "0,1,3", "--clamp", "5,50", "--forget-documents", "2", "--retain-documents", "2",
+             "--seq-len", "32", "--batch-size", "16", "--device", "cpu", "--no-progress"]
+
+
+def test_mtsae_unlearn_writes_a_result_per_run_and_a_table(tmp_path, world_model_dir, lm):
+    model, tokenizer, world = lm
+    make_sae(tmp_path, world_model_dir, model, forget_rows(tokenizer, world), [0.6, 0.9, 0.99, 0.3] * 4)
+    out = tmp_path / "results"
+    result = _cli(tmp_path / "sae", "--out", out, *CLI_SMALL)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "sae.json").read_text())
+    assert record["model"].startswith(f"world LM {world_model_dir} (world v1 seed 0, 3 steps, sha256 ")
+    assert record["checkpoint"]["architecture"] == "relu" and record["checkpoint"]["layer"] == LAYER
+    assert [p["latents_requested"] for p in record["curve"]] == [0, 0, 1, 1, 3, 3] and not record["non_causal"]
+    table = (out / "unlearn.md").read_text()
+    assert markdown_summary([record]) in table and markdown_summary([record]) in result.stdout
+    assert f"| sae | {record['model']} | relu |" in table and "### sae" in table
+    assert result.stdout.strip().endswith(f"results: {out / 'unlearn.md'}")
+    assert "[unlearn] sae: relu at layer 5 on world LM" in result.stderr
+    again = _cli(tmp_path / "sae", "--out", out, *CLI_SMALL)  # our own earlier result is replaced
+    assert again.exit_code == 0, again.output
+
+
+def _one_error_line(result, *fragments):
+    assert result.exit_code != 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _checkpoint(tmp_path, name, model_name, arch="relu", **config):
+    sae = create_sae(arch, d_in=8, d_sae=16, **config)
+    return save_checkpoint(sae, tmp_path / name, {"model_name": str(model_name), "layer": LAYER})
+
+
+def test_mtsae_unlearn_refuses_what_it_cannot_score(tmp_path, world_model_dir):
+    import shutil
+
+    out = tmp_path / "out"
+    _one_error_line(_cli(tmp_path / "missing", "--out", out), "not an mtsae checkpoint")
+    _one_error_line(_cli(_checkpoint(tmp_path, "emb", "embedded"), "--out", out), "random weights", "not on a world model")
+    _one_error_line(_cli(_checkpoint(tmp_path, "plain", tmp_path), "--out", out), "not a world model (no world.json)")
+    leaky = _checkpoint(tmp_path, "leaky", world_model_dir, arch="mtsae", padding="replicate")
+    _one_error_line(_cli(leaky, "--out", out), "not causal", "--allow-non-causal")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(world_model_dir, tampered)
+    record = json.loads((tampered / "world.json").read_text())
+    (tampered / "world.json").write_text(json.dumps({**record, "weights_sha256": "0" * 64}))
+    _one_error_line(_cli(_checkpoint(tmp_path, "t", tampered), "--out", out), "does not match the sha256")
+    (tampered / "world.json").write_text(json.dumps({**record, "world_version": 99}))
+    _one_error_line(_cli(_checkpoint(tmp_path, "v", tampered), "--out", out), "world version 99")
+    (tampered / "world.json").write_text("{not json")
+    _one_error_line(_cli(_checkpoint(tmp_path, "j", tampered), "--out", out), "damaged")
+    wide = save_checkpoint(create_sae("relu", d_in=16, d_sae=16), tmp_path / "wide",
+                           {"model_name": str(world_model_dir), "layer": LAYER})
+    _one_error_line(_cli(wide, "--out", out), "d_in 16", "width 8")
+    good = _checkpoint(tmp_path, "good", world_model_dir)
+    _one_error_line(_cli(good, "--out", out, "--latents", "a,b"), "--latents takes comma-separated ints")
+    _one_error_line(_cli(good, "--out", out, "--clamp", "-5"), "--clamp takes clamp values > 0")
+    assert not out.exists()
+    out.mkdir()
+    (out / "good.json").write_text("precious")
+    _one_error_line(_cli(good, "--out", out), "is not this benchmark's result", "choose another --out")
+    assert (out / "good.json").read_text() == "precious"
