@@ -58,7 +58,8 @@ class UnlearnSettings:
     forget_documents: int = 32
     retain_documents: int = 32
     seq_len: int = 256
-    batch_size: int = 8
+    batch_size: int = 8  # document rows per forward pass
+    probe_batch_size: int = 256  # fact prompts (~7 tokens) per forward pass: per-call overhead dominates them
     progress: bool = True
 
     def validate(self) -> None:
@@ -68,7 +69,7 @@ class UnlearnSettings:
             raise MtsaeError(f"--clamp takes clamp values > 0 (a latent is set to -value), got {list(self.clamp_values)}")
         if not 0 < self.retain_threshold <= 1:
             raise MtsaeError(f"--retain-threshold must be in (0, 1], got {self.retain_threshold}")
-        for name in ("forget_documents", "retain_documents", "batch_size"):
+        for name in ("forget_documents", "retain_documents", "batch_size", "probe_batch_size"):
             if getattr(self, name) < 1:
                 raise MtsaeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 2:
@@ -310,7 +311,8 @@ def prepare(model, tokenizer, sae, layer: int, world: W.World, settings: Unlearn
     fire = dict(layer=layer, batch_size=settings.batch_size, progress=settings.progress)
     return Corpus(
         forget, retain,
-        completion_correct(model, forget, settings.batch_size), completion_correct(model, retain, settings.batch_size),
+        completion_correct(model, forget, settings.probe_batch_size),
+        completion_correct(model, retain, settings.probe_batch_size),
         latent_firing(model, sae, forget_rows, desc="forget documents", **fire), token_mask(forget_rows, tokenizer),
         latent_firing(model, sae, retain_rows, desc="retain documents", **fire), token_mask(retain_rows, tokenizer),
     )
@@ -349,7 +351,7 @@ def sweep(model, tokenizer, sae, layer: int, world: W.World, settings: UnlearnSe
         latents = tuple(selected[:n])
         key = (latents, value if latents else 0.0)  # fewer latents available than asked: scored once
         if key not in scored:
-            scored[key] = score_point(model, sae, layer, corpus, latents, value, settings.batch_size)
+            scored[key] = score_point(model, sae, layer, corpus, latents, value, settings.probe_batch_size)
         curve.append({"latents_requested": n, "latents": len(latents), "clamp": value, **scored[key]})
     latent_sets = [{"latents_requested": n, "latents": min(n, len(selected)),
                     **latent_set_rates(corpus, selected[:n])} for n in counts]

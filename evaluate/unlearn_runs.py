@@ -7,11 +7,12 @@ matches this mtsae's world and its weights' sha256, layer and width fit), then r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -145,18 +146,40 @@ def unlearn_runs(runs: Sequence[str], out: str | Path, settings: UnlearnSettings
     for info in infos:
         check_fits(info, world_model_path(info))
     _check_out(out, releases, infos)
+    saes = [load_adapter(info, device=torch_device) for info in infos]  # refuses non-unit-norm decoders up front
     models = {path: load_model(path, torch_device) for path in worlds}
     results = []
-    for info, release in zip(infos, releases):
-        wm = worlds[world_model_path(info)]
-        model, tokenizer = models[wm.path]
-        log(f"[unlearn] {release}: {info.architecture} at layer {info.layer} on {wm.label}")
-        sae = load_adapter(info, device=torch_device)
-        result = sweep(model, tokenizer, sae, info.layer, wm.world, settings)
-        results.append(_record(info, release, wm, settings, result))
-        _write(result_file(out, release), json.dumps(results[-1], indent=1) + "\n")
+    with _threads_for(torch_device, max(m.config.hidden_size for m, _ in models.values())):
+        for info, release, sae in zip(infos, releases, saes):
+            results.append(_run_one(info, release, sae, worlds[world_model_path(info)], models[world_model_path(info)],
+                                    settings, out, log))
     _write(out / "unlearn.md", markdown_report(results))
     return results
+
+
+def _run_one(info, release: str, sae, wm: WorldModel, model_and_tokenizer: tuple, settings: UnlearnSettings,
+             out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    model, tokenizer = model_and_tokenizer
+    log(f"[unlearn] {release}: {info.architecture} at layer {info.layer} on {wm.label}")
+    result = sweep(model, tokenizer, sae, info.layer, wm.world, settings)
+    record = _record(info, release, wm, settings, result)
+    _write(result_file(out, release), json.dumps(record, indent=1) + "\n")
+    return record
+
+
+SMALL_MODEL_WIDTH = 256  # below this, CPU threads only spin (docs/evaluation.md measured it for the embedded model)
+
+
+@contextlib.contextmanager
+def _threads_for(device: torch.device, width: int) -> Iterator[None]:
+    """One intra-op thread for a small model on CPU, restored afterwards (as ``mtsae eval`` does)."""
+    before = torch.get_num_threads()
+    if device.type == "cpu" and width <= SMALL_MODEL_WIDTH:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _record(info, release: str, wm: WorldModel, settings: UnlearnSettings, result: dict) -> dict[str, Any]:

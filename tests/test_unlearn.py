@@ -29,7 +29,8 @@ LAYER = 5
 TINY_LM = ["--hidden", "8", "--layers", "20", "--heads", "2", "--ctx", "32", "--batch", "2", "--lr", "1e-2",
            "--max-steps", "3"]
 SETTINGS = U.UnlearnSettings(latent_counts=(0, 1, 3), clamp_values=(5.0, 50.0), forget_documents=2,
-                             retain_documents=2, seq_len=32, batch_size=16, progress=False)
+                             retain_documents=2, seq_len=32, batch_size=16, probe_batch_size=50,
+                             progress=False)
 
 
 @pytest.fixture(scope="module")
