@@ -142,7 +142,7 @@ def clamp_edit(sae, latents: Sequence[int], value: float) -> Edit:
     def edit(resid: torch.Tensor) -> torch.Tensor | None:
         if not latents:
             return None
-        codes = sae.encode(resid)
+        codes = sae.encode(resid.to(sae.W_dec.dtype))
         codes[:, 0, :] = 0.0  # SAE-Bench zeroes the BOS position for all SAEs
         selected = codes[:, :, latents]
         firing = selected > 0
