@@ -200,6 +200,25 @@ def test_with_no_latents_the_sweep_scores_the_plain_model(tmp_path, world_model_
     assert all(s["retain_frequency"] < SETTINGS.retain_threshold and s["forget_frequency"] > 0 for s in selected)
 
 
+def test_a_strong_clamp_makes_the_model_lose_what_it_knew(tmp_path, world_model_dir, lm):
+    """The tiny LM knows no fact, so its own predictions play the facts: kept starts at 1 and must fall."""
+    model, tokenizer, world = lm
+    sae = make_sae(tmp_path, world_model_dir, model, forget_rows(tokenizer, world), [0.0, 0.0, 0.0, 0.0])
+    probes = U.probe_set(tokenizer, W.completion_probes(world, W.FORGET_TOPIC))
+    known = U.ProbeSet(tuple((ids, U.logits_of(model, ids)[:, -1].argmax(-1), index)
+                             for ids, _, index in probes.groups), probes.size)
+    base = U.completion_correct(model, known, 50)
+    assert base.all()
+    no_firing, no_mask = torch.zeros(0, 0, 4, dtype=torch.bool), torch.zeros(0, 0, dtype=torch.bool)
+    corpus = U.Corpus(known, known, base, base, no_firing, no_mask, no_firing, no_mask)
+    untouched = U.score_point(model, sae, LAYER, corpus, [], 50.0, 50)
+    assert untouched["forget_kept"] == untouched["retain_kept"] == untouched["forget_accuracy"] == 1.0
+    clamped = U.score_point(model, sae, LAYER, corpus, [0, 1, 2, 3], 50.0, 50)
+    assert clamped["forget_kept"] < 0.9 and clamped["forget_kept"] == clamped["forget_accuracy"]
+    curve = [{"latents": 0, "clamp": 50.0, **untouched}, {"latents": 4, "clamp": 50.0, **clamped}]
+    assert U.headline(curve)["forget_drop"] == 0.0  # the same clamp costs retain as much: not eligible
+
+
 def test_kept_fraction_and_headline():
     base = torch.tensor([True, True, False, True])
     assert U.kept_fraction(base, torch.tensor([True, False, True, True])) == pytest.approx(2 / 3)
