@@ -199,6 +199,17 @@ def latent_firing(model, sae, rows: torch.Tensor, layer: int, batch_size: int, p
     return torch.cat(out)
 
 
+@torch.no_grad()
+def explained_variance(model, sae, rows: torch.Tensor, mask: torch.Tensor, layer: int) -> float:
+    """The SAE's fraction of variance explained on ``rows``' counted tokens at ``layer``: a check that the SAE
+    belongs to this layer of this model (an SAE from another layer or model scores near or below 0)."""
+    resid = residuals(model, rows.to(_device_of(model)), layer)
+    x = resid[mask.to(resid.device)].to(sae.W_dec.dtype)
+    recon = sae.decode(sae.encode(resid.to(sae.W_dec.dtype)))[mask.to(resid.device)]
+    total = (x - x.mean(0)).pow(2).sum()
+    return float(1 - (x - recon).pow(2).sum() / total) if total > 0 else float("nan")
+
+
 def firing_frequency(firing: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per latent, the fraction of counted tokens it fires on (SAE-Bench's feature sparsity)."""
     counted = mask.to(firing.device)
@@ -295,6 +306,7 @@ class Corpus:
     retain: ProbeSet
     base_forget: torch.Tensor
     base_retain: torch.Tensor
+    forget_rows: torch.Tensor
     forget_firing: torch.Tensor
     forget_mask: torch.Tensor
     retain_firing: torch.Tensor
@@ -313,7 +325,8 @@ def prepare(model, tokenizer, sae, layer: int, world: W.World, settings: Unlearn
         forget, retain,
         completion_correct(model, forget, settings.probe_batch_size),
         completion_correct(model, retain, settings.probe_batch_size),
-        latent_firing(model, sae, forget_rows, desc="forget documents", **fire), token_mask(forget_rows, tokenizer),
+        forget_rows, latent_firing(model, sae, forget_rows, desc="forget documents", **fire),
+        token_mask(forget_rows, tokenizer),
         latent_firing(model, sae, retain_rows, desc="retain documents", **fire), token_mask(retain_rows, tokenizer),
     )
 
@@ -359,15 +372,17 @@ def sweep(model, tokenizer, sae, layer: int, world: W.World, settings: UnlearnSe
         "plain_model": {"forget_accuracy": float(corpus.base_forget.float().mean()),
                         "retain_accuracy": float(corpus.base_retain.float().mean()),
                         "forget_facts": corpus.forget.size, "retain_facts": corpus.retain.size},
-        "selection": _selection_record(selected, forget_frequency, retain_frequency, corpus, settings),
+        "selection": _selection_record(model, sae, layer, selected, forget_frequency, retain_frequency, corpus, settings),
         "curve": curve, "latent_sets": latent_sets, "headline": headline(curve),
     }
 
 
-def _selection_record(selected, forget_frequency, retain_frequency, corpus: Corpus,
+def _selection_record(model, sae, layer: int, selected, forget_frequency, retain_frequency, corpus: Corpus,
                       settings: UnlearnSettings) -> dict[str, Any]:
     top = selected[: max(settings.latent_counts)]
+    rows = corpus.forget_rows[: settings.batch_size]
     return {
+        "explained_variance": explained_variance(model, sae, rows, corpus.forget_mask[: len(rows)], layer),
         "retain_threshold": settings.retain_threshold, "candidates": len(selected),
         "forget_tokens": int(corpus.forget_mask.sum()), "retain_tokens": int(corpus.retain_mask.sum()),
         "latents": [{"latent": i, "forget_frequency": float(forget_frequency[i]),

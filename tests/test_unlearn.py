@@ -152,6 +152,21 @@ def test_firing_frequencies_and_selection_match_sae_benchs_functions(tmp_path, w
     assert set(chosen) == {1, 2, 4, 5, 7} and chosen[0] in (1, 7)  # frequent on forget, rare on retain, fires
 
 
+def test_explained_variance_tells_an_exact_sae_from_a_random_one(tmp_path, world_model_dir, lm):
+    model, tokenizer, world = lm
+    rows = forget_rows(tokenizer, world)
+    mask = U.token_mask(rows, tokenizer)
+    d = model.config.hidden_size
+    exact = create_sae("relu", d_in=d, d_sae=2 * d)  # relu(x) - relu(-x) = x
+    with torch.no_grad():
+        exact.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)]))
+        exact.W_enc.copy_(exact.W_dec.T)
+    path = save_checkpoint(exact, tmp_path / "exact", {"model_name": str(world_model_dir), "layer": LAYER})
+    assert U.explained_variance(model, load_adapter(path), rows, mask, LAYER) == pytest.approx(1.0, abs=1e-5)
+    random_sae = make_sae(tmp_path, world_model_dir, model, rows, [0.5] * 16)
+    assert U.explained_variance(model, random_sae, rows, mask, LAYER) < 0.9
+
+
 def test_coverage_and_false_positive_rate_on_a_hand_made_case():
     firing = torch.zeros(2, 4, 3, dtype=torch.bool)
     firing[0, 1, 0] = firing[0, 2, 1] = firing[1, 3, 0] = firing[1, 3, 2] = firing[0, 0, 0] = True
@@ -196,6 +211,7 @@ def test_with_no_latents_the_sweep_scores_the_plain_model(tmp_path, world_model_
         assert point["forget_kept"] in (None, 1.0) and point["retain_kept"] in (None, 1.0)
     assert len(result["curve"]) == 6 and [s["latents_requested"] for s in result["latent_sets"]] == [0, 1, 3]
     assert result["latent_sets"][0]["forget_token_coverage"] == 0.0
+    assert result["selection"]["explained_variance"] < 1.0
     selected = result["selection"]["latents"]
     assert all(s["retain_frequency"] < SETTINGS.retain_threshold and s["forget_frequency"] > 0 for s in selected)
 
@@ -210,7 +226,7 @@ def test_a_strong_clamp_makes_the_model_lose_what_it_knew(tmp_path, world_model_
     base = U.completion_correct(model, known, 50)
     assert base.all()
     no_firing, no_mask = torch.zeros(0, 0, 4, dtype=torch.bool), torch.zeros(0, 0, dtype=torch.bool)
-    corpus = U.Corpus(known, known, base, base, no_firing, no_mask, no_firing, no_mask)
+    corpus = U.Corpus(known, known, base, base, no_mask, no_firing, no_mask, no_firing, no_mask)
     untouched = U.score_point(model, sae, LAYER, corpus, [], 50.0, 50)
     assert untouched["forget_kept"] == untouched["retain_kept"] == untouched["forget_accuracy"] == 1.0
     clamped = U.score_point(model, sae, LAYER, corpus, [0, 1, 2, 3], 50.0, 50)
