@@ -20,10 +20,11 @@ from typing import Any, Iterator
 
 import zarr
 
+from mtsae import env
 from mtsae.cache import format as fmt
 from mtsae.errors import MtsaeError
 
-STORAGE_OPTIONS_ENV = "MTSAE_STORAGE_OPTIONS"
+STORAGE_OPTIONS_ENV = env.STORAGE_OPTIONS.name
 INSTALL_HINT = 'pip install "mtsae[remote]"'
 ROOT_METADATA = "zarr.json"
 
@@ -53,7 +54,7 @@ def join(base: str | os.PathLike, *names: str) -> str:
 def storage_options() -> dict[str, Any]:
     """Options for remote filesystems: no listing cache (another process may have written since), then the user's."""
     options: dict[str, Any] = {"use_listings_cache": False}
-    text = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
+    text = (env.get(env.STORAGE_OPTIONS) or "").strip()
     if text:
         try:
             user = json.loads(text)

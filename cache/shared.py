@@ -15,10 +15,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
+from mtsae import env
 from mtsae.cache import format as fmt
 from mtsae.cache import remote
 from mtsae.cache.reader import read_attrs
@@ -27,9 +27,9 @@ from mtsae.cache.transfer import GB, complete_cache_attrs, holds_complete_copy, 
 from mtsae.errors import MtsaeError
 from mtsae.home import mtsae_home
 
-SHARED_ROOT_ENV = "MTSAE_SHARED_ROOT"
-READTHROUGH_DIR_ENV = "MTSAE_REMOTE_CACHE_DIR"
-READTHROUGH_MAX_GB_ENV = "MTSAE_REMOTE_CACHE_MAX_GB"
+SHARED_ROOT_ENV = env.SHARED_ROOT.name
+READTHROUGH_DIR_ENV = env.REMOTE_CACHE_DIR.name
+READTHROUGH_MAX_GB_ENV = env.REMOTE_CACHE_MAX_GB.name
 DEFAULT_READTHROUGH_MAX_GB = 200.0
 SHARED_AUDIT_SEQUENCES = 2
 """Sequences a reuse from the shared root re-runs (a forged cache fails on any of them)."""
@@ -38,7 +38,7 @@ SHARED_AUDIT_SEQUENCES = 2
 # --- shared root --------------------------------------------------------------------------------------
 def shared_root(option: str | None = None) -> str | None:
     """The shared root in effect: the option, else ``$MTSAE_SHARED_ROOT``, else none."""
-    return option or os.environ.get(SHARED_ROOT_ENV) or None
+    return option or env.get(env.SHARED_ROOT) or None
 
 
 def shared_address(root: str, fingerprint: str) -> str:
@@ -117,12 +117,12 @@ def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 # --- read-through ---------------------------------------------------------------------------------------
 def readthrough_dir() -> Path:
-    env = os.environ.get(READTHROUGH_DIR_ENV)
-    return Path(env).expanduser() if env else mtsae_home() / "remote-caches"
+    folder = env.get(env.REMOTE_CACHE_DIR)
+    return Path(folder).expanduser() if folder else mtsae_home() / "remote-caches"
 
 
 def readthrough_max_bytes() -> int:
-    text = os.environ.get(READTHROUGH_MAX_GB_ENV, "").strip()
+    text = (env.get(env.REMOTE_CACHE_MAX_GB) or "").strip()
     try:
         gigabytes = float(text) if text else DEFAULT_READTHROUGH_MAX_GB
     except ValueError:

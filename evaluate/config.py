@@ -10,11 +10,11 @@ Two built-in profiles:
   (unlearning on the ``-it`` model, LLM batch 32 // 8 for its 1024-token
   sequences).
 * ``tiny`` — the same evals at sizes a 2-core CPU runs in minutes, for the
-  embedded model (whose context is 256 tokens). Scoring thresholds are never
+  built-in models (embedded and world; context 256 tokens). Scoring thresholds are never
   lowered (absorption's ``min_GT_probe_f1`` / ``min_feats_for_eval`` and the
   unlearning question filter stay SAE-Bench's).
 
-``auto`` picks ``tiny`` for the embedded model and ``standard`` otherwise.
+``auto`` picks ``tiny`` for the built-in models (embedded, world) and ``standard`` otherwise.
 A TOML file overrides any SAE-Bench field per eval (names as in SAE-Bench's
 config classes; ``[common]`` for ``llm_batch_size``, ``llm_dtype``,
 ``random_seed``), and command-line options override the file::
@@ -34,13 +34,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtsae import env
 from mtsae.errors import MtsaeError
 from mtsae.values import same_kind
-from mtsae.evaluate.names import is_embedded
+from mtsae.evaluate.names import is_builtin
 
 EVALS = ("core", "sparse_probing", "unlearning", "absorption")
 PROFILES = ("auto", "standard", "tiny", "demo")
@@ -48,7 +49,7 @@ PROFILES = ("auto", "standard", "tiny", "demo")
 # random-weights embedded model every dataset tests the same plumbing, and each costs the same again.
 DEMO_PROBING_DATASETS = ["LabHC/bias_in_bios_class_set1", "fancyzhx/ag_news"]
 COMMON_KEYS = ("llm_batch_size", "llm_dtype", "random_seed")
-FORGET_CORPUS_ENV = "MTSAE_WMDP_FORGET_CORPUS"
+FORGET_CORPUS_ENV = env.WMDP_FORGET_CORPUS.name
 SPLICING_EVALS = ("core", "unlearning")
 """Evals that put ``decode(encode(resid))`` back into the model's forward pass: a non-causal SAE there
 lets position t see tokens after t (sparse probing and absorption only read the codes)."""
@@ -105,12 +106,12 @@ class EvalConfig:
         "Instruct model for the unlearning eval. Default: the model's -it variant (SAEs trained on the base model).",
         default=None,
     )
-    profile: str = _doc("SAE-Bench settings: auto (tiny for the embedded model), standard, tiny, or demo (tiny with "
+    profile: str = _doc("SAE-Bench settings: auto (tiny for the built-in embedded and world models), standard, tiny, or demo (tiny with "
                         "sparse probing on 2 of its 8 datasets).", default="auto")
     config_file: str | None = _doc("TOML file overriding SAE-Bench settings per eval (see docs/evaluation.md).", default=None)
     offline: str | None = _doc(
         "Offline mirror folder (mirror.json: local models and datasets under SAE-Bench's names). "
-        "Default: none, or the embedded mirror for the embedded model.",
+        "Default: none, or the built-in mirror for the embedded and world models.",
         default=None,
     )
     forget_corpus: str | None = _doc(
@@ -145,14 +146,10 @@ class EvalConfig:
             raise MtsaeError(f"--llm-dtype must be float32, bfloat16 or float16, got {self.llm_dtype!r}")
 
 
-def help_text(name: str) -> str:
-    return next(f.metadata["help"] for f in fields(EvalConfig) if f.name == name)
-
-
 def resolve_profile(profile: str, model: str) -> str:
     if profile != "auto":
         return profile
-    return "tiny" if is_embedded(model) else "standard"
+    return "tiny" if is_builtin(model) else "standard"
 
 
 def resolve_settings(cfg: EvalConfig, profile: str, device: str = "cuda") -> dict[str, dict[str, Any]]:

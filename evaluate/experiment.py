@@ -54,6 +54,14 @@ _BASELINES = [
     {"name": "batchtopk", "arch": "batchtopk", "arch_config": {"k": 32}},
     {"name": "jumprelu", "arch": "jumprelu"},
 ]
+# Causal runs for the world: the default temporal SAE (causal bank, per-group TopK) and each per-token twin.
+_WORLD_RUNS = [
+    {"name": "mtsae", "arch": "mtsae"},
+    {"name": "topk", "arch": "topk"},
+    {"name": "batchtopk", "arch": "batchtopk"},
+    {"name": "relu", "arch": "relu"},
+    {"name": "jumprelu", "arch": "jumprelu"},
+]
 BUILTIN = {
     # The demo (scripts/demo.sh): absorption left out — the random-weights model represents no first letters,
     # so SAE-Bench can only conclude "not scorable" after training its probes — and sparse probing on 2 of 8
@@ -75,6 +83,17 @@ BUILTIN = {
         "eval_options": {"allow_non_causal": True},
         "defaults": {**_MATCHED, "train_tokens": 1_200_000},
         "runs": _SEED_RUNS + _BASELINES,
+    },
+    # The trained world LM (docs/world.md): every eval scorable. Causal runs only, since unlearning splices
+    # the SAE into the model: the recommended temporal SAE and its per-token twins, at matched L0, 3 seeds.
+    "world": {
+        "out": "experiments/world",
+        "harvest": {"model": "world", "dataset": "world"},
+        "evals": ["core", "sparse_probing", "unlearning", "absorption"],
+        "defaults": {**_MATCHED, "train_tokens": 1_200_000},
+        "match_l0": [16],
+        "runs": [{**run, "name": f"{run['name']}-s{seed}", "seed": seed}
+                 for seed in (0, 1, 2) for run in _WORLD_RUNS],
     },
     "synthetic": {
         "out": "experiments/synthetic",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from mtsae import env
 from mtsae.devices import resolve_device
 from mtsae.errors import MtsaeError
 from mtsae.evaluate.adapter import load_adapter
@@ -29,9 +29,12 @@ from mtsae.evaluate.saelens_checkpoints import release_info
 from mtsae.evaluate.config import (FORGET_CORPUS_ENV, SPLICING_EVALS, EvalConfig, context_lengths, resolve_profile,
                                    resolve_settings)
 from mtsae.evaluate.embedded_mirror import ensure_embedded_mirror, rows_needed
+from mtsae.evaluate.world_mirror import ensure_world_mirror
+from mtsae.harvest import world_assets
 from mtsae.evaluate.evals import Job, Outcome, Target, headline_metrics, not_scorable_path, result_path, run_job
 from mtsae.evaluate.models import ModelDims, hub_model_dims
-from mtsae.evaluate.names import EMBEDDED, base_model_name, canonical_model_name, instruct_model_name, is_embedded
+from mtsae.evaluate.names import (WORLD, base_model_name, builtin_base, canonical_model_name, instruct_model_name,
+                                  is_builtin, is_world)
 from mtsae.evaluate.offline import OfflineMirror, load_mirror
 from mtsae.evaluate.patches import link_forget_corpus, offline, working_directory
 from mtsae.evaluate.quiet import LOG_FILENAME, StageProgress, third_party_output
@@ -126,17 +129,32 @@ def _evaluation_model(requested: str | None, infos: list[CheckpointInfo]) -> str
         raise MtsaeError(f"the checkpoints were trained on different models ({', '.join(sorted(trained))}); "
                          "evaluate each model's checkpoints in a separate run")
     model = requested or infos[0].model_name
-    return EMBEDDED if model.startswith(EMBEDDED + ":") else model
+    _check_builtin(model, infos[0].model_name)
+    base = builtin_base(model)
+    return base if base and model.startswith(base + ":") else model
+
+
+def _check_builtin(model: str, trained: str) -> None:
+    """A built-in model is only evaluated with SAEs trained on it, and the world LM only in its own version."""
+    wanted, had = builtin_base(model), builtin_base(trained)
+    if (wanted or had) and wanted != had:
+        raise MtsaeError(f"the checkpoints were trained on {trained} but would be evaluated on {model}; "
+                         "an SAE only reads the residual stream of the model it was trained on")
+    if had == WORLD and trained.startswith(WORLD + ":") and trained != f"{WORLD}:{world_assets.MODEL_DIRNAME}":
+        raise MtsaeError(f"the checkpoints were trained on {trained}, but this mtsae ships "
+                         f"{WORLD}:{world_assets.MODEL_DIRNAME} (another world or model version); "
+                         "re-harvest and retrain with this version")
 
 
 def _mirror(cfg: EvalConfig, model: str, settings: dict[str, dict[str, Any]]) -> OfflineMirror | None:
     if cfg.offline:
         return load_mirror(cfg.offline)
-    if is_embedded(model):  # the embedded model exists nowhere else: always offline
-        probing = settings["sparse_probing"]
-        return load_mirror(ensure_embedded_mirror(rows_needed(probing.get("probe_train_set_size", 4000),
-                                                               probing.get("probe_test_set_size", 1000))))
-    return None
+    if not is_builtin(model):
+        return None
+    # a built-in model exists nowhere else: always offline, from its own mirror
+    probing = settings["sparse_probing"]
+    rows = rows_needed(probing.get("probe_train_set_size", 4000), probing.get("probe_test_set_size", 1000))
+    return load_mirror(ensure_world_mirror(rows) if is_world(model) else ensure_embedded_mirror(rows))
 
 
 def _dims(model: str, mirror: OfflineMirror | None) -> ModelDims:
@@ -176,7 +194,7 @@ def _check_instruct(unlearning_model: str, model: str, dims: ModelDims, mirror: 
 
 
 def _forget_corpus(cfg: EvalConfig, mirror: OfflineMirror | None) -> Path:
-    given = cfg.forget_corpus or os.environ.get(FORGET_CORPUS_ENV)
+    given = cfg.forget_corpus or env.get(env.WMDP_FORGET_CORPUS)
     corpus = Path(given).expanduser() if given else (mirror.forget_corpus if mirror else None)
     if corpus is None or not corpus.is_file():
         raise MtsaeError(
@@ -200,7 +218,7 @@ def _threads_for(model: str, device: str):
     machine OpenMP spin-waiting made the four evals 4-10x slower (docs/evaluation.md).
     """
     before = torch.get_num_threads()
-    if is_embedded(model) and device == "cpu":
+    if is_builtin(model) and device == "cpu":
         torch.set_num_threads(1)
     try:
         yield

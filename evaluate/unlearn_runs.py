@@ -39,14 +39,15 @@ class WorldModel:
 
 
 def world_model_path(info) -> Path:
-    """The model folder a checkpoint was trained on.
-
-    LEAD: wire the model name "world" (the shipped, sha256-pinned weights) here once harvest and eval know
-    it; until then the checkpoint's recorded model must be a folder scripts/train_world_lm.py wrote.
-    """
-    from mtsae.evaluate.names import is_embedded
+    """The model folder a checkpoint was trained on: the shipped world LM (``world``, ``world:world-lm-v1``,
+    checked against its pinned sha256), or a folder scripts/train_world_lm.py wrote."""
+    from mtsae.evaluate.names import is_embedded, is_world
 
     name = info.model_name
+    if is_world(name):
+        from mtsae.harvest.world_assets import ensure_world_model
+
+        return ensure_world_model()
     if is_embedded(name):
         raise MtsaeError(f"checkpoint {info.label} was trained on {name} (random weights), not on a world model; "
                          "the in-house unlearning benchmark needs an SAE trained on a world LM (docs/world.md)")

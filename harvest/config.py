@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from mtsae.cache.format import STORAGE_DTYPES
 from mtsae.errors import MtsaeError
@@ -74,7 +74,3 @@ DEFAULT_CONTEXT_LEN = 1024
 
 def default_context_len(max_position_embeddings: int | None) -> int:
     return min(DEFAULT_CONTEXT_LEN, max_position_embeddings or DEFAULT_CONTEXT_LEN)
-
-
-def help_text(name: str) -> str:
-    return next(f.metadata["help"] for f in fields(HarvestConfig) if f.name == name)

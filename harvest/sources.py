@@ -19,6 +19,7 @@ import torch
 
 from mtsae.errors import MtsaeError
 from mtsae.harvest import embedded
+from mtsae.harvest import world_assets
 
 LOCAL_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 TEXT_BUILDERS = {"json", "csv", "text"}  # read as UTF-8 by `datasets`, which raises a bare UnicodeDecodeError otherwise
@@ -78,6 +79,9 @@ def resolve_model(spec: str, revision: str | None = None) -> ModelSource:
     if spec == embedded.EMBEDDED_NAME:
         path = embedded.ensure_embedded_model()
         return _local_model(path, display_id=f"{embedded.EMBEDDED_NAME}:{path.name}")
+    if spec == world_assets.WORLD_NAME:
+        path = world_assets.ensure_world_model()
+        return _local_model(path, display_id=f"{world_assets.WORLD_NAME}:{path.name}")
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not (path / "config.json").is_file():
@@ -217,6 +221,9 @@ def resolve_dataset(
     if spec == embedded.EMBEDDED_NAME:
         spec = str(embedded.ensure_embedded_corpus())
         display_id = f"{embedded.EMBEDDED_NAME}:{Path(spec).name}"
+    elif spec == world_assets.WORLD_NAME:
+        spec = str(world_assets.ensure_world_corpus())
+        display_id = f"{world_assets.WORLD_NAME}:{Path(spec).name}"
     else:
         display_id = spec
     path = Path(spec).expanduser()

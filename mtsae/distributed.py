@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
+from mtsae import env
 from mtsae.errors import MtsaeError
 
 T = TypeVar("T")
@@ -48,7 +49,7 @@ class World:
         if self.size > 1 and not torch.distributed.is_initialized():
             if _pending_backend is None:
                 raise RuntimeError("no process group: call this inside mtsae.distributed.process_group()")
-            timeout = datetime.timedelta(seconds=float(os.environ.get("MTSAE_DIST_TIMEOUT", "1800")))
+            timeout = datetime.timedelta(seconds=float(env.get(env.DIST_TIMEOUT)))
             torch.distributed.init_process_group(_pending_backend, timeout=timeout)
 
     def barrier(self) -> None:

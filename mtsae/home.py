@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from mtsae import env
 
 
 def mtsae_home() -> Path:
     """``$MTSAE_HOME`` if set, else ``~/.cache/mtsae``."""
-    env = os.environ.get("MTSAE_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mtsae"
+    folder = env.get(env.HOME)
+    return Path(folder).expanduser() if folder else Path.home() / ".cache" / "mtsae"

@@ -124,3 +124,17 @@ def test_readme_logs_in_with_hf_and_walks_gemma_from_harvest_to_eval():
     gemma = readme[readme.index("hf auth login"):]
     for step in ("mtsae harvest --model google/gemma-2-2b", "mtsae train", "--d-sae 16384", "mtsae eval"):
         assert step in gemma, step
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    """`mtsae harvest --help | head -1`: the reader leaves early; no AttributeError from the abort handler."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "mtsae", "harvest", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**__import__("os").environ, "COLUMNS": "80"})
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in stderr, stderr[-2000:]

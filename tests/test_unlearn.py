@@ -335,3 +335,14 @@ def test_mtsae_unlearn_refuses_what_it_cannot_score(tmp_path, world_model_dir):
     (out / "good.json").write_text("precious")
     _one_error_line(_cli(good, "--out", out), "is not this benchmark's result", "choose another --out")
     assert (out / "good.json").read_text() == "precious"
+
+
+def test_the_shipped_world_model_name_resolves_to_its_checked_folder(tmp_path):
+    from mtsae.evaluate.checkpoints import read_checkpoint_info
+    from mtsae.evaluate.unlearn_runs import read_world_model, world_model_path
+    from mtsae.harvest.world_assets import MODEL_DIR
+
+    path = _checkpoint(tmp_path, "w", "world:world-lm-v1")
+    folder = world_model_path(read_checkpoint_info(path))
+    assert folder == MODEL_DIR
+    assert read_world_model(folder).label.startswith(f"world LM {MODEL_DIR} (world v1 seed 0, ")

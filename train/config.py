@@ -337,11 +337,6 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise MtsaeError(f"config file {path} is not valid TOML ({exc}); fix the syntax") from None
 
 
-def help_text(name: str) -> str:
-    """The documentation of field ``name`` (the CLI's --help for it)."""
-    return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
-
-
 def field_default(name: str) -> Any:
     f = next(f for f in fields(TrainConfig) if f.name == name)
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -359,16 +354,6 @@ def _jsonish(values: dict[str, Any]) -> dict[str, Any]:
     import json
 
     return json.loads(json.dumps(values, sort_keys=True))
-
-
-def parse_int_list(text: str | None, option: str) -> list[int] | None:
-    """``"1,3,9"`` → ``[1, 3, 9]`` for a command-line option; None stays None."""
-    if text is None:
-        return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise MtsaeError(f"{option} takes comma-separated integers such as 1,3,9, got {text!r}") from None
 
 
 def parse_assignments(items: list[str] | None, option: str = "--arch-option") -> dict[str, Any]:

@@ -34,11 +34,11 @@ that is how the tests check them without a GPU).
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 
+from mtsae import env
 from mtsae.train.temporal import PADDING_MODES, validate_temporal_args
 
 try:
@@ -55,7 +55,7 @@ DEFAULT_BLOCK_F = 64
 
 def fused_available() -> bool:
     """True when Triton imports and ``MTSAE_FUSED_TEMPORAL`` is not ``0``."""
-    return triton is not None and os.environ.get("MTSAE_FUSED_TEMPORAL", "1") != "0"
+    return triton is not None and env.get(env.FUSED_TEMPORAL) != "0"
 
 
 _checked_devices: set[torch.device] = set()

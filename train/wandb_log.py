@@ -62,6 +62,9 @@ class WandbRun:
 
     def finish(self, failed: bool = False) -> None:
         self.run.finish(exit_code=1 if failed else 0)
+        # finish() can return before wandb's service has written the run's last records (its exit record
+        # went missing under load); teardown waits for the service, so the run folder is complete here.
+        self._wandb.teardown()
 
 
 def fit_with_wandb(trainer: Any, project: str) -> Any:

@@ -1,0 +1,109 @@
+"""What a world LM has learned: fact completion and SAE-Bench-style multiple choice.
+
+Two measures of issue 15's targets, both on held-out or canonical text of the world
+(:mod:`mtsae.harvest.world`):
+
+* :func:`completion_accuracy` — next-token completion of each fact's canonical
+  sentence cut before its value (``"the host of velrax is"`` → ``lustol``);
+* :func:`mc_all_orderings` — SAE-Bench's unlearning selection: a question counts
+  only if the model's highest-logit letter among A–D is the right one under all 24
+  orderings of its choices (``sae_bench.evals.unlearning`` keeps exactly these).
+
+Both take a Hugging Face causal LM and the world's tokenizer and run without grad.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from mtsae.harvest import world as W
+
+ORDERINGS = tuple(itertools.permutations(range(len(W.LETTERS))))  # 24
+
+
+def _last_logits(model, tokenizer, texts: list[str]):
+    """Logits at each text's last token (texts are left-padded to one batch)."""
+    import torch
+
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
+
+
+def _token_id(tokenizer, word: str) -> int:
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{word!r} is not one token of the world tokenizer: {ids}")
+    return ids[0]
+
+
+def completion_accuracy(model, tokenizer, world: W.World, topic: str, batch: int = 64) -> float:
+    """Fraction of the topic's facts whose value is the model's top next token."""
+    probes = W.completion_probes(world, topic)
+    correct = 0
+    for start in range(0, len(probes), batch):
+        part = probes[start:start + batch]
+        top = _last_logits(model, tokenizer, [tokenizer.bos_token + p["prompt"] for p in part]).argmax(-1)
+        correct += sum(int(t) == _token_id(tokenizer, p["answer"]) for t, p in zip(top.tolist(), part))
+    return correct / len(probes)
+
+
+def mc_correct_all_orderings(model, tokenizer, question: dict, subject: str) -> bool:
+    """True if the right letter has the highest A–D logit under every ordering of the choices."""
+    letters = [_token_id(tokenizer, letter) for letter in W.LETTERS]
+    texts, answers = [], []
+    for order in ORDERINGS:
+        choices = [question["choices"][i] for i in order]
+        texts.append(W.sae_bench_prompt(question["question"], choices, subject))
+        answers.append(order.index(question["answer"]))
+    picked = _last_logits(model, tokenizer, texts)[:, letters].argmax(-1).tolist()
+    return picked == answers
+
+
+def mc_all_orderings(model, tokenizer, world: W.World, topic: str) -> int:
+    """How many of the topic's exam questions are answered right under all 24 orderings."""
+    subject = W.subject_of(topic)
+    return sum(mc_correct_all_orderings(model, tokenizer, q, subject) for q in W.exam_questions(world, topic))
+
+
+def knowledge_report(model, tokenizer, world: W.World) -> dict:
+    """Completion accuracy and all-orderings MC counts for the forget topic and every retain topic."""
+    from tqdm import tqdm
+
+    report = {}
+    for topic in tqdm(W.ALL_TOPICS, desc="topics", unit="topic"):
+        report[topic] = {"completion": completion_accuracy(model, tokenizer, world, topic),
+                         "mc_all_orderings": mc_all_orderings(model, tokenizer, world, topic),
+                         "mc_questions": len(W.exam_questions(world, topic))}
+    return report
+
+
+def check_model_dir(path: Path, world_seed: int = 0) -> dict:
+    """Load a published world model (``OUT/model``) and report what it knows."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return knowledge_report(model, tokenizer, W.build_world(world_seed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m mtsae.harvest.world_check",
+                                description="Fact completion and all-orderings MC accuracy of a world LM.")
+    p.add_argument("model", type=Path, help="a model folder written by scripts/train_world_lm.py (OUT/model)")
+    p.add_argument("--world-seed", type=int, default=0)
+    args = p.parse_args(argv)
+    print(json.dumps(check_model_dir(args.model, args.world_seed), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""The shipped world LM, its corpus and its SAE-Bench mirror: pinned, versioned, offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mtsae.errors import MtsaeError
+from mtsae.evaluate import names, world_mirror
+from mtsae.evaluate.offline import load_mirror
+from mtsae.evaluate.run import _evaluation_model
+from mtsae.harvest import world as W
+from mtsae.harvest import world_assets
+from mtsae.harvest.world_lm import sha256_of
+from tests.conftest import tiny_harvest
+
+
+@pytest.fixture
+def model_copy(tmp_path) -> Path:
+    copy = tmp_path / "world-lm"
+    shutil.copytree(world_assets.MODEL_DIR, copy)
+    return copy
+
+
+def test_the_shipped_weights_are_the_pinned_ones():
+    assert sha256_of(world_assets.MODEL_DIR / world_assets.WEIGHTS_FILE) == world_assets.WEIGHTS_SHA256
+    assert world_assets.ensure_world_model() == world_assets.MODEL_DIR
+    recorded = json.loads((world_assets.MODEL_DIR / "world.json").read_text())
+    assert recorded["weights_sha256"] == world_assets.WEIGHTS_SHA256
+
+
+def test_a_weights_file_that_does_not_match_is_refused_and_left_alone(model_copy):
+    weights = model_copy / world_assets.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(data)
+    with pytest.raises(MtsaeError, match="not the pinned") as err:
+        world_assets.check_world_model(model_copy)
+    assert "\n" not in str(err.value)
+    assert weights.read_bytes() == bytes(data)  # nothing overwritten
+
+
+def test_a_model_of_another_world_version_is_refused(model_copy):
+    meta = json.loads((model_copy / "world.json").read_text())
+    (model_copy / "world.json").write_text(json.dumps({**meta, "world_version": W.WORLD_VERSION + 1}))
+    with pytest.raises(MtsaeError, match="world v2"):
+        world_assets.check_world_model(model_copy)
+
+
+def test_missing_weights_are_one_error_line(tmp_path):
+    with pytest.raises(MtsaeError, match="missing"):
+        world_assets.check_world_model(tmp_path)
+
+
+@pytest.mark.parametrize("name, base", [("world", "world"), ("world-it", "world"), ("world:world-lm-v1", "world"),
+                                        ("embedded", "embedded"), ("embedded:tiny-gemma2-v1", "embedded"),
+                                        ("gemma-2-2b", None), ("worldly", None)])
+def test_built_in_model_names(name, base):
+    assert names.builtin_base(name) == base
+    assert names.is_world(name) == (base == "world")
+    assert names.is_embedded(name) == (base == "embedded")
+
+
+def test_instruct_and_canonical_names_of_the_world():
+    assert names.canonical_model_name("world:world-lm-v1") == "world"
+    assert names.instruct_model_name("world:world-lm-v1") == "world-it"
+
+
+def _infos(model_name: str):
+    return [SimpleNamespace(model_name=model_name)]
+
+
+def test_checkpoints_of_the_random_model_are_not_evaluated_on_the_world_lm():
+    with pytest.raises(MtsaeError, match="trained on embedded:tiny-gemma2-v1 but would be evaluated on world"):
+        _evaluation_model("world", _infos("embedded:tiny-gemma2-v1"))
+    with pytest.raises(MtsaeError, match="trained on world:world-lm-v1"):
+        _evaluation_model("embedded", _infos("world:world-lm-v1"))
+
+
+def test_checkpoints_of_another_world_model_version_are_refused():
+    with pytest.raises(MtsaeError, match="another world or model version"):
+        _evaluation_model(None, _infos("world:world-lm-v0"))
+    assert _evaluation_model(None, _infos("world:world-lm-v1")) == "world"
+
+
+def test_the_world_corpus_is_world_documents_the_lm_never_read():
+    world = W.build_world(world_assets.WORLD_SEED)
+    docs = world_assets.corpus_documents(24)
+    assert {d["topic"] for d in docs} == set(W.ALL_TOPICS)
+    trained = {W.training_text(world, i)["text"] for i in range(64)}
+    assert not trained & {d["text"] for d in docs}
+
+
+def test_a_harvest_of_the_world_records_the_world_model_and_corpus(tmp_path):
+    attrs = json.dumps(tiny_harvest(tmp_path / "c.zarr", model="world", dataset="world", max_tokens=600).attrs)
+    assert f"world:{world_assets.MODEL_DIRNAME}" in attrs
+    assert world_assets.CORPUS_FILENAME in attrs
+    assert world_assets.WEIGHTS_SHA256 in attrs
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    return load_mirror(world_mirror.ensure_world_mirror(rows=4, home=tmp_path_factory.mktemp("home")))
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_mirror_serves_the_world_s_held_out_questions(mirror):
+    world = W.build_world(world_assets.WORLD_SEED)
+    wmdp = _rows(mirror.root / "wmdp" / "wmdp-bio" / "test.jsonl")
+    assert [(r["question"], r["choices"], r["answer"]) for r in wmdp] == \
+        [(q["question"], q["choices"], q["answer"]) for q in W.exam_questions(world, W.FORGET_TOPIC)]
+    for subject, topic in world_mirror.MMLU_TOPICS.items():
+        rows = _rows(mirror.root / "mmlu" / subject / "test.jsonl")
+        assert len(rows) == len(W.exam_questions(world, topic)) and {r["subject"] for r in rows} == {subject}
+
+
+def test_latent_selection_reads_forget_documents_against_retain_documents(mirror):
+    forget = _rows(mirror.root / "wmdp" / "bio-forget-corpus.jsonl")
+    world = W.build_world(world_assets.WORLD_SEED)
+    assert [f["text"] for f in forget] == [d["text"] for d in W.forget_corpus(world, len(forget))]
+    retain = [r["text"] for r in _rows(mirror.root / "wikitext" / "test.jsonl") if r["text"]]
+    pathogens = {e for e in world.entities[W.FORGET_TOPIC]}
+    assert retain and not any(set(t.split()) & pathogens for t in retain)
+
+
+def test_the_mirror_names_the_world_model_and_its_instruct_alias(mirror):
+    assert mirror.model("world").path == world_assets.MODEL_DIR
+    assert mirror.model(f"world:{world_assets.MODEL_DIRNAME}").path == world_assets.MODEL_DIR
+    assert mirror.model_dims("world-it").n_layers >= 20
+
+
+def test_the_shipped_model_knows_the_forget_topic_s_facts():
+    """A regression guard on the shipped weights: docs/world.md records 0.93 for the pathogens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtsae.harvest.world_check import completion_accuracy
+
+    model = AutoModelForCausalLM.from_pretrained(world_assets.MODEL_DIR).eval()
+    tokenizer = AutoTokenizer.from_pretrained(world_assets.MODEL_DIR)
+    world = W.build_world(world_assets.WORLD_SEED)
+    assert completion_accuracy(model, tokenizer, world, W.FORGET_TOPIC) >= 0.9
+
+
+class _LetterModel:
+    """Logits that pick the letter of the choice equal to ``value`` (or always A), from the prompt text."""
+
+    def __init__(self, tokenizer, value: str | None):
+        self.tokenizer, self.value = tokenizer, value
+
+    def __call__(self, input_ids, attention_mask):
+        import torch
+
+        logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], len(self.tokenizer))
+        for row, ids in enumerate(input_ids.tolist()):
+            words = self.tokenizer.decode(ids).split()
+            letter = "a"
+            if self.value is not None:
+                letter = words[words.index(self.value) - 1].rstrip(".").lower()
+            logits[row, -1, self.tokenizer.convert_tokens_to_ids(letter)] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_a_question_counts_only_if_right_under_all_24_orderings():
+    from mtsae.harvest.world_check import ORDERINGS, mc_correct_all_orderings
+
+    world = W.build_world(world_assets.WORLD_SEED)
+    tokenizer = W.build_world_tokenizer(world)
+    question = W.exam_questions(world, W.FORGET_TOPIC)[0]
+    right = question["choices"][question["answer"]]
+    assert len(ORDERINGS) == 24
+    assert mc_correct_all_orderings(_LetterModel(tokenizer, right), tokenizer, question, "biology")
+    assert not mc_correct_all_orderings(_LetterModel(tokenizer, None), tokenizer, question, "biology")
