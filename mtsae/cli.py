@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from mtsae import env
-from mtsae.commands import analysis, evaluate, harvest, train
+from mtsae.commands import analysis, evaluate, harvest, train, unlearn
 from mtsae.commands.common import one_line, user_errors
 from mtsae.errors import MtsaeError
 
@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-COMMAND_MODULES = (harvest, train, evaluate, analysis)  # `mtsae --help` lists their commands in this order
+COMMAND_MODULES = (harvest, train, evaluate, analysis, unlearn)  # `mtsae --help` lists their commands in this order
 for module in COMMAND_MODULES:
     module.register(app)
 cache_app = typer.Typer(help="Inspect, verify and copy activation caches (local paths or s3://... URLs).", no_args_is_help=True)

@@ -55,11 +55,14 @@ COMMANDS = {
     "analyze": (["--cache", "--max-windows", "--max-lag", "--out"], [MISSING]),
     "report": (["--out", "--loss-components"], [MISSING, "--out", "fuzz-report"]),
     "experiment": (["--out"], [MISSING + ".toml"]),
+    "unlearn": (["--out", "--latents", "--clamp", "--retain-threshold", "--forget-documents", "--retain-documents",
+                 "--seq-len", "--batch-size", "--device"], [MISSING, "--no-progress"]),
 }
 POSITIONAL = {  # commands whose first argument is a path: fuzz that too
     ("cache", "info"): [], ("cache", "verify"): ["--no-progress"], ("cache", "ls"): [],
     ("cache", "audit"): ["--device", "cpu"], ("cache", "upgrade"): [],
     ("analyze",): [], ("eval",): ["--out", "fuzz-eval"], ("experiment",): [], ("report",): ["--out", "fuzz-report"],
+    ("unlearn",): ["--out", "fuzz-unlearn"],
 }
 
 
