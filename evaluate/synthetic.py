@@ -1,8 +1,9 @@
 """Synthetic text in the embedded model's vocabulary, for the SAE-Bench dataset mirrors.
 
-Every word comes from :data:`mtsae.harvest.embedded.TOPICS` or from the small
+Every word comes from :data:`mtsae.harvest.embedded_text.TOPICS` or from the small
 filler lists below (all in the embedded vocabulary, checked by the tests), so
-the tiny model's tokenizer never yields ``<unk>`` on mirror text. A class of a
+the tiny model's tokenizer never yields ``<unk>`` on mirror text. Templates are
+filled and joined by the corpus's own grammar (harvest/grammar.py). A class of a
 mirrored dataset (a profession, a news label, a "language"…) is a topic, which
 makes it learnable from the tokens, as sparse probing needs.
 """
@@ -10,9 +11,9 @@ makes it learnable from the tokens, as sparse probing needs.
 from __future__ import annotations
 
 import random
-import re
 
-from mtsae.harvest.embedded import TOPICS
+from mtsae.harvest.embedded_text import TOPICS
+from mtsae.harvest.grammar import detokenize, fill
 
 TOPIC_NAMES = tuple(sorted(TOPICS))
 ADVERBS = ("quickly", "slowly", "often", "rarely", "usually", "always", "sometimes", "again", "clearly",
@@ -43,8 +44,6 @@ QUESTIONS = (
     "how often do {PRON} {V} the {A} {N} ?",
     "why does the {N} {V} the {N} ?",
 )
-_SLOT = re.compile(r"\{(\w+)\}")
-_PUNCTUATION = (".", ",", "?", "!")
 
 
 class TextMaker:
@@ -59,7 +58,7 @@ class TextMaker:
             "N": words["nouns"], "V": words["verbs"], "A": adjectives or words["adjectives"], "ADV": ADVERBS,
             "P": PREPOSITIONS, "PRON": PRONOUNS, "NUM": NUMBERS,
         }
-        return [self.rng.choice(pools[m.group(1)]) if (m := _SLOT.fullmatch(t)) else t for t in template.split()]
+        return fill(template, self.rng, pools)
 
     def sentence(self, topic: str, adjectives: tuple[str, ...] | None = None) -> list[str]:
         return self._fill(self.rng.choice(SENTENCES), topic, adjectives)
@@ -82,13 +81,3 @@ class TextMaker:
             picked[f"the {self.rng.choice(TOPICS[topic]['adjectives'])} {self.rng.choice(TOPICS[topic]['nouns'])}"] = None
         return list(picked)
 
-
-def detokenize(tokens: list[str]) -> str:
-    """Join with spaces, attaching punctuation to the previous word (as the corpus generator does)."""
-    out: list[str] = []
-    for token in tokens:
-        if token in _PUNCTUATION and out:
-            out[-1] += token
-        else:
-            out.append(token)
-    return " ".join(out)

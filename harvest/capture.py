@@ -10,10 +10,13 @@ after the deepest requested layer (see sources.load_truncated_model).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from mtsae.errors import MtsaeError
+from mtsae.harvest.sequences import Sequence, pad_batch
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -73,3 +76,15 @@ def check_finite(acts: torch.Tensor, attention_mask: torch.Tensor, layer: int, f
             f"non-finite activation at layer {layer}, sequence {first_seq + b}, position {pos}; "
             f"try --dtype float32 or check the model weights"
         )
+
+
+def batch_activations(capture: ResidualCapture, batch: list[Sequence], pad_id: int, device, first_sequence: int,
+                      storage_dtype: str) -> tuple[dict[int, Any], int]:
+    """Run one padded batch: ``({layer: [B, width, d] stored-dtype array}, real tokens)``; NaN/Inf is an error."""
+    ids, mask = pad_batch(batch, pad_id)
+    ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+    # Computed in the plan's compute dtype, rounded once here to the stored dtype (a no-op when they agree).
+    acts = {layer: tensor.to(getattr(torch, storage_dtype)) for layer, tensor in capture(ids_t, mask_t).items()}
+    for layer, tensor in acts.items():
+        check_finite(tensor, mask_t, layer, first_sequence)
+    return {layer: to_storage(tensor) for layer, tensor in acts.items()}, int(mask.sum())

@@ -14,8 +14,10 @@ def _doc(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 
 
-@dataclass
+@dataclass(frozen=True)
 class HarvestConfig:
+    """What the user asked for; never changed. harvest/plan.py resolves it (sorted layers, context length)."""
+
     model: str = _doc("Hugging Face model id or local model directory; 'embedded' is the offline tiny Gemma-2.", default="embedded")
     model_revision: str | None = _doc("Hub revision (branch, tag or commit) of the model.", default=None)
     dataset: str = _doc(
@@ -66,7 +68,6 @@ class HarvestConfig:
         for ok, message in checks:
             if not ok:
                 raise MtsaeError(message)
-        self.layers = sorted(self.layers)
 
 
 DEFAULT_CONTEXT_LEN = 1024

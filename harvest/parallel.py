@@ -38,8 +38,9 @@ from mtsae.devices import resolve_device
 from mtsae.distributed import World
 from mtsae.errors import MtsaeError
 from mtsae.harvest import sources
-from mtsae.harvest.capture import ResidualCapture
-from mtsae.harvest.sequences import batched, iter_sequences
+from mtsae.harvest.capture import ResidualCapture, batch_activations
+from mtsae.harvest.plan import HarvestPlan, SpecialTokens
+from mtsae.harvest.sequences import DocumentLedger, batched
 from mtsae.harvest.target import Action, prepare_target
 
 
@@ -90,19 +91,17 @@ def share_of(rank: int, world_size: int, plan: SequencePlan, chunk_tokens: int, 
     return RankShare(first_chunk, end_chunk, first_row, end_row, first_batch, end_batch)
 
 
-def harvest_in_parallel(cfg, out: str, force: bool, fingerprint: str, content: dict[str, Any], resolved, world: World,
-                        log: Callable[[str], None], progress: bool) -> tuple[str, dict[str, Any], bool]:
+def harvest_in_parallel(plan: HarvestPlan, out: str, force: bool, world: World, log: Callable[[str], None],
+                        progress: bool) -> tuple[str, dict[str, Any], bool]:
     """This rank's part of a parallel harvest; returns ``(out, attrs, skipped)`` on every rank."""
-    from mtsae.harvest.run import cache_header, harvest_compute_dtype
-
-    model_source, text_source = resolved
+    cfg = plan.config
     world.check_same("the harvest settings and inputs (fingerprint, options, --out)",
-                     [fingerprint, cfg.batch_size, cfg.chunk_tokens, cfg.compression, out])
+                     [plan.fingerprint, cfg.batch_size, cfg.chunk_tokens, cfg.compression, out])
     target = None
 
     def decide() -> tuple[str, dict | None]:
         nonlocal target
-        target = prepare_target(out, fingerprint, force, log)
+        target = prepare_target(out, plan.fingerprint, force, log)
         if target.action is Action.RESUME:  # progress marks of a one-process run; ranks cannot share them
             log(f"{out} holds an unfinished one-process harvest; a parallel harvest starts it over")
             target = _restart(target)
@@ -113,20 +112,18 @@ def harvest_in_parallel(cfg, out: str, force: bool, fingerprint: str, content: d
         if action == Action.SKIP.value:
             return out, attrs, True
         device = world.device(resolve_device(cfg.device))
-        tokenizer = sources.load_tokenizer(model_source)
-        plan = plan_sequences(cfg, text_source, tokenizer)
-        world.check_same("the tokenized input (sequence plan)", [plan.doc_rows, plan.lengths])
-        _check_enough_chunks(plan, cfg, world)
-        share = share_of(world.rank, world.size, plan, cfg.chunk_tokens, cfg.batch_size)
-        model = sources.load_truncated_model(model_source, max(cfg.layers), getattr(torch, harvest_compute_dtype(cfg)),
-                                             device, cfg.attn_implementation)
-        header = cache_header(cfg, fingerprint, content, model_source, text_source)
-        world.on_main(lambda: _create_store(out, cfg, header))
+        tokenizer = sources.load_tokenizer(plan.model_source)
+        layout = plan_sequences(plan, tokenizer)
+        world.check_same("the tokenized input (sequence plan)", [layout.doc_rows, layout.lengths])
+        _check_enough_chunks(layout, cfg, world)
+        share = share_of(world.rank, world.size, layout, cfg.chunk_tokens, cfg.batch_size)
+        model = plan.load_model(device)
+        world.on_main(lambda: _create_store(plan, out))
         started = time.perf_counter()
-        checksums = _write_share(cfg, out, share, plan, model, tokenizer, text_source, device, world, progress)
+        checksums = _write_share(plan, out, share, layout, model, tokenizer, device, world, progress)
         every_rank = world.all_gather(checksums)
         seconds = time.perf_counter() - started
-        attrs = world.on_main(lambda: _commit(out, cfg, plan, every_rank, tokenizer, seconds, resolve_device(cfg.device)))
+        attrs = world.on_main(lambda: _commit(out, plan, layout, every_rank, tokenizer, seconds, resolve_device(cfg.device)))
     finally:
         if target is not None:
             target.release()
@@ -145,29 +142,18 @@ def _restart(target):
     return target
 
 
-def plan_sequences(cfg, text_source, tokenizer) -> SequencePlan:
+def plan_sequences(plan: HarvestPlan, tokenizer) -> SequencePlan:
     """Tokenize the whole input (no model) into the one-process run's sequences."""
-    from mtsae.harvest.run import _DocumentLedger
-
-    ledger = _DocumentLedger()
-    plan = SequencePlan()
-    for seq in _sequences(cfg, text_source, tokenizer, ledger):
-        plan.doc_rows.append(seq.doc_row)
-        plan.lengths.append(len(seq.tokens))
+    ledger = DocumentLedger()
+    layout = SequencePlan()
+    for seq in plan.sequences(tokenizer, ledger):
+        layout.doc_rows.append(seq.doc_row)
+        layout.lengths.append(len(seq.tokens))
         ledger.count(seq.doc_row, len(seq.tokens) - 1)
-    if not plan.lengths:
-        raise MtsaeError(f"dataset {text_source.identity['id']} yielded no tokens in column {cfg.text_column!r}")
-    plan.exhausted, plan.last_truncated = ledger.exhausted, ledger.last_truncated
-    return plan
-
-
-def _sequences(cfg, text_source, tokenizer, ledger=None):
-    documents = sources.iter_documents(text_source, tokenizer)
-    return iter_sequences(
-        ledger.track(documents) if ledger is not None else documents,
-        context_len=cfg.context_len, bos_id=tokenizer.bos_token_id, special_ids=set(tokenizer.all_special_ids),
-        max_tokens=cfg.max_tokens,
-    )
+    if not layout.lengths:
+        raise plan.no_tokens_error()
+    layout.exhausted, layout.last_truncated = ledger.exhausted, ledger.last_truncated
+    return layout
 
 
 def _check_enough_chunks(plan: SequencePlan, cfg, world: World) -> None:
@@ -179,23 +165,22 @@ def _check_enough_chunks(plan: SequencePlan, cfg, world: World) -> None:
         )
 
 
-def _create_store(out: str, cfg, header: dict[str, Any]) -> None:
-    CacheWriter.create(out, layers=cfg.layers, d_model=header["d_model"], dtype_name=cfg.dtype,
-                       capacity_tokens=cfg.max_tokens, chunk_tokens=cfg.chunk_tokens, compression=cfg.compression,
-                       header=header)
+def _create_store(plan: HarvestPlan, out: str) -> None:
+    """Rank 0 creates the store; its writer is dropped (every rank reopens the store at its own chunk), and
+    returning None keeps on_main from sending a writer to the other ranks."""
+    plan.create_store(out)
 
 
-def _write_share(cfg, out, share: RankShare, plan: SequencePlan, model, tokenizer, text_source, device, world: World,
+def _write_share(plan: HarvestPlan, out, share: RankShare, layout: SequencePlan, model, tokenizer, device, world: World,
                  progress: bool) -> dict[str, dict[int, ChunkSums]]:
     """Run this rank's batches and write the rows of its chunks; returns their checksums."""
-    from mtsae.harvest.run import batch_activations
-
+    cfg = plan.config
     writer = CacheWriter.at_chunk(out, share.first_chunk)
     capture = ResidualCapture(model, cfg.layers)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.bos_token_id
-    offsets = plan.seq_offsets
+    pad_id = SpecialTokens.of(tokenizer).padding_id
+    offsets = layout.seq_offsets
     first_seq = share.first_batch * cfg.batch_size
-    sequences = itertools.islice(_sequences(cfg, text_source, tokenizer), first_seq, None)
+    sequences = itertools.islice(plan.sequences(tokenizer), first_seq, None)
     batches = itertools.islice(batched(sequences, cfg.batch_size), share.end_batch - share.first_batch)
     bar = tqdm(total=share.end_row - share.first_row, unit="tok", unit_scale=True,
                desc=f"harvest rank {world.rank}/{world.size}", disable=not (progress and world.is_main))
@@ -228,17 +213,15 @@ def _write_rows_in_share(writer: CacheWriter, seq, activations: dict[int, Any], 
     return hi - lo
 
 
-def _commit(out: str, cfg, plan: SequencePlan, every_rank: list[dict[str, dict[int, ChunkSums]]], tokenizer, seconds: float,
-            device: torch.device) -> dict[str, Any]:
+def _commit(out: str, plan: HarvestPlan, layout: SequencePlan, every_rank: list[dict[str, dict[int, ChunkSums]]],
+            tokenizer, seconds: float, device: torch.device) -> dict[str, Any]:
     """Rank 0, after every rank flushed: the one-process writer's index, checksums and manifest."""
-    from mtsae.harvest.run import completion_manifest
-
     writer = CacheWriter.resume(out)
-    for doc_row, n in zip(plan.doc_rows, plan.lengths):
+    for doc_row, n in zip(layout.doc_rows, layout.lengths):
         writer.replay(doc_row, n)
     checksums: dict[str, dict[int, ChunkSums]] = {}
     for rank_checksums in every_rank:
         for name, chunks in rank_checksums.items():
             checksums.setdefault(name, {}).update(chunks)
-    manifest = completion_manifest(cfg, writer, plan, tokenizer, seconds, 0, device)
+    manifest = plan.completion_manifest(writer, layout, SpecialTokens.of(tokenizer), seconds, 0, device)
     return writer.commit(manifest, checksums)

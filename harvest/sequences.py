@@ -76,3 +76,32 @@ def pad_batch(batch: list[Sequence], pad_id: int) -> tuple[np.ndarray, np.ndarra
         ids[i, : len(seq.tokens)] = seq.tokens
         mask[i, : len(seq.tokens)] = 1
     return ids, mask
+
+
+class DocumentLedger:
+    """Tells, after the run, whether the dataset ran out and whether the budget cut the last stored document."""
+
+    def __init__(self):
+        self.lengths: dict[int, int] = {}  # recent documents only: row -> token count
+        self.stored: dict[int, int] = {}
+        self.last_row: int | None = None
+        self.exhausted = False
+
+    def track(self, documents: Iterable[tuple[int, list[int]]]) -> Iterator[tuple[int, list[int]]]:
+        for row, ids in documents:
+            # Rows increase; keep the last counted document and those read ahead of the counts (a batch
+            # reads up to batch-size documents before any is counted, and the budget check reads one more).
+            self.lengths = {r: n for r, n in self.lengths.items() if self.last_row is None or r >= self.last_row}
+            self.lengths[row] = len(ids)
+            yield row, ids
+        self.exhausted = True
+
+    def count(self, doc_row: int, body_tokens: int) -> None:
+        if doc_row != self.last_row:
+            self.stored = {}
+            self.last_row = doc_row
+        self.stored[doc_row] = self.stored.get(doc_row, 0) + body_tokens
+
+    @property
+    def last_truncated(self) -> bool:
+        return self.last_row is not None and self.stored[self.last_row] < self.lengths[self.last_row]

@@ -194,6 +194,33 @@ def test_generator_is_pure_and_seeded():
     assert all(set(d) == {"id", "topic", "text"} for d in first)
 
 
+def test_generated_text_is_pinned_across_refactors():
+    """The corpus, the vocabulary and the mirrors' text are what caches and fingerprints were made from:
+    moving the grammar (harvest/grammar.py) must not change one byte of them. A deliberate change bumps
+    CORPUS_FILENAME/MODEL_DIRNAME and these digests together."""
+    import hashlib
+
+    from mtsae.evaluate.synthetic import TOPIC_NAMES, TextMaker
+
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    corpus = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in generate_documents(embedded.CORPUS_SEED))
+    assert digest(corpus) == "667e82c40b5fa0ebcb75a208f8ec1014d0e1110cfa986b2d984103dde39d16d2"
+    assert digest("\n".join(embedded.vocabulary())) == "7e4296c4276e6137d326ac18a5453af341bd861a72d9d96e80cf15b10f288d65"
+    maker = TextMaker(0)
+    mirror = [maker.text(t, 40) for t in TOPIC_NAMES] + [maker.question(t) for t in TOPIC_NAMES]
+    assert digest("\n".join(mirror)) == "bf0864cf34b1648ebc21d0c4a056878931876a9db33845d556a37eec3353f571"
+
+
+def test_grammar_picks_the_article_from_the_next_word():
+    from mtsae.harvest.grammar import detokenize, fill
+
+    for noun, article in (("apple", "an"), ("pear", "a")):
+        tokens = fill("{PRON} saw {a} {N} .", random.Random(0), {"PRON": ("we",), "N": (noun,)})
+        assert detokenize(tokens) == f"we saw {article} {noun}."
+
+
 # --------------------------------------------------------------------------
 # Determinism, idempotence, atomicity
 # --------------------------------------------------------------------------

@@ -185,6 +185,50 @@ def test_something_that_is_not_a_cache_is_never_overwritten(tmp_path):
     assert (out / "thesis.tex").read_text() == "years of work"
 
 
+def test_the_plan_resolves_the_settings_and_never_changes_the_config(tiny_cache_path):
+    """HarvestConfig is what was asked (frozen); the plan sorts the layers, fills in the context length from the
+    model, and is what the store records and the fingerprint covers."""
+    import dataclasses
+
+    from mtsae.harvest.config import HarvestConfig
+    from mtsae.harvest.plan import resolve_plan
+
+    cfg = HarvestConfig(**{**TINY_HARVEST, "layers": [19, 5], "context_len": None})
+    plan = resolve_plan(cfg)
+    assert (cfg.layers, cfg.context_len) == ([19, 5], None)
+    assert (plan.config.layers, plan.config.context_len) == ([5, 19], 256)  # the embedded model has 256 positions
+    assert plan.header()["config"] == {**dataclasses.asdict(cfg), "layers": [5, 19], "context_len": 256}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.batch_size = 8  # type: ignore[misc]
+    resumed = plan.with_batch_size(8)
+    assert resumed.config.batch_size == 8 and plan.config.batch_size == TINY_HARVEST["batch_size"]
+    assert resumed.fingerprint == plan.fingerprint  # batch size is layout, not content
+    explicit = resolve_plan(HarvestConfig(**TINY_HARVEST, layers=[5, 19]))  # context_len=64 in TINY_HARVEST
+    assert explicit.fingerprint == open_cache(tiny_cache_path).fingerprint
+
+
+def test_the_harvest_modules_import_one_way():
+    """run.py -> parallel.py -> plan/capture/sequences, never back (a function-level import hid a cycle once)."""
+    import ast
+
+    package = Path(sources.__file__).parent
+    imports = {}
+    for path in package.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        imports[path.stem] = {n.split(".")[2] for n in names if n.startswith("mtsae.harvest.") and n.count(".") >= 2}
+    assert "run" not in imports["parallel"] and "parallel" in imports["run"]
+
+    def reachable(start, seen=()):
+        return {m for dep in imports.get(start, ()) if dep not in seen for m in {dep, *reachable(dep, (*seen, dep))}}
+
+    assert not [m for m in imports if m in reachable(m)], "a cycle among harvest/*.py imports"
+
+
 def test_a_crash_leaves_an_incomplete_store_that_is_refused_then_replaced(tmp_path, monkeypatch):
     from mtsae.cache import writer as writer_module
 

@@ -217,9 +217,9 @@ def test_batch_must_split_evenly_over_the_processes():
 
 def test_document_ledger_knows_documents_read_ahead_of_the_counts():
     """A batch reads several documents before counting any; the budget check reads one more (was a KeyError)."""
-    from mtsae.harvest.run import _DocumentLedger
+    from mtsae.harvest.sequences import DocumentLedger
 
-    ledger = _DocumentLedger()
+    ledger = DocumentLedger()
     documents = ledger.track(iter([(0, [1] * 5), (1, [1] * 3), (2, [1] * 4), (3, [1] * 9)]))
     read = [next(documents) for _ in range(4)]  # 0 and 1 stored, 2 fills the budget, 3 read by the budget check
     for row, ids in read[:3]:

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import tiny_harvest
-from mtsae.cache import format as fmt
 from mtsae.cache import open_cache
 from mtsae.errors import MtsaeError
 from mtsae.harvest import embedded, sources
 from mtsae.harvest.config import HarvestConfig
-from mtsae.harvest.run import content_spec
+from mtsae.harvest.plan import resolve_plan
 
 FORGERY = "the cell <bos> divides<eos> and<pad> grows <unk> . <bos>"
 
@@ -90,9 +89,8 @@ def test_the_embedded_model_and_corpus_by_path_have_the_embedded_fingerprint(tin
                             context_len=64, max_tokens=3000)
 
     def fingerprint(cfg):
-        model = sources.resolve_model(cfg.model)
-        text = sources.resolve_dataset(cfg.dataset, config_name=None, split="train", text_column="text")
-        return fmt.fingerprint(content_spec(cfg, model, text)), model.identity["id"]
+        plan = resolve_plan(cfg)
+        return plan.fingerprint, plan.model_source.identity["id"]
 
     (a, name_a), (b, name_b) = fingerprint(by_name), fingerprint(by_path)
     assert a == b and name_a != name_b  # one fingerprint; the manifest still says how it was reached
