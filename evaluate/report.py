@@ -38,7 +38,6 @@ CHANCE_MARGIN = 0.05
 MAX_DEAD_FRACTION = 0.5
 L0_MATCH_TOLERANCE = 0.25  # a run whose L0 is further than this (relative) from the runs' median is not L0-matched
 NOT_L0_MATCHED = "not L0-matched"
-PENALTY_SYMBOLS = {"l1_coefficient": "L1 λ", "l0_coefficient": "L0 λ"}
 FIGURES = ("accuracy_comparison.png", "loss_curves.png", "sparsity_comparison.png", "unlearning.png")
 
 
@@ -55,6 +54,7 @@ class RunRecord:
     finished: bool = False
     sparsity_coefficient: float | None = None
     sparsity_penalty: str | None = None  # the coefficient's config name (l1_coefficient, l0_coefficient)
+    sparsity_symbol: str | None = None  # how the architecture names it (L1 λ)
     k: int | None = None  # TopK-style runs: active latents per token
     model_name: str | None = None
     model_revision: str | None = None
@@ -86,7 +86,7 @@ def load_run(path: str | Path) -> RunRecord:
     record = RunRecord(name=run.name, path=str(run), arch=cfg.get("arch"), preset=cfg.get("preset"), seed=cfg.get("seed"),
                        cache_fingerprint=info.get("cache_fingerprint"), mtsae_version=info.get("mtsae_version"),
                        layer=cfg.get("layer"))
-    record.sparsity_penalty, record.sparsity_coefficient = _sparsity_coefficient(cfg)
+    record.sparsity_penalty, record.sparsity_coefficient, record.sparsity_symbol = _sparsity_coefficient(cfg)
     _read_log(run / "log.jsonl", record)
     _read_final(run / "final" / "cfg.json", record)
     _read_evals(run / "eval" / "summary.json", record)
@@ -94,15 +94,18 @@ def load_run(path: str | Path) -> RunRecord:
     return record
 
 
-def _sparsity_coefficient(cfg: dict[str, Any]) -> tuple[str | None, float | None]:
-    """``(config name, value)`` of the configured sparsity coefficient, or ``(None, None)``."""
-    arch_cfg = cfg.get("arch_config") or {}
-    for key in PENALTY_SYMBOLS:
-        if key in arch_cfg:
-            return key, arch_cfg[key]
-        if cfg.get(key) is not None:
-            return key, cfg[key]
-    return None, None
+def _sparsity_coefficient(cfg: dict[str, Any]) -> tuple[str | None, float | None, str | None]:
+    """``(config name, value, symbol)`` of the sparsity coefficient the run set, as its architecture declares
+    them; name and value None for TopK-style runs and runs that left it at its default, all three None for
+    runs of an architecture not installed here."""
+    from mtsae.train.registry import architecture_names, get_architecture
+
+    if cfg.get("arch") not in architecture_names():
+        return None, None, None
+    arch = get_architecture(cfg["arch"])
+    key, arch_cfg = arch.sparsity_coefficient, cfg.get("arch_config") or {}
+    value = arch_cfg[key] if key in arch_cfg else cfg.get(key) if key is not None else None
+    return (None if value is None else key), value, arch.sparsity_symbol
 
 
 def _read_log(path: Path, record: RunRecord) -> None:
@@ -323,7 +326,7 @@ def _label(ax, ylabel: str, log: bool = False) -> None:
 def sparsity_label(r: RunRecord) -> str:
     """The sparsity knob in its own symbol: ``L1 λ=0.04``, ``L0 λ=…``, ``k=32``; never ``λ=None``."""
     if r.sparsity_penalty and r.sparsity_coefficient is not None:
-        return f"{PENALTY_SYMBOLS.get(r.sparsity_penalty, r.sparsity_penalty)}={r.sparsity_coefficient:.3g}"
+        return f"{r.sparsity_symbol or r.sparsity_penalty}={r.sparsity_coefficient:.3g}"
     return f"k={r.k}" if r.k is not None else "no sparsity coefficient"
 
 

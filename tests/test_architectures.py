@@ -16,6 +16,7 @@ from mtsae.errors import MtsaeError
 from mtsae.train import losses
 from mtsae.train.activations import batch_topk_relu, heaviside_ste, jumprelu, topk_relu
 from mtsae.train.base import SparseAutoencoder, linear_warmup
+from mtsae.train.parallel import buffer_reductions
 from mtsae.train.presets import PRESETS, build_sae, get_preset
 from mtsae.train.registry import architecture_names, create_sae, get_architecture, register
 
@@ -89,6 +90,29 @@ def test_decode_encode_is_forward(name, overrides, mode):
     sae = getattr(make(name, overrides), mode)()
     x = batch()
     torch.testing.assert_close(sae.decode(sae.encode(x)), sae(x))
+
+
+@variants
+def test_declares_how_each_weight_scales_with_the_input(name, overrides):
+    """Checkpoints fold the normalisation scale by these declarations: an undeclared tensor would fail there."""
+    sae = make(name, overrides)
+    weights = set(sae.state_dict()) - set(sae.training_state_buffers)
+    assert weights <= set(sae.scale_powers), f"{name}: no scale power for {sorted(weights - set(sae.scale_powers))}"
+    assert set(sae.config_scale_powers) <= {f.name for f in dataclasses.fields(sae.cfg)}
+
+
+@variants
+def test_declares_how_each_buffer_reduces_across_ranks(name, overrides):
+    sae = make(name, overrides)
+    reductions = buffer_reductions(sae)  # raises for an undeclared buffer
+    assert set(reductions) == {n for n, _ in sae.named_buffers()} - {"tokens_since_fired"}
+
+
+def test_an_undeclared_buffer_is_refused_before_training():
+    sae = make("relu", {})
+    sae.register_buffer("running_norm", torch.ones(()))
+    with pytest.raises(MtsaeError, match=r"buffer\(s\) \['running_norm'\].*buffer_reductions"):
+        buffer_reductions(sae)
 
 
 @variants

@@ -67,6 +67,9 @@ class JumpReLUSAE(SparseAutoencoder):
     config_class = JumpReLUSAEConfig
     saelens_architecture = "jumprelu"
     sparsity_coefficient = "l0_coefficient"
+    sparsity_symbol = "L0 λ"
+    scale_powers = {**SparseAutoencoder.scale_powers, "threshold": 1}
+    config_scale_powers = {"bandwidth": 1}
     cfg: JumpReLUSAEConfig
 
     def __init__(self, cfg: JumpReLUSAEConfig) -> None:

@@ -212,9 +212,22 @@ class MTSAE(SparseAutoencoder):
     saelens_architecture = None
     is_temporal = True
     sparsity_coefficient = "l1_coefficient"
+    sparsity_symbol = "L1 λ"
     cfg: MTSAEConfig
 
     training_state_buffers = SparseAutoencoder.training_state_buffers + ("threshold_updates",)
+    scale_powers = {
+        **SparseAutoencoder.scale_powers, "threshold": 1,  # activation="batchtopk"
+        "temporal.conv_weight": 0, "temporal.bn_weight": 1, "temporal.bn_bias": 1,  # mixer="conv"
+        "temporal.bn_running_mean": 1, "temporal.bn_running_var": 2,
+    }
+    config_scale_powers = {"bn_eps": 2}
+    buffer_reductions = {
+        "threshold": "min", "threshold_updates": "mean",  # activation="batchtopk": as BatchTopKSAE
+        # BatchNorm running statistics: the mean is exact for the running mean; the running variance
+        # misses the spread between rank means (docs/scaling.md).
+        "temporal.bn_running_mean": "mean", "temporal.bn_running_var": "mean",
+    }
 
     def __init__(self, cfg: MTSAEConfig) -> None:
         super().__init__(cfg)

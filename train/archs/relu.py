@@ -37,6 +37,7 @@ class ReluSAE(SparseAutoencoder):
     config_class = ReluSAEConfig
     saelens_architecture = "standard"
     sparsity_coefficient = "l1_coefficient"
+    sparsity_symbol = "L1 λ"
     cfg: ReluSAEConfig
 
     def encode_full(self, x: torch.Tensor) -> Encoded:
