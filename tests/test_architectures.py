@@ -1,8 +1,7 @@
 """Contract suite over every registered architecture, plus small hand-computed checks.
 
 A new architecture registered in ``mtsae.train.archs`` is covered by the
-contract tests automatically (with its default config; add an entry to
-``TINY_OVERRIDES`` if the defaults do not fit d_in=16, d_sae=32).
+contract tests automatically, with the ``tiny_config`` its class declares.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import tiny_arch_config
 from mtsae.errors import MtsaeError
 from mtsae.train import losses
 from mtsae.train.activations import batch_topk_relu, heaviside_ste, jumprelu, topk_relu
@@ -22,13 +22,7 @@ from mtsae.train.registry import architecture_names, create_sae, get_architectur
 
 D_IN, D_SAE, B, T = 16, 32, 3, 12
 
-TINY_OVERRIDES: dict[str, dict] = {
-    "topk": {"k": 4},
-    "batchtopk": {"k": 4},
-    # A wide kernel so the threshold's straight-through gradient is non-zero on a tiny batch.
-    "jumprelu": {"bandwidth": 0.5, "threshold_init": 0.05, "l0_coefficient": 0.1},
-}
-VARIANTS = [(name, TINY_OVERRIDES.get(name, {})) for name in architecture_names()] + [
+VARIANTS = [(name, tiny_arch_config(name)) for name in architecture_names()] + [
     ("mtsae", {"activation": "topk", "k": 4}),
     ("mtsae", {"padding": "causal", "kernel_size": 4, "dilations": (1, 4, 16)}),
     ("mtsae", {"padding": "zeros", "dilations": (1, 3, 9), "kernel_size": 5}),

@@ -190,6 +190,9 @@ class SparseAutoencoder(nn.Module, ABC):
     """How data-parallel training makes each buffer (``named_buffers`` name) equal on every rank after a step:
     ``"min"`` or ``"mean"`` (floating-point buffers). The base's ``tokens_since_fired`` counters are merged
     exactly by :mod:`mtsae.train.parallel` itself; every other buffer must be listed here."""
+    tiny_config: ClassVar[dict[str, Any]] = {}
+    """Options that make this architecture learn at test sizes (d_in 16–64, d_sae 32–96, tens of steps on
+    normalised or random inputs); the test suite's one table of tiny configs is built from these."""
 
     tokens_since_fired: torch.Tensor
 

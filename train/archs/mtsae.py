@@ -228,6 +228,7 @@ class MTSAE(SparseAutoencoder):
         # misses the spread between rank means (docs/scaling.md).
         "temporal.bn_running_mean": "mean", "temporal.bn_running_var": "mean",
     }
+    tiny_config = {"l1_coefficient": 0.01, "dilations": (1, 2)}  # the conv mixer (naming dilations picks it)
 
     def __init__(self, cfg: MTSAEConfig) -> None:
         super().__init__(cfg)

@@ -38,6 +38,7 @@ class ReluSAE(SparseAutoencoder):
     saelens_architecture = "standard"
     sparsity_coefficient = "l1_coefficient"
     sparsity_symbol = "L1 λ"
+    tiny_config = {"l1_coefficient": 0.01}
     cfg: ReluSAEConfig
 
     def encode_full(self, x: torch.Tensor) -> Encoded:
