@@ -209,6 +209,14 @@ class SparseAutoencoder(nn.Module, ABC):
         self.register_buffer("tokens_since_fired", torch.zeros(cfg.d_sae, dtype=torch.long))
         self.reset_parameters()
 
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any], *, d_sae: Any, target_l0: Any,
+                        recommend: bool) -> tuple[dict[str, Any], Any]:
+        """``(arch_config, target_l0)`` a training run resolves to before validation (values may still be
+        invalid): an architecture may add its recommended options when the run names no preset
+        (``recommend``) or turn ``--target-l0`` into an option of its own. Default: unchanged."""
+        return options, target_l0
+
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def reset_parameters(self) -> None:
