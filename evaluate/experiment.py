@@ -378,8 +378,10 @@ def by_l0_level(analyses: dict[str, dict[str, Any]]) -> dict[str | None, dict[st
 def slow_feature_verdict(analyses: dict[str, dict[str, Any]]) -> str:
     """One plain sentence: does MTSAE recover more slow features than the baselines at comparable L0?"""
     slow = next((b for b in next(iter(analyses.values()))["ground_truth"]["by_time_scale"] if b.startswith("slow")), None)
-    temporal = {n: a for n, a in analyses.items() if a["architecture"] == "mtsae"}
-    baselines = {n: a for n, a in analyses.items() if a["architecture"] != "mtsae"}
+    from mtsae.train.registry import get_architecture
+
+    temporal = {n: a for n, a in analyses.items() if get_architecture(a["architecture"]).is_temporal}
+    baselines = {n: a for n, a in analyses.items() if n not in temporal}
     if slow is None or not temporal or not baselines:
         return "No verdict: the comparison needs slow features, an MTSAE run and a baseline run."
 

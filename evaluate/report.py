@@ -33,7 +33,6 @@ from mtsae.evaluate.figures import (L0_MATCH_TOLERANCE, NOT_L0_MATCHED, l0_unmat
 from mtsae.train.rundir import RUN_FILENAME, RunDir
 
 MAX_DEAD_FRACTION = 0.5
-PENALTY_SYMBOLS = {"l1_coefficient": "L1 λ", "l0_coefficient": "L0 λ"}
 FIGURES = ("accuracy_comparison.png", "loss_curves.png", "sparsity_comparison.png", "unlearning.png")
 
 
@@ -50,6 +49,7 @@ class RunRecord:
     finished: bool = False
     sparsity_coefficient: float | None = None
     sparsity_penalty: str | None = None  # the coefficient's config name (l1_coefficient, l0_coefficient)
+    sparsity_symbol: str | None = None  # how the architecture names it (L1 λ)
     k: int | None = None  # TopK-style runs: active latents per token
     model_name: str | None = None
     model_revision: str | None = None
@@ -81,7 +81,7 @@ def load_run(path: str | Path) -> RunRecord:
     record = RunRecord(name=run.path.name, path=str(run.path), arch=cfg.get("arch"), preset=cfg.get("preset"), seed=cfg.get("seed"),
                        cache_fingerprint=info.get("cache_fingerprint"), mtsae_version=info.get("mtsae_version"),
                        layer=cfg.get("layer"))
-    record.sparsity_penalty, record.sparsity_coefficient = _sparsity_coefficient(cfg)
+    record.sparsity_penalty, record.sparsity_coefficient, record.sparsity_symbol = _sparsity_coefficient(cfg)
     _read_log(run.read_log(), record)
     _read_final(run.final_cfg, record)
     _read_evals(run.eval_summary, record)
@@ -89,15 +89,18 @@ def load_run(path: str | Path) -> RunRecord:
     return record
 
 
-def _sparsity_coefficient(cfg: dict[str, Any]) -> tuple[str | None, float | None]:
-    """``(config name, value)`` of the configured sparsity coefficient, or ``(None, None)``."""
-    arch_cfg = cfg.get("arch_config") or {}
-    for key in PENALTY_SYMBOLS:
-        if key in arch_cfg:
-            return key, arch_cfg[key]
-        if cfg.get(key) is not None:
-            return key, cfg[key]
-    return None, None
+def _sparsity_coefficient(cfg: dict[str, Any]) -> tuple[str | None, float | None, str | None]:
+    """``(config name, value, symbol)`` of the sparsity coefficient the run set, as its architecture declares
+    them; name and value None for TopK-style runs and runs that left it at its default, all three None for
+    runs of an architecture not installed here."""
+    from mtsae.train.registry import architecture_names, get_architecture
+
+    if cfg.get("arch") not in architecture_names():
+        return None, None, None
+    arch = get_architecture(cfg["arch"])
+    key, arch_cfg = arch.sparsity_coefficient, cfg.get("arch_config") or {}
+    value = arch_cfg[key] if key in arch_cfg else cfg.get(key) if key is not None else None
+    return (None if value is None else key), value, arch.sparsity_symbol
 
 
 def _read_log(entries: list[dict[str, Any]], record: RunRecord) -> None:
@@ -185,7 +188,7 @@ def _eval_flags(record: RunRecord, kind: str) -> list[str]:
 def sparsity_label(r: RunRecord) -> str:
     """The sparsity knob in its own symbol: ``L1 λ=0.04``, ``L0 λ=…``, ``k=32``; never ``λ=None``."""
     if r.sparsity_penalty and r.sparsity_coefficient is not None:
-        return f"{PENALTY_SYMBOLS.get(r.sparsity_penalty, r.sparsity_penalty)}={r.sparsity_coefficient:.3g}"
+        return f"{r.sparsity_symbol or r.sparsity_penalty}={r.sparsity_coefficient:.3g}"
     return f"k={r.k}" if r.k is not None else "no sparsity coefficient"
 
 

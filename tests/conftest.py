@@ -26,6 +26,13 @@ from mtsae.harvest.config import HarvestConfig  # noqa: E402
 TINY_HARVEST = dict(max_tokens=3000, context_len=64, batch_size=4, chunk_tokens=256)
 
 
+def tiny_arch_config(name: str) -> dict:
+    """The one table of tiny architecture configs: what each class declares in ``tiny_config`` (a copy)."""
+    from mtsae.train.registry import get_architecture
+
+    return dict(get_architecture(name).tiny_config)
+
+
 def tiny_harvest(out, **overrides):
     """Harvest the embedded default into ``out`` with tiny settings; returns the HarvestOutcome."""
     from mtsae.harvest.run import harvest

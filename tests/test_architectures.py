@@ -1,8 +1,7 @@
 """Contract suite over every registered architecture, plus small hand-computed checks.
 
 A new architecture registered in ``mtsae.train.archs`` is covered by the
-contract tests automatically (with its default config; add an entry to
-``TINY_OVERRIDES`` if the defaults do not fit d_in=16, d_sae=32).
+contract tests automatically, with the ``tiny_config`` its class declares.
 """
 
 from __future__ import annotations
@@ -12,22 +11,18 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import tiny_arch_config
 from mtsae.errors import MtsaeError
 from mtsae.train import losses
 from mtsae.train.activations import batch_topk_relu, heaviside_ste, jumprelu, topk_relu
 from mtsae.train.base import SparseAutoencoder, linear_warmup
+from mtsae.train.parallel import buffer_reductions
 from mtsae.train.presets import PRESETS, build_sae, get_preset
 from mtsae.train.registry import architecture_names, create_sae, get_architecture, register
 
 D_IN, D_SAE, B, T = 16, 32, 3, 12
 
-TINY_OVERRIDES: dict[str, dict] = {
-    "topk": {"k": 4},
-    "batchtopk": {"k": 4},
-    # A wide kernel so the threshold's straight-through gradient is non-zero on a tiny batch.
-    "jumprelu": {"bandwidth": 0.5, "threshold_init": 0.05, "l0_coefficient": 0.1},
-}
-VARIANTS = [(name, TINY_OVERRIDES.get(name, {})) for name in architecture_names()] + [
+VARIANTS = [(name, tiny_arch_config(name)) for name in architecture_names()] + [
     ("mtsae", {"activation": "topk", "k": 4}),
     ("mtsae", {"padding": "causal", "kernel_size": 4, "dilations": (1, 4, 16)}),
     ("mtsae", {"padding": "zeros", "dilations": (1, 3, 9), "kernel_size": 5}),
@@ -89,6 +84,29 @@ def test_decode_encode_is_forward(name, overrides, mode):
     sae = getattr(make(name, overrides), mode)()
     x = batch()
     torch.testing.assert_close(sae.decode(sae.encode(x)), sae(x))
+
+
+@variants
+def test_declares_how_each_weight_scales_with_the_input(name, overrides):
+    """Checkpoints fold the normalisation scale by these declarations: an undeclared tensor would fail there."""
+    sae = make(name, overrides)
+    weights = set(sae.state_dict()) - set(sae.training_state_buffers)
+    assert weights <= set(sae.scale_powers), f"{name}: no scale power for {sorted(weights - set(sae.scale_powers))}"
+    assert set(sae.config_scale_powers) <= {f.name for f in dataclasses.fields(sae.cfg)}
+
+
+@variants
+def test_declares_how_each_buffer_reduces_across_ranks(name, overrides):
+    sae = make(name, overrides)
+    reductions = buffer_reductions(sae)  # raises for an undeclared buffer
+    assert set(reductions) == {n for n, _ in sae.named_buffers()} - {"tokens_since_fired"}
+
+
+def test_an_undeclared_buffer_is_refused_before_training():
+    sae = make("relu", {})
+    sae.register_buffer("running_norm", torch.ones(()))
+    with pytest.raises(MtsaeError, match=r"buffer\(s\) \['running_norm'\].*buffer_reductions"):
+        buffer_reductions(sae)
 
 
 @variants

@@ -23,10 +23,11 @@ from mtsae.evaluate.run import evaluate
 from mtsae.train.checkpoint import save_checkpoint
 from mtsae.train.registry import architecture_names
 from mtsae.train.temporal import PADDING_MODES, is_causal
-from test_eval_support import TINY_OVERRIDES, metadata, trained_sae
+from conftest import tiny_arch_config
+from test_eval_support import metadata, trained_sae
 
 LAYER, LENGTH, CHANGED = 5, 128, 64  # core's 128-token contexts; the token at 64 is replaced
-VARIANTS = [(name, TINY_OVERRIDES.get(name, {})) for name in architecture_names() if name != "mtsae"] + [
+VARIANTS = [(name, tiny_arch_config(name)) for name in architecture_names() if name != "mtsae"] + [
     ("mtsae", {"padding": padding}) for padding in PADDING_MODES
 ] + [("mtsae", {"padding": "causal", "activation": "topk", "k": 8, "kernel_size": 4, "dilations": (1, 4, 16)})]
 IDS = [name + "".join(f"-{v}" for k, v in o.items() if k in ("padding", "activation")) for name, o in VARIANTS]

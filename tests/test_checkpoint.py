@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import train_a_few_steps
+from conftest import tiny_arch_config, train_a_few_steps
 
 from mtsae.errors import MtsaeError
 from mtsae.train.base import SparseAutoencoder
@@ -22,8 +22,7 @@ from mtsae.train.checkpoint import (
 from mtsae.train.registry import architecture_names, create_sae, get_architecture
 
 D_IN, D_SAE = 16, 32
-OVERRIDES = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "jumprelu": {"bandwidth": 0.5, "threshold_init": 0.05}}
-VARIANTS = [(n, OVERRIDES.get(n, {})) for n in architecture_names()] + [
+VARIANTS = [(n, tiny_arch_config(n)) for n in architecture_names()] + [
     ("mtsae", {"activation": "topk", "k": 4, "padding": "causal", "dilations": (1, 4, 16)}),
 ]
 METADATA = {
@@ -164,7 +163,7 @@ def test_load_refuses_missing_or_incomplete(tmp_path):
 
 def test_load_refuses_architecture_swap(tmp_path):
     """A jumprelu file relabelled as relu has an unexpected 'threshold' tensor."""
-    path = save_checkpoint(trained("jumprelu", OVERRIDES["jumprelu"], steps=1), tmp_path / "c", {})
+    path = save_checkpoint(trained("jumprelu", tiny_arch_config("jumprelu"), steps=1), tmp_path / "c", {})
     _edit_cfg(path, lambda c: c["mtsae"].update(architecture="relu", config={"d_in": D_IN, "d_sae": D_SAE}))
     with pytest.raises(MtsaeError, match="do not match"):
         load_checkpoint(path)
@@ -173,7 +172,7 @@ def test_load_refuses_architecture_swap(tmp_path):
 @pytest.mark.parametrize("name", SAELENS_ARCHS)
 def test_saelens_loads_baselines(tmp_path, name):
     sae_lens = pytest.importorskip("sae_lens", reason="sae_lens is not installed")
-    ours = trained(name, OVERRIDES.get(name, {}))
+    ours = trained(name, tiny_arch_config(name))
     path = save_checkpoint(ours, tmp_path / name, METADATA)
     theirs = sae_lens.SAE.load_from_disk(str(path), device="cpu")
     assert theirs.cfg.architecture() == ours.saelens_architecture

@@ -14,7 +14,7 @@ from mtsae.evaluate.config import EvalConfig
 from mtsae.evaluate.run import evaluate
 from mtsae.evaluate.saelens_checkpoints import release_info
 from mtsae.train.checkpoint import save_checkpoint
-from test_eval_support import D_MODEL, TINY_OVERRIDES, metadata, save, trained_sae
+from test_eval_support import D_MODEL, metadata, save, trained_sae
 
 sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (pip install -e '.[test]')")
 

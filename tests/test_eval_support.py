@@ -6,15 +6,14 @@ from pathlib import Path
 
 import torch
 
-from conftest import train_a_few_steps
+from conftest import tiny_arch_config, train_a_few_steps
 
 from mtsae.train.checkpoint import save_checkpoint
 from mtsae.train.registry import architecture_names, create_sae
 
 D_MODEL = 64  # the embedded tiny Gemma-2's residual width
 EMBEDDED_ID = "embedded:tiny-gemma2-v1"  # what a cache of the embedded model records as its model id
-TINY_OVERRIDES = {"topk": {"k": 8}, "batchtopk": {"k": 8}, "jumprelu": {"bandwidth": 0.5, "threshold_init": 0.05}}
-ARCH_VARIANTS = [(name, TINY_OVERRIDES.get(name, {})) for name in architecture_names()] + [
+ARCH_VARIANTS = [(name, tiny_arch_config(name)) for name in architecture_names()] + [
     ("mtsae", {"activation": "topk", "k": 8, "padding": "causal", "dilations": (1, 4)}),
     ("mtsae", {"padding": "zeros", "dilations": (1, 3, 9), "kernel_size": 5}),
 ]
@@ -35,5 +34,5 @@ def trained_sae(name: str, overrides: dict, d_in: int = D_MODEL, d_sae: int = 96
 
 def save(tmp: Path, name: str, overrides: dict | None = None, layer: int = 5, **kw) -> Path:
     model = kw.pop("model", EMBEDDED_ID)
-    sae = trained_sae(name, overrides or TINY_OVERRIDES.get(name, {}), **kw)
+    sae = trained_sae(name, overrides or tiny_arch_config(name), **kw)
     return save_checkpoint(sae, tmp / f"{name}-L{layer}", metadata(layer, model))

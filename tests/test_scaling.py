@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_HARVEST
+from conftest import TINY_HARVEST, tiny_arch_config
 from mtsae.cache import open_cache, read_attrs
 from mtsae.distributed import World
 from mtsae.errors import MtsaeError
@@ -133,12 +133,8 @@ def test_more_processes_than_chunks_is_a_user_error():
 
 TRAIN = dict(layer=5, d_sae=48, window=16, batch_windows=8, lr=3e-3, holdout_fraction=0.1, eval_every=4,
              eval_tokens=0, checkpoint_every=3, steps=6, prefetch_batches=0)
-ARCHS = {
-    "topk": {"k": 8},
-    "jumprelu": {"bandwidth": 0.1, "threshold_init": 0.05},
-    "batchtopk": {"k": 8},
-    "mtsae": {"l1_coefficient": 0.01, "dilations": [1, 2], "padding": "replicate"},
-}
+ARCHS = {arch: tiny_arch_config(arch) for arch in ("topk", "jumprelu", "batchtopk", "mtsae")}
+RELU = tiny_arch_config("relu")
 SCRIPT = """
 import json, sys
 from mtsae.distributed import process_group
@@ -173,7 +169,7 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def test_two_process_training_matches_one_process(tiny_cache_path, tmp_path):
     """relu through the CLI; the others through one script. Same windows, same steps, same checkpoints."""
-    relu_args = [f"--cache={tiny_cache_path}", "--arch=relu", "--l1-coefficient=0.01", "--no-progress"]
+    relu_args = [f"--cache={tiny_cache_path}", "--arch=relu", f"--l1-coefficient={RELU['l1_coefficient']}", "--no-progress"]
     relu_args += cli_options(TRAIN)
     cli = torchrun(["-m", "mtsae", "train", *relu_args, f"--out={tmp_path / 'ddp-relu'}"])
     script = tmp_path / "train_all.py"
@@ -185,7 +181,7 @@ def test_two_process_training_matches_one_process(tiny_cache_path, tmp_path):
     configs.append({**resumed, "resume": True})
     output = finished(cli)
     scripted = torchrun([str(script), json.dumps(configs)])
-    for arch, arch_config in {"relu": {"l1_coefficient": 0.01}, **ARCHS}.items():  # one process, meanwhile
+    for arch, arch_config in {"relu": RELU, **ARCHS}.items():  # one process, meanwhile
         train(TrainConfig(**run_config(tiny_cache_path, tmp_path / f"one-{arch}", arch, arch_config)),
               progress=False, log=lambda _line: None)
     finished(scripted)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mtsae
+from conftest import tiny_arch_config
 from mtsae.cache import open_cache
 from mtsae.errors import MtsaeError
 from mtsae.train.checkpoint import load_checkpoint
@@ -21,14 +22,11 @@ from mtsae.train.trainer import Trainer, train
 
 TINY = dict(d_sae=48, window=16, batch_windows=8, lr=3e-3, holdout_fraction=0.1, eval_every=10,
             checkpoint_every=0, eval_tokens=0, prefetch_batches=2)
-ARCH_CONFIG = {"relu": {"l1_coefficient": 0.01}, "mtsae": {"l1_coefficient": 0.01, "dilations": [1, 2],
-                                                         "padding": "replicate"},
-               "topk": {"k": 8}, "batchtopk": {"k": 8}, "jumprelu": {"bandwidth": 0.1, "threshold_init": 0.05}}
 QUIET = dict(progress=False, log=lambda _line: None)
 
 
 def tiny_config(cache, out, arch="relu", **overrides) -> TrainConfig:
-    values = {**TINY, "cache": str(cache), "out": str(out), "arch": arch, "arch_config": ARCH_CONFIG.get(arch, {}),
+    values = {**TINY, "cache": str(cache), "out": str(out), "arch": arch, "arch_config": tiny_arch_config(arch),
               "steps": 30, **overrides}
     return TrainConfig(**values)
 
@@ -118,8 +116,7 @@ def test_checkpoint_loads_back_with_metadata_and_acts_on_raw_activations(tiny_ca
 @pytest.mark.parametrize("arch", architecture_names())
 def test_folding_the_scale_gives_raw_activation_semantics(arch):
     torch.manual_seed(0)
-    sae = create_sae(arch, d_in=16, d_sae=32, **{k: tuple(v) if isinstance(v, list) else v
-                                                 for k, v in ARCH_CONFIG.get(arch, {}).items()})
+    sae = create_sae(arch, d_in=16, d_sae=32, **tiny_arch_config(arch))
     with torch.no_grad():  # non-trivial biases, thresholds and BatchNorm statistics
         for name, tensor in sae.state_dict().items():
             if tensor.is_floating_point() and name not in ("W_enc", "W_dec"):

@@ -172,12 +172,27 @@ class SparseAutoencoder(nn.Module, ABC):
     sparsity_coefficient: ClassVar[str | None] = None
     """Config field of the coefficient that ``sparsity_scale`` multiplies (``--target-l0`` adapts it); None
     when L0 is set directly (TopK-style)."""
+    sparsity_symbol: ClassVar[str | None] = None
+    """How reports name that coefficient (``L1 λ``); None: they show its config name."""
     is_temporal: ClassVar[bool] = False
     """True when a token's codes depend on its neighbours in ``[B, T, d]`` input, so
     flattening to ``[B·T, d]`` changes the result (see the arch's ``[N, d]`` semantics)."""
     training_state_buffers: ClassVar[tuple[str, ...]] = ("tokens_since_fired",)
     """Buffers that are training bookkeeping, not model weights; a checkpoint stores
     them apart from ``sae_weights.safetensors`` so SAELens can load that file strictly."""
+    scale_powers: ClassVar[dict[str, int]] = {"W_enc": 0, "W_dec": 0, "b_enc": 1, "b_dec": 1}
+    """How each weight (``state_dict`` name, training-state buffers aside) scales with the input: a run
+    trained on ``scale·x`` saves ``value / scale**power`` so the checkpoint acts on raw ``x``
+    (:func:`mtsae.train.trainer.fold_activation_scale`). A weight missing here cannot be folded."""
+    config_scale_powers: ClassVar[dict[str, int]] = {}
+    """The same for config fields measured in input units (JumpReLU ``bandwidth``: 1, BatchNorm ``bn_eps``: 2)."""
+    buffer_reductions: ClassVar[dict[str, str]] = {}
+    """How data-parallel training makes each buffer (``named_buffers`` name) equal on every rank after a step:
+    ``"min"`` or ``"mean"`` (floating-point buffers). The base's ``tokens_since_fired`` counters are merged
+    exactly by :mod:`mtsae.train.parallel` itself; every other buffer must be listed here."""
+    tiny_config: ClassVar[dict[str, Any]] = {}
+    """Options that make this architecture learn at test sizes (d_in 16–64, d_sae 32–96, tens of steps on
+    normalised or random inputs); the test suite's one table of tiny configs is built from these."""
 
     tokens_since_fired: torch.Tensor
 
@@ -193,6 +208,14 @@ class SparseAutoencoder(nn.Module, ABC):
         # int64 so that `.to(dtype)` leaves it alone and it never loses counts.
         self.register_buffer("tokens_since_fired", torch.zeros(cfg.d_sae, dtype=torch.long))
         self.reset_parameters()
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any], *, d_sae: Any, target_l0: Any,
+                        recommend: bool) -> tuple[dict[str, Any], Any]:
+        """``(arch_config, target_l0)`` a training run resolves to before validation (values may still be
+        invalid): an architecture may add its recommended options when the run names no preset
+        (``recommend``) or turn ``--target-l0`` into an option of its own. Default: unchanged."""
+        return options, target_l0
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()

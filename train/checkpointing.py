@@ -25,7 +25,7 @@ from mtsae.errors import MtsaeError
 from mtsae.train.checkpoint import CFG_FILENAME, save_checkpoint
 from mtsae.train.config import TrainConfig
 from mtsae.train.rundir import STATE_FILENAME, read_resume_state, save_state
-from mtsae.train.scale import _CONFIG_SCALE_POWERS, fold_activation_scale
+from mtsae.train.scale import fold_activation_scale
 
 
 class Checkpointing:
@@ -151,7 +151,7 @@ class Checkpointing:
             return  # read_resume_state and the weights' load report a damaged checkpoint
         now = self.sae.cfg.to_dict()
         differs = {key: saved[key] for key in saved
-                   if key in now and key not in _CONFIG_SCALE_POWERS and saved[key] != now[key]}  # folded: rescaled
+                   if key in now and key not in self.sae.config_scale_powers and saved[key] != now[key]}  # folded: rescaled
         if differs:
             options = " ".join(f"--arch-option {key}={json.dumps(value)}" for key, value in differs.items())
             raise MtsaeError(

@@ -186,17 +186,7 @@ class TrainConfig:
         for name, value in fallbacks.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        explicit_k = self.arch_config.get("k")
-        recommended = False
-        if self.preset is None and self.arch == "mtsae":
-            from mtsae.train.presets import CONV_MIXER_OPTIONS, RECOMMENDED_K, RECOMMENDED_MTSAE
-
-            recommended = not CONV_MIXER_OPTIONS & set(self.arch_config)  # naming the conv mixer: its own defaults
-            if recommended:
-                self.arch_config = {**RECOMMENDED_MTSAE, **self.arch_config}
-        self._target_l0_as_k(explicit_k)
-        if recommended and "k" not in self.arch_config and _is_int(self.d_sae):
-            self.arch_config["k"] = max(3, min(RECOMMENDED_K, self.d_sae // 4))
+        self._resolve_arch_options()
         if self.stride is None:
             self.stride = self.window
         if self.batch_windows is None and isinstance(self.window, int) and self.window > 0:
@@ -205,17 +195,14 @@ class TrainConfig:
             if isinstance(value, tuple):
                 self.arch_config[key] = list(value)  # JSON/TOML form; configs turn it back into a tuple
 
-    def _target_l0_as_k(self, explicit_k: Any) -> None:
-        """A TopK-style MTSAE (the recommended one) sets L0 by ``k``: ``--target-l0 L`` means ``k = round(L)``."""
-        if self.arch != "mtsae" or not _is_number(self.target_l0) or self.target_l0 < 0.5:
-            return
-        if self.arch_config.get("activation") not in ("topk", "batchtopk"):
-            return
-        k = round(self.target_l0)
-        if explicit_k is not None and explicit_k != k:
-            raise MtsaeError(f"--target-l0 {self.target_l0} and --k {explicit_k} disagree; a "
-                             f"{self.arch_config['activation']} MTSAE sets its L0 by k: give one of them")
-        self.arch_config["k"], self.target_l0 = k, None
+    def _resolve_arch_options(self) -> None:
+        """The architecture's own resolution (recommended options without a preset, ``--target-l0`` as its
+        own knob); an unknown name is left for :meth:`validate` to report."""
+        from mtsae.train.registry import architecture_names, get_architecture
+
+        if self.arch in architecture_names():
+            self.arch_config, self.target_l0 = get_architecture(self.arch).resolve_options(
+                self.arch_config, d_sae=self.d_sae, target_l0=self.target_l0, recommend=self.preset is None)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

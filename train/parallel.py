@@ -12,7 +12,8 @@ floating-point reduction order. Parameters, Adam state and the learning-rate
 schedule then stay identical on every rank.
 
 **Batch-level state** (kept equal on every rank by :meth:`DataParallel.loss`,
-DDP's own buffer broadcast is off because it would copy rank 0's values):
+DDP's own buffer broadcast is off because it would copy rank 0's values; each
+architecture declares how its buffers reduce in ``buffer_reductions``):
 
 * dead-latent counters: exact — a latent fired if it fired on any rank, and
   the counters advance by the tokens of the whole batch;
@@ -40,7 +41,7 @@ from mtsae.distributed import World
 from mtsae.errors import MtsaeError
 from mtsae.train.base import LossOutput, SparseAutoencoder
 
-MIN_REDUCED_BUFFERS = ("threshold",)  # BatchTopK: an EMA increasing in the batch minimum
+REDUCTIONS = ("min", "mean")  # what an architecture's buffer_reductions may say
 # Buffers are synced by DataParallel, not copied from rank 0 before each forward (the kwarg was renamed in torch 2.13).
 _NO_BUFFER_BROADCAST = ({"forward_sync_buffers": False}
                         if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
@@ -71,6 +72,7 @@ class DataParallel:
 
     def __init__(self, sae: SparseAutoencoder, world: World, device: torch.device) -> None:
         self.sae, self.world = sae, world
+        self.reductions = buffer_reductions(sae)  # checked in one process too: a missing one fails early
         self.ddp = None
         if world.size > 1:
             world.connect()
@@ -91,11 +93,11 @@ class DataParallel:
         fired = (self.sae.tokens_since_fired == 0).to(torch.int32)
         reduce(fired, op=torch.distributed.ReduceOp.MAX)
         self.sae.tokens_since_fired.copy_(torch.where(fired.bool(), 0, counters_before + tokens * self.world.size))
-        for name, buffer in self.sae.named_buffers():
-            if name == "tokens_since_fired" or not buffer.is_floating_point():
-                continue
+        buffers = dict(self.sae.named_buffers())
+        for name, reduction in self.reductions.items():
+            buffer = buffers[name]
             synced = buffer.clone()
-            if name.split(".")[-1] in MIN_REDUCED_BUFFERS:
+            if reduction == "min":
                 reduce(synced, op=torch.distributed.ReduceOp.MIN)
             else:
                 reduce(synced)
@@ -109,6 +111,21 @@ class DataParallel:
         values = torch.tensor(list(components.values()), dtype=torch.float64, device=self.sae.W_dec.device)
         torch.distributed.all_reduce(values)
         return dict(zip(components, (values / self.world.size).tolist()))
+
+
+def buffer_reductions(sae: SparseAutoencoder) -> dict[str, str]:
+    """``{buffer name: "min" | "mean"}`` for every buffer but the dead-feature counters, as the architecture
+    declares it; an undeclared buffer or an unknown reduction is refused (it would be silently wrong across ranks)."""
+    declared = type(sae).buffer_reductions
+    found = {name: buffer for name, buffer in sae.named_buffers() if name != "tokens_since_fired"}
+    wrong = sorted(name for name, buffer in found.items() if declared.get(name) not in REDUCTIONS
+                   or (declared[name] == "mean" and not buffer.is_floating_point()))
+    if wrong:
+        raise MtsaeError(
+            f"the {sae.architecture} SAE does not say how its buffer(s) {wrong} are made equal across processes; "
+            f"declare each in the class's buffer_reductions as one of {REDUCTIONS} (mean: floating-point only)"
+        )
+    return {name: declared[name] for name in found}
 
 
 def token_count(x: torch.Tensor) -> int:

@@ -43,39 +43,31 @@ def measure_scale(ds: WindowDataset, batch_windows: int, seed: int) -> tuple[flo
     return math.sqrt(ds.d_model) / mean, mean, count
 
 
-_SCALE_POWERS = {
-    "W_enc": 0, "W_dec": 0, "b_enc": 1, "b_dec": 1, "threshold": 1,
-    "temporal.conv_weight": 0, "temporal.bn_weight": 1, "temporal.bn_bias": 1,
-    "temporal.bn_running_mean": 1, "temporal.bn_running_var": 2,
-}
-"""How each tensor scales with the input: folded value = value / scale**power."""
-_CONFIG_SCALE_POWERS = {"bn_eps": 2, "bandwidth": 1}
-
-
 def fold_activation_scale(sae: SparseAutoencoder, scale: float) -> SparseAutoencoder:
     """A copy of ``sae`` that, on raw ``x``, gives ``sae(scale·x) / scale`` (codes too are divided by scale).
 
     Decoder rows keep unit norm (SAE-Bench checks it): ``W_enc``, ``W_dec`` and
     the conv kernels are unchanged, everything measured in input units (biases,
     thresholds, BatchNorm affine and statistics, BatchNorm eps, JumpReLU
-    bandwidth) is divided by the right power of ``scale``. Exact up to rounding,
-    in eval and in training mode.
+    bandwidth) is divided by the power of ``scale`` the architecture declares
+    (``scale_powers``, ``config_scale_powers``). Exact up to rounding, in eval and in training mode.
     """
     if scale == 1.0:
         return sae
     cfg = sae.cfg
-    changes = {name: getattr(cfg, name) / scale**p for name, p in _CONFIG_SCALE_POWERS.items() if hasattr(cfg, name)}
+    powers = sae.scale_powers
+    changes = {name: getattr(cfg, name) / scale**p for name, p in sae.config_scale_powers.items()}
     folded = type(sae)(dataclasses.replace(cfg, **changes)).to(sae.W_dec.device)
     state = {}
     for name, tensor in sae.state_dict().items():
         if name in sae.training_state_buffers:
             state[name] = tensor.clone()
             continue
-        if name not in _SCALE_POWERS:
+        if name not in powers:
             raise MtsaeError(
                 f"cannot fold the normalisation scale into {sae.architecture}'s tensor {name!r}; "
-                "train it with --normalize-activations none"
+                "declare its power in the class's scale_powers, or train with --normalize-activations none"
             )
-        state[name] = tensor / scale ** _SCALE_POWERS[name]
+        state[name] = tensor / scale ** powers[name]
     folded.load_state_dict(state)
     return folded.train(sae.training)

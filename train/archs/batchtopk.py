@@ -54,6 +54,10 @@ class BatchTopKSAE(TopKSAE):
     cfg: BatchTopKSAEConfig
     threshold: torch.Tensor
     training_state_buffers = TopKSAE.training_state_buffers + ("threshold_updates",)
+    scale_powers = {**TopKSAE.scale_powers, "threshold": 1}
+    # θ is an EMA increasing in the batch minimum: the minimum over ranks is the one-process update.
+    # The update count is the same on every rank, so its mean is itself.
+    buffer_reductions = {"threshold": "min", "threshold_updates": "mean"}
 
     def __init__(self, cfg: BatchTopKSAEConfig) -> None:
         super().__init__(cfg)

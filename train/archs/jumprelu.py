@@ -67,6 +67,11 @@ class JumpReLUSAE(SparseAutoencoder):
     config_class = JumpReLUSAEConfig
     saelens_architecture = "jumprelu"
     sparsity_coefficient = "l0_coefficient"
+    sparsity_symbol = "L0 λ"
+    scale_powers = {**SparseAutoencoder.scale_powers, "threshold": 1}
+    config_scale_powers = {"bandwidth": 1}
+    # A low θ and a wide kernel, so the threshold's straight-through gradient is non-zero on a tiny batch.
+    tiny_config = {"bandwidth": 0.5, "threshold_init": 0.05, "l0_coefficient": 0.1}
     cfg: JumpReLUSAEConfig
 
     def __init__(self, cfg: JumpReLUSAEConfig) -> None:

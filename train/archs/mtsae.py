@@ -84,6 +84,7 @@ tokens as one ``[1, N, d]`` sequence.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -212,9 +213,23 @@ class MTSAE(SparseAutoencoder):
     saelens_architecture = None
     is_temporal = True
     sparsity_coefficient = "l1_coefficient"
+    sparsity_symbol = "L1 λ"
     cfg: MTSAEConfig
 
     training_state_buffers = SparseAutoencoder.training_state_buffers + ("threshold_updates",)
+    scale_powers = {
+        **SparseAutoencoder.scale_powers, "threshold": 1,  # activation="batchtopk"
+        "temporal.conv_weight": 0, "temporal.bn_weight": 1, "temporal.bn_bias": 1,  # mixer="conv"
+        "temporal.bn_running_mean": 1, "temporal.bn_running_var": 2,
+    }
+    config_scale_powers = {"bn_eps": 2}
+    buffer_reductions = {
+        "threshold": "min", "threshold_updates": "mean",  # activation="batchtopk": as BatchTopKSAE
+        # BatchNorm running statistics: the mean is exact for the running mean; the running variance
+        # misses the spread between rank means (docs/scaling.md).
+        "temporal.bn_running_mean": "mean", "temporal.bn_running_var": "mean",
+    }
+    tiny_config = {"l1_coefficient": 0.01, "dilations": (1, 2)}  # the conv mixer (naming dilations picks it)
 
     def __init__(self, cfg: MTSAEConfig) -> None:
         super().__init__(cfg)
@@ -225,6 +240,27 @@ class MTSAE(SparseAutoencoder):
         if cfg.activation == "batchtopk":  # as BatchTopKSAE: -1 before training = plain ReLU in eval
             self.register_buffer("threshold", torch.tensor(-1.0))
             self.register_buffer("threshold_updates", torch.tensor(0.0))
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any], *, d_sae: Any, target_l0: Any,
+                        recommend: bool) -> tuple[dict[str, Any], Any]:
+        """Without a preset and without a conv-mixer option: the recommended bank (presets.RECOMMENDED_MTSAE)
+        with k = min(RECOMMENDED_K, d_sae // 4). A TopK-style MTSAE sets L0 by k: ``--target-l0 L`` is k = round(L)."""
+        from mtsae.train.presets import CONV_MIXER_OPTIONS, RECOMMENDED_K, RECOMMENDED_MTSAE
+
+        explicit_k = options.get("k")
+        recommended = recommend and not CONV_MIXER_OPTIONS & set(options)  # naming the conv mixer: its own defaults
+        options = {**RECOMMENDED_MTSAE, **options} if recommended else dict(options)
+        if isinstance(target_l0, (int, float)) and not isinstance(target_l0, bool) and target_l0 >= 0.5 \
+                and options.get("activation") in ("topk", "batchtopk"):
+            k = round(target_l0)
+            if explicit_k is not None and explicit_k != k:
+                raise MtsaeError(f"--target-l0 {target_l0} and --k {explicit_k} disagree; a "
+                                 f"{options['activation']} MTSAE sets its L0 by k: give one of them")
+            options["k"], target_l0 = k, None
+        if recommended and "k" not in options and isinstance(d_sae, int) and not isinstance(d_sae, bool):
+            options["k"] = max(3, min(RECOMMENDED_K, d_sae // 4))
+        return options, target_l0
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

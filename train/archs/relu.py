@@ -37,6 +37,8 @@ class ReluSAE(SparseAutoencoder):
     config_class = ReluSAEConfig
     saelens_architecture = "standard"
     sparsity_coefficient = "l1_coefficient"
+    sparsity_symbol = "L1 λ"
+    tiny_config = {"l1_coefficient": 0.01}
     cfg: ReluSAEConfig
 
     def encode_full(self, x: torch.Tensor) -> Encoded:

@@ -49,6 +49,7 @@ class TopKSAE(SparseAutoencoder):
 
     config_class = TopKSAEConfig
     saelens_architecture = "topk"
+    tiny_config = {"k": 8}
     cfg: TopKSAEConfig
 
     def encode_full(self, x: torch.Tensor) -> Encoded:
