@@ -19,6 +19,7 @@ from mtsae.evaluate.adapter import load_adapter
 from mtsae.evaluate.report import write_report
 from mtsae.train import losses, registry
 from mtsae.train.base import Encoded, SAEConfig, SparseAutoencoder, Term
+from mtsae.train.config import Windowing
 from mtsae.train.checkpoint import load_checkpoint
 from mtsae.train.loader import WindowDataset
 from mtsae.train.parallel import buffer_reductions
@@ -92,7 +93,7 @@ def test_a_new_architecture_needs_only_its_class_and_registration(tiny_cache_pat
 
 def assert_acts_on_raw_activations(sae: SparseAutoencoder, meta: dict, cache_path) -> None:
     """The folded checkpoint (``shift`` divided by the scale as declared) reproduces the held-out FVE on raw inputs."""
-    held = WindowDataset(open_cache(cache_path), meta["layer"], window=16, split="heldout", holdout_fraction=0.1)
+    held = WindowDataset(open_cache(cache_path), meta["layer"], Windowing(window=16, holdout_fraction=0.1), split="heldout")
     x, special = held.assemble(torch.arange(len(held)).numpy())
     with torch.no_grad():
         recon = sae(x)
