@@ -75,10 +75,14 @@ def _infos(model_name: str):
 
 
 def test_checkpoints_of_the_random_model_are_not_evaluated_on_the_world_lm():
-    with pytest.raises(MtsaeError, match="trained on embedded:tiny-gemma2-v1 but would be evaluated on world"):
-        _evaluation_model("world", _infos("embedded:tiny-gemma2-v1"))
-    with pytest.raises(MtsaeError, match="trained on world:world-lm-v1"):
-        _evaluation_model("embedded", _infos("world:world-lm-v1"))
+    from mtsae.evaluate.models import ModelDims
+    from mtsae.evaluate.run import _check_compatible
+
+    mirror = SimpleNamespace(model_dims=lambda name: ModelDims(64, 26, 256))
+    for trained, model in (("embedded:tiny-gemma2-v1", "world"), ("world:world-lm-v1", "embedded")):
+        info = SimpleNamespace(label="run/final", model_name=trained, layer=19, d_in=64)
+        with pytest.raises(MtsaeError, match=f"was trained on {trained}, but the evaluation model is {model}"):
+            _check_compatible(None, [info], model, model + "-it", mirror, {})
 
 
 def test_checkpoints_of_another_world_model_version_are_refused():
