@@ -57,13 +57,7 @@ _BASELINES = [
     {"name": "jumprelu", "arch": "jumprelu"},
 ]
 # Causal runs for the world: the default temporal SAE (causal bank, per-group TopK) and each per-token twin.
-_WORLD_RUNS = [
-    {"name": "mtsae", "arch": "mtsae"},
-    {"name": "topk", "arch": "topk"},
-    {"name": "batchtopk", "arch": "batchtopk"},
-    {"name": "relu", "arch": "relu"},
-    {"name": "jumprelu", "arch": "jumprelu"},
-]
+_WORLD_RUNS = [{"name": arch, "arch": arch} for arch in ("mtsae", "topk", "batchtopk", "relu", "jumprelu")]
 
 
 def _demo_evals() -> list[str]:

@@ -288,16 +288,6 @@ def kept_fraction(base: torch.Tensor, now: torch.Tensor) -> float | None:
 # --------------------------------------------------------------------------- the sweep
 
 
-def retain_documents(world: W.World, count: int) -> list[dict]:
-    """Retain-topic documents from a stream training never reads (the false-positive side)."""
-    indices = (i for i in range(count * len(W.TOPIC_CYCLE)) if W.topic_of(i) != W.FORGET_TOPIC)
-    return [W.document(world, "unlearn-retain", i) for _, i in zip(range(count), indices)]
-
-
-def retain_probes(world: W.World) -> list[dict]:
-    return [p for topic in W.RETAIN_TOPICS for p in W.completion_probes(world, topic)]
-
-
 @dataclass
 class Corpus:
     """What the sweep reuses at every point: probes, the plain model's answers, where latents fire."""
@@ -315,10 +305,10 @@ class Corpus:
 
 def prepare(model, tokenizer, sae, layer: int, world: W.World, settings: UnlearnSettings) -> Corpus:
     forget = probe_set(tokenizer, W.completion_probes(world, W.FORGET_TOPIC))
-    retain = probe_set(tokenizer, retain_probes(world))
+    retain = probe_set(tokenizer, [p for topic in W.RETAIN_TOPICS for p in W.completion_probes(world, topic)])
     forget_rows = document_rows(tokenizer, [d["text"] for d in W.forget_corpus(world, settings.forget_documents)],
                                 settings.seq_len)
-    retain_rows = document_rows(tokenizer, [d["text"] for d in retain_documents(world, settings.retain_documents)],
+    retain_rows = document_rows(tokenizer, [d["text"] for d in W.retain_corpus(world, settings.retain_documents)],
                                 settings.seq_len)
     fire = dict(layer=layer, batch_size=settings.batch_size, progress=settings.progress)
     return Corpus(

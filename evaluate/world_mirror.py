@@ -99,9 +99,8 @@ def _forget_corpus(world: W.World) -> list[dict]:
 
 def _wikitext(root: Path, world: W.World) -> dict[str, Any]:
     """Retain-topic documents, one line each, with wikitext's blank lines between them."""
-    docs = (W.document(world, "retain-corpus", i) for i in range(RETAIN_DOCUMENTS * 2))
-    retain = [d for d in docs if d["topic"] != W.FORGET_TOPIC][:RETAIN_DOCUMENTS]
-    lines = [row for d in retain for row in ({"text": d["text"].replace("\n", " ") + "\n"}, {"text": ""})]
+    lines = [row for d in W.retain_corpus(world, RETAIN_DOCUMENTS)
+             for row in ({"text": d["text"].replace("\n", " ") + "\n"}, {"text": ""})]
     return {"configs": {"wikitext-2-raw-v1": E._splits(root, "wikitext", {"test": lines})}}
 
 

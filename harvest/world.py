@@ -329,6 +329,12 @@ def forget_corpus(world: World, count: int) -> list[dict]:
     return [document(world, "forget-corpus", i) for _, i in zip(range(count), indices)]
 
 
+def retain_corpus(world: World, count: int) -> list[dict]:
+    """Retain-topic documents from a stream training never reads (the false-positive side of selection)."""
+    indices = (i for i in range(count * len(TOPIC_CYCLE)) if topic_of(i) != FORGET_TOPIC)
+    return [document(world, "unlearn-retain", i) for _, i in zip(range(count), indices)]
+
+
 def completion_probes(world: World, topic: str) -> list[dict]:
     """One next-token fact completion per fact of ``topic``: ``prompt`` then ``answer`` (one word)."""
     return [{"topic": f.topic, "entity": f.entity, "relation": f.relation.name,
