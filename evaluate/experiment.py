@@ -39,78 +39,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mtsae.errors import MtsaeError
-from mtsae.evaluate import registry
+from mtsae.evaluate.experiment_builtins import BUILTIN
 from mtsae.train.rundir import RunDir
 from mtsae.values import did_you_mean
 
-# Matched width, learning rate and tokens per step (the trainer's 4096 // window windows) for every run.
-_MATCHED = {"d_sae": 512, "lr": 3e-3}
-_SEED_RUNS = [
-    {"name": "baseline_sae", "preset": "run0"},
-    {"name": "basic_mtsae", "preset": "run1"},
-    {"name": "optimized_mtsae", "preset": "run2"},
-    {"name": "expanded_context_mtsae", "preset": "run3"},
-]
-_BASELINES = [
-    {"name": "topk", "arch": "topk", "arch_config": {"k": 32}},
-    {"name": "batchtopk", "arch": "batchtopk", "arch_config": {"k": 32}},
-    {"name": "jumprelu", "arch": "jumprelu"},
-]
-# Causal runs for the world: the default temporal SAE (causal bank, per-group TopK) and each per-token twin.
-_WORLD_RUNS = [{"name": arch, "arch": arch} for arch in ("mtsae", "topk", "batchtopk", "relu", "jumprelu")]
 
-
-def _demo_evals() -> list[str]:
-    return [spec.name for spec in registry.specs() if spec.in_demo]
-
-
-def _all_evals() -> list[str]:
-    return list(registry.names())
-
-
-BUILTIN = {
-    # The demo (scripts/demo.sh): the evals whose spec is in_demo (absorption is not: the random-weights model
-    # represents no first letters) and sparse probing on 2 of 8 datasets (the "demo" eval profile).
-    # embedded-full adds both back (docs/results.md). "evals" are resolved when the experiment is loaded.
-    "embedded": {
-        "out": "experiments/embedded",
-        "harvest": {},
-        "evals": _demo_evals,
-        # The seed's run1-run3 keep their non-causal padding: evaluated anyway, and flagged in the report.
-        "eval_options": {"profile": "demo", "allow_non_causal": True},
-        "defaults": {**_MATCHED, "train_tokens": 1_200_000},
-        "runs": _SEED_RUNS + _BASELINES,
-    },
-    "embedded-full": {
-        "out": "experiments/embedded-full",
-        "harvest": {},
-        "evals": _all_evals,
-        # The seed's run1-run3 keep their non-causal padding: evaluated anyway, and flagged in the report.
-        "eval_options": {"allow_non_causal": True},
-        "defaults": {**_MATCHED, "train_tokens": 1_200_000},
-        "runs": _SEED_RUNS + _BASELINES,
-    },
-    # The trained world LM (docs/world.md): every eval scorable. Causal runs only, since unlearning splices
-    # the SAE into the model: the recommended temporal SAE and its per-token twins, at matched L0, 3 seeds.
-    "world": {
-        "out": "experiments/world",
-        "harvest": {"model": "world", "dataset": "world"},
-        "evals": _all_evals,
-        "defaults": {**_MATCHED, "train_tokens": 1_200_000},
-        "match_l0": [16],
-        "runs": [{**run, "name": f"{run['name']}-s{seed}", "seed": seed}
-                 for seed in (0, 1, 2) for run in _WORLD_RUNS],
-    },
-    "synthetic": {
-        "out": "experiments/synthetic",
-        "synth": {},
-        "evals": [],
-        "defaults": {**_MATCHED, "layer": 0, "train_tokens": 2_000_000},
-        # The truth has L0 ~ 5 (256 features x p 0.02); 16 shows the trend at a looser budget.
-        "match_l0": [5, 16],
-        "runs": _SEED_RUNS + _BASELINES,
-    },
-}
 
 
 @dataclass
@@ -125,6 +58,7 @@ class ExperimentConfig:
     defaults: dict[str, Any] = field(default_factory=dict)
     harvest_out: str | None = None  # where a [harvest] table writes; default caches/<fingerprint[:12]>
     match_l0: list[float] = field(default_factory=list)  # train every run at each of these L0s
+    unlearn: bool = False  # also run `mtsae unlearn` (world-LM runs only) and report it
 
     def expanded_runs(self) -> list[dict[str, Any]]:
         """The runs to train: ``runs`` as given, or one copy per ``match_l0`` level."""
@@ -197,6 +131,10 @@ def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
     trained = [d for spec, d in zip(runs, run_dirs) if _train(cfg, spec, cache, d, log, progress)]
     if cfg.evals:
         _evaluate(cfg, trained, out / "eval", log, progress)
+    if cfg.unlearn:
+        from mtsae.evaluate import unlearn_runs  # torch: only when asked
+
+        unlearn_runs.unlearn_missing(trained, out / "unlearn", log)
     for run_dir in trained:
         _analyze(run_dir, cache, log)
     return _report(run_dirs, out / "report", log)
@@ -295,12 +233,22 @@ def _report(run_dirs: list[Path], out: Path, log) -> dict[str, Any]:
     from mtsae.evaluate.report import write_report
 
     analyses = {d.name: json.loads(RunDir(d).analysis.read_text()) for d in run_dirs if RunDir(d).analysis.is_file()}
-    data = write_report(run_dirs, out, analyses=analyses, extra_sections=analysis_sections(analyses))
+    sections = analysis_sections(analyses) + unlearn_section(out.parent / "unlearn")
+    data = write_report(run_dirs, out, analyses=analyses, extra_sections=sections)
     flagged = [r for r in data["runs"] if r["flags"]]
     for r in flagged:
         log(f"[experiment] FLAGGED {r['name']}: {'; '.join(r['flags'])}")
     log(f"[experiment] report: {out / 'report.html'}")
     return data
+
+
+def unlearn_section(folder: Path) -> list[str]:
+    """The ``mtsae unlearn`` results an experiment holds, as a report section (none: no section)."""
+    if not folder.is_dir():
+        return []
+    from mtsae.evaluate import unlearn_runs
+
+    return unlearn_runs.report_section(folder)
 
 
 def analysis_sections(analyses: dict[str, dict[str, Any]]) -> list[str]:

@@ -260,3 +260,27 @@ def parse_numbers(text: str, option: str, kind: type = float) -> tuple:
     if not values:
         raise MtsaeError(f"{option} takes comma-separated {kind.__name__}s like 1,2,5, got {text!r}")
     return values
+
+
+def unlearn_missing(run_dirs: Sequence[Path], out: Path, log: Callable[[str], None] = print) -> None:
+    """`mtsae experiment`'s step: the benchmark at its default settings for every finished run without a result."""
+    from mtsae.evaluate.checkpoints import read_checkpoint_info
+    from mtsae.evaluate.run import release_names
+
+    finals = [d / "final" for d in run_dirs if (d / "final").is_dir()]
+    if not finals:
+        return
+    releases = release_names([read_checkpoint_info(str(f)) for f in finals])
+    missing = [str(f) for f, release in zip(finals, releases) if not result_file(out, release).is_file()]
+    if missing:
+        log(f"[experiment] mtsae unlearn on {len(missing)} run(s) -> {out}")
+        unlearn_runs(missing, out, UnlearnSettings(progress=False), log=log)
+
+
+def report_section(out: Path) -> list[str]:
+    """The experiment report's unlearning section: one row per result in ``out`` (none: no section)."""
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))] if out.is_dir() else []
+    if not results:
+        return []
+    return ["## Unlearning: `mtsae unlearn` (fact completion on the world)", "",
+            markdown_summary(results), "Per-run curves: `unlearn/unlearn.md` (docs/unlearning.md).", ""]

@@ -181,3 +181,24 @@ def test_a_question_counts_only_if_right_under_all_24_orderings():
     assert len(ORDERINGS) == 24
     assert mc_correct_all_orderings(_LetterModel(tokenizer, right), tokenizer, question, "biology")
     assert not mc_correct_all_orderings(_LetterModel(tokenizer, None), tokenizer, question, "biology")
+
+
+@pytest.mark.slow
+def test_the_world_experiment_runs_mtsae_unlearn_and_reports_it(tmp_path):
+    """`unlearn = true` (the world builtin's setting): each run scored once, a rerun skips it, the report shows it."""
+    from mtsae.evaluate.experiment import load_experiment, run_experiment
+
+    cache = tiny_harvest(tmp_path / "world.zarr", model="world", dataset="world", max_tokens=2000).path
+    config = tmp_path / "exp.toml"
+    config.write_text(f'out = "{tmp_path / "out"}"\ncache = "{cache}"\nunlearn = true\n'
+                      '[defaults]\nlayer = 5\nd_sae = 64\nwindow = 16\nbatch_windows = 8\nsteps = 10\n'
+                      '[[runs]]\nname = "topk"\narch = "topk"\narch_config = { k = 4 }\n')
+    run_experiment(load_experiment(str(config)), progress=False, log=lambda _: None)
+    result = tmp_path / "out" / "unlearn" / "topk_final.json"
+    record = json.loads(result.read_text())
+    assert record["benchmark"] == "mtsae-unlearn" and record["plain_model"]["forget_accuracy"] >= 0.9
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert "## Unlearning: `mtsae unlearn`" in report and "| topk_final" in report
+    before = result.stat().st_mtime_ns
+    run_experiment(load_experiment(str(config)), progress=False, log=lambda _: None)
+    assert result.stat().st_mtime_ns == before  # finished: not scored again
