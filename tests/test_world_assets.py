@@ -144,7 +144,7 @@ def test_the_shipped_model_knows_the_forget_topic_s_facts():
     """A regression guard on the shipped weights: docs/world.md records 0.93 for the pathogens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mtsae.harvest.world_check import completion_accuracy
+    from mtsae.evaluate.world_check import completion_accuracy
 
     model = AutoModelForCausalLM.from_pretrained(world_assets.MODEL_DIR).eval()
     tokenizer = AutoTokenizer.from_pretrained(world_assets.MODEL_DIR)
@@ -172,7 +172,7 @@ class _LetterModel:
 
 
 def test_a_question_counts_only_if_right_under_all_24_orderings():
-    from mtsae.harvest.world_check import ORDERINGS, mc_correct_all_orderings
+    from mtsae.evaluate.world_check import ORDERINGS, mc_correct_all_orderings
 
     world = W.build_world(world_assets.WORLD_SEED)
     tokenizer = W.build_world_tokenizer(world)

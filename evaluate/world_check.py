@@ -44,14 +44,10 @@ def _token_id(tokenizer, word: str) -> int:
 
 
 def completion_accuracy(model, tokenizer, world: W.World, topic: str, batch: int = 64) -> float:
-    """Fraction of the topic's facts whose value is the model's top next token."""
-    probes = W.completion_probes(world, topic)
-    correct = 0
-    for start in range(0, len(probes), batch):
-        part = probes[start:start + batch]
-        top = _last_logits(model, tokenizer, [tokenizer.bos_token + p["prompt"] for p in part]).argmax(-1)
-        correct += sum(int(t) == _token_id(tokenizer, p["answer"]) for t, p in zip(top.tolist(), part))
-    return correct / len(probes)
+    """Fraction of the topic's facts whose value is the model's top next token (``mtsae unlearn``'s scoring)."""
+    from mtsae.evaluate.unlearn import completion_correct, probe_set
+
+    return float(completion_correct(model, probe_set(tokenizer, W.completion_probes(world, topic)), batch).float().mean())
 
 
 def mc_correct_all_orderings(model, tokenizer, question: dict, subject: str) -> bool:
@@ -96,7 +92,7 @@ def check_model_dir(path: Path, world_seed: int = 0) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m mtsae.harvest.world_check",
+    p = argparse.ArgumentParser(prog="python -m mtsae.evaluate.world_check",
                                 description="Fact completion and all-orderings MC accuracy of a world LM.")
     p.add_argument("model", type=Path, help="a model folder written by scripts/train_world_lm.py (OUT/model)")
     p.add_argument("--world-seed", type=int, default=0)
