@@ -14,13 +14,13 @@ The cache records the model as ``world:world-lm-v1``; the evaluation mirror
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from mtsae.durable import materialise_file
 from mtsae.errors import MtsaeError
 from mtsae.harvest import world as W
+from mtsae.harvest.world_lm import sha256_of
 from mtsae.home import mtsae_home
 
 WORLD_NAME = "world"
@@ -35,21 +35,13 @@ CORPUS_DOCUMENTS = 800  # ~270k tokens: more than the harvest default budget (26
 CORPUS_FILENAME = f"world-corpus-v{W.WORLD_VERSION}-seed{WORLD_SEED}.jsonl"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_world_model(directory: Path = MODEL_DIR, expected: str = WEIGHTS_SHA256) -> Path:
     """The model folder, after proving its weights are the pinned ones and its world is this one."""
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise MtsaeError(f"the world model's weights are missing ({weights}); reinstall mtsae or "
                          "retrain them with scripts/train_world_lm.py (docs/world.md)")
-    actual = _sha256(weights)
+    actual = sha256_of(weights)
     if actual != expected:
         raise MtsaeError(f"the world model's weights {weights} have sha256 {actual[:16]}…, not the pinned "
                          f"{expected[:16]}…; the file is corrupt or replaced: reinstall mtsae")
