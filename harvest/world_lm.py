@@ -19,13 +19,11 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from mtsae.durable import publish_dir, publish_file
 from mtsae.errors import MtsaeError, writing
 from mtsae.harvest import embedded
 from mtsae.harvest import world as W
@@ -120,15 +118,8 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
 def _save_state(out: Path, model, optimizer, step: int, settings: dict) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.tmp-", dir=out)
-    os.close(fd)
-    try:
-        torch.save({"settings": settings, "step": step, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict()}, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out / STATE_FILE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    state = {"settings": settings, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    publish_file(out / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def _load_state(out: Path, model, optimizer, settings: dict) -> int:
@@ -218,22 +209,23 @@ def _clip(model) -> None:
 
 
 def _publish_model(out: Path, model, tokenizer, settings: dict, steps_done: int) -> str:
-    """Write OUT/model/ via a temp sibling and a rename; returns the weights' sha256."""
-    final = out / MODEL_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}.tmp-", dir=out))
-    try:
+    """Write OUT/model/ via a temp sibling and a rename (mtsae.durable); returns the weights' sha256.
+
+    A model already there is only ever ours, of these settings (checked against state.pt), so it is replaced.
+    """
+    digest = ""
+
+    def build(tmp: Path) -> None:
+        nonlocal digest
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         digest = sha256_of(tmp / WEIGHTS_FILE)
         (tmp / f"{WEIGHTS_FILE}.sha256").write_text(f"{digest}  {WEIGHTS_FILE}\n")
         (tmp / "world.json").write_text(json.dumps({**settings, "steps_done": steps_done, "weights_sha256": digest},
                                                    indent=1) + "\n")
-        if final.exists():  # only ever ours: a model of these settings (checked against state.pt)
-            shutil.rmtree(final)
         _make_readable(tmp)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_dir(out / MODEL_DIR, build)
     return digest
 
 
