@@ -137,15 +137,15 @@ def _evaluation_model(requested: str | None, infos: list[CheckpointInfo]) -> str
         raise MtsaeError(f"the checkpoints were trained on different models ({', '.join(sorted(trained))}); "
                          "evaluate each model's checkpoints in a separate run")
     model = requested or infos[0].model_name
-    _check_world_version(infos[0].model_name)
+    for info in infos:
+        _check_world_version(info.model_name)
     base = builtin_base(model)
     return base if base and model.startswith(base + ":") else model
 
 
 def _check_world_version(trained: str) -> None:
     """The world LM is evaluated only with SAEs trained on this version of it (other models: _check_compatible)."""
-    if builtin_base(trained) == WORLD and trained.startswith(WORLD + ":") and \
-            trained != f"{WORLD}:{world_assets.MODEL_DIRNAME}":
+    if trained.startswith(WORLD + ":") and trained != f"{WORLD}:{world_assets.MODEL_DIRNAME}":
         raise MtsaeError(f"the checkpoints were trained on {trained}, but this mtsae ships "
                          f"{WORLD}:{world_assets.MODEL_DIRNAME} (another world or model version); "
                          "re-harvest and retrain with this version")

@@ -89,6 +89,9 @@ def test_checkpoints_of_another_world_model_version_are_refused():
     with pytest.raises(MtsaeError, match="another world or model version"):
         _evaluation_model(None, _infos("world:world-lm-v0"))
     assert _evaluation_model(None, _infos("world:world-lm-v1")) == "world"
+    with pytest.raises(MtsaeError, match="world:world-lm-v0"):  # every checkpoint, not only the first
+        _evaluation_model(None, [SimpleNamespace(model_name="world:world-lm-v1"),
+                                 SimpleNamespace(model_name="world:world-lm-v0")])
 
 
 def test_the_world_corpus_is_world_documents_the_lm_never_read():
