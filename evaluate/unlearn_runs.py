@@ -267,7 +267,9 @@ def unlearn_missing(run_dirs: Sequence[Path], out: Path, log: Callable[[str], No
     from mtsae.evaluate.checkpoints import read_checkpoint_info
     from mtsae.evaluate.run import release_names
 
-    finals = [d / "final" for d in run_dirs if (d / "final").is_dir()]
+    from mtsae.train.rundir import RunDir
+
+    finals = [RunDir(d).final for d in run_dirs if RunDir(d).final.is_dir()]
     if not finals:
         return
     releases = release_names([read_checkpoint_info(str(f)) for f in finals])
