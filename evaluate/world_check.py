@@ -23,26 +23,6 @@ from mtsae.harvest import world as W
 ORDERINGS = tuple(itertools.permutations(range(len(W.LETTERS))))  # 24
 
 
-def _last_logits(model, tokenizer, texts: list[str]):
-    """Logits at each text's last token (texts are left-padded to one batch)."""
-    import torch
-
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
-
-
-def _token_id(tokenizer, word: str) -> int:
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"{word!r} is not one token of the world tokenizer: {ids}")
-    return ids[0]
-
-
 def completion_accuracy(model, tokenizer, world: W.World, topic: str, batch: int = 64) -> float:
     """Fraction of the topic's facts whose value is the model's top next token (``mtsae unlearn``'s scoring)."""
     from mtsae.evaluate.unlearn import completion_correct, probe_set
@@ -51,14 +31,23 @@ def completion_accuracy(model, tokenizer, world: W.World, topic: str, batch: int
 
 
 def mc_correct_all_orderings(model, tokenizer, question: dict, subject: str) -> bool:
-    """True if the right letter has the highest A–D logit under every ordering of the choices."""
-    letters = [_token_id(tokenizer, letter) for letter in W.LETTERS]
-    texts, answers = [], []
+    """True if the right letter has the highest A–D logit under every ordering of the choices.
+
+    The 24 prompts hold the same tokens in another order, so they form one batch without padding.
+    """
+    import torch
+
+    from mtsae.evaluate.unlearn import answer_token, logits_of
+
+    letters = [answer_token(tokenizer, letter) for letter in W.LETTERS]
+    rows, answers = [], []
     for order in ORDERINGS:
         choices = [question["choices"][i] for i in order]
-        texts.append(W.sae_bench_prompt(question["question"], choices, subject))
+        rows.append(tokenizer(W.sae_bench_prompt(question["question"], choices, subject),
+                              add_special_tokens=False)["input_ids"])
         answers.append(order.index(question["answer"]))
-    picked = _last_logits(model, tokenizer, texts)[:, letters].argmax(-1).tolist()
+    with torch.no_grad():
+        picked = logits_of(model, torch.tensor(rows))[:, -1, letters].argmax(-1).tolist()
     return picked == answers
 
 

@@ -161,7 +161,7 @@ class _LetterModel:
     def __init__(self, tokenizer, value: str | None):
         self.tokenizer, self.value = tokenizer, value
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids):
         import torch
 
         logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], len(self.tokenizer))
