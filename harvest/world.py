@@ -311,6 +311,42 @@ def practice_question(world: World, index: int) -> dict:
             "answer": q["answer"]}
 
 
+def open_book_question(world: World, index: int) -> dict:
+    """A practice question whose fact is stated first in the user turn, then its answer letter; training text.
+
+    It teaches the in-context step from a value to the letter of the choice that states it; a closed-book
+    question composes that step with recall. Practice entities only, like ``practice_question``.
+    """
+    rng = _rng(world, "open-book-mc", index)
+    topic = topic_of(index)
+    entity = rng.choice(world.practice_entities(topic))
+    fact = rng.choice(world.facts_by_entity[entity])
+    q = _question(rng, world, fact, rng.randrange(4))
+    stated = embedded._detokenize(fact.sentence(fact.relation.templates[0]).split())
+    text = sae_bench_prompt(f"{stated}\n{q['question']}", q["choices"], subject_of(topic))
+    return {"id": f"open-book-mc-{index}", "topic": topic, "kind": "mc", "entity": entity, "answer": q["answer"],
+            "text": text + LETTERS[q["answer"]] + ")<end_of_turn>"}
+
+
+def vocabulary_spelling(world: World, index: int, count: int) -> dict:
+    """``count`` spelling lines over the whole vocabulary (every word a probe may ask about); training text."""
+    words = [w for w in vocabulary(world) if w.isalpha() and len(w) > 1]
+    lines = spelling_lines(_rng(world, "vocabulary-spelling", index), words, count)
+    return {"id": f"vocabulary-spelling-{index}", "topic": "", "kind": "spelling", "text": "\n".join(lines)}
+
+
+def drill_texts(world: World, index: int, closed: int, open_book: int, spelling: int) -> list[dict]:
+    """Block ``index`` of the drill stream: one document, ``closed`` practice questions, ``open_book`` open-book
+    questions and a ``spelling``-line vocabulary spelling text, in a seeded order."""
+    texts = [document(world, "train", index),
+             *(practice_question(world, index * closed + j) for j in range(closed)),
+             *(open_book_question(world, index * open_book + j) for j in range(open_book))]
+    if spelling:
+        texts.append(vocabulary_spelling(world, index, spelling))
+    _rng(world, "drill-order", index).shuffle(texts)
+    return texts
+
+
 def exam_questions(world: World, topic: str) -> list[dict]:
     """Held-out MC questions (``cais/wmdp``/``cais/mmlu`` fields) about the topic's exam entities.
 

@@ -32,6 +32,7 @@ MIN_LAYERS = 20  # SAE-Bench's Gemma-2-2b layers 5 and 19 must exist
 STATE_FILE = "state.pt"
 MODEL_DIR = "model"
 WEIGHTS_FILE = "model.safetensors"
+MIXES = ("documents", "drill")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +50,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     budget.add_argument("--tokens", type=int, help="training tokens (rounded up to whole steps)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, warmup then cosine)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between state.pt writes")
+    stage = p.add_argument_group("a second stage (docs/world.md): continue a published model on the drill stream")
+    stage.add_argument("--init", type=Path, help="a model folder this script published (OUT/model) to start from")
+    stage.add_argument("--mix", choices=MIXES, default="documents",
+                       help="documents: the world's documents with a practice question every 4th text; "
+                            "drill: per document, --drill-closed practice and --drill-open-book open-book questions "
+                            "and --drill-spelling spelling lines over the whole vocabulary")
+    stage.add_argument("--drill-closed", type=int, default=6, help="practice questions per document (drill)")
+    stage.add_argument("--drill-open-book", type=int, default=3, help="open-book questions per document (drill)")
+    stage.add_argument("--drill-spelling", type=int, default=10, help="vocabulary spelling lines per document (drill)")
+    stage.add_argument("--answer-weight", type=float, default=1.0,
+                       help="loss weight of the answer letter after 'Answer: (' (every other token: 1)")
     args = p.parse_args(argv)
     _validate(p, args)
     return args
@@ -63,13 +75,27 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("drill_closed", "drill_open_book", "drill_spelling"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not math.isfinite(args.answer_weight) or args.answer_weight <= 0:
+        p.error(f"--answer-weight must be a positive number, got {args.answer_weight}")
+    if args.init is not None and not (args.init / "world.json").is_file():
+        p.error(f"--init {args.init} is not a model folder this script published (no world.json)")
     args.steps = args.max_steps or math.ceil(args.tokens / (args.batch * args.ctx))
 
 
 def settings_of(args: argparse.Namespace) -> dict:
     """What defines a run: a resume or rerun must match it exactly."""
     keys = ("world_seed", "seed", "hidden", "layers", "heads", "ctx", "batch", "steps", "lr")
-    return {"world_version": W.WORLD_VERSION, **{k: getattr(args, k) for k in keys}}
+    settings = {"world_version": W.WORLD_VERSION, **{k: getattr(args, k) for k in keys}}
+    if args.init is not None:  # a second stage: its start is part of what defines it
+        settings["init_sha256"] = sha256_of(args.init / WEIGHTS_FILE)
+    if args.mix != "documents":
+        settings |= {k: getattr(args, k) for k in ("mix", "drill_closed", "drill_open_book", "drill_spelling")}
+    if args.answer_weight != 1.0:
+        settings["answer_weight"] = args.answer_weight
+    return settings
 
 
 def model_config(vocab_size: int, args: argparse.Namespace):
@@ -87,23 +113,52 @@ def model_config(vocab_size: int, args: argparse.Namespace):
     return config
 
 
-def token_batches(world: W.World, tokenizer, ctx: int, batch: int, skip: int):
-    """Endless [batch, ctx] LongTensors packed from the training stream; the first ``skip`` are dropped."""
+def stream_texts(world: W.World, args: argparse.Namespace):
+    """``texts(index) -> list of texts``: block ``index`` of the stream ``--mix`` names."""
+    if args.mix == "drill":
+        return lambda i: [t["text"] for t in W.drill_texts(world, i, args.drill_closed, args.drill_open_book,
+                                                            args.drill_spelling)]
+    return lambda i: [W.training_text(world, i)["text"]]
+
+
+def token_batches(texts, tokenizer, ctx: int, batch: int, skip: int):
+    """Endless [batch, ctx] LongTensors packed from ``texts(0), texts(1), ...``; the first ``skip`` are dropped."""
     import torch
 
     buffer: list[int] = []
     index, produced, need = 0, 0, batch * ctx
     while True:
         while len(buffer) < need:
-            ids = tokenizer(W.training_text(world, index)["text"], add_special_tokens=False)["input_ids"]
-            if not ids or ids[0] != tokenizer.bos_token_id:
-                ids = [tokenizer.bos_token_id, *ids]
-            buffer.extend([*ids, tokenizer.eos_token_id])
+            for text in texts(index):
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+                if not ids or ids[0] != tokenizer.bos_token_id:
+                    ids = [tokenizer.bos_token_id, *ids]
+                buffer.extend([*ids, tokenizer.eos_token_id])
             index += 1
         chunk, buffer = buffer[:need], buffer[need:]
         produced += 1
         if produced > skip:
             yield torch.tensor(chunk, dtype=torch.long).view(batch, ctx)
+
+
+def answer_positions(ids, answer_ids: tuple[int, int]):
+    """True where the next token is an answer letter: the position of '(' right after ':' (``Answer: (``)."""
+    import torch
+
+    colon, paren = answer_ids
+    before = torch.nn.functional.pad(ids[:, :-1] == colon, (1, 0))
+    return (ids == paren) & before
+
+
+def lm_loss(logits, ids, answer_ids: tuple[int, int], answer_weight: float):
+    """Next-token cross-entropy, the answer letters weighted ``answer_weight`` (1: the plain mean)."""
+    import torch
+
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(),
+                                           reduction="none").view(ids.shape[0], -1)
+    weights = torch.ones_like(ce)
+    weights[answer_positions(ids, answer_ids)[:, :-1]] = answer_weight
+    return (ce * weights).sum() / weights.sum()
 
 
 def learning_rate(step: int, steps: int, peak: float) -> float:
@@ -141,6 +196,24 @@ def _load_state(out: Path, model, optimizer, settings: dict) -> int:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])
+
+
+def _load_init(model, init: Path) -> None:
+    """Start from a published model: same shapes (--hidden/--layers/--heads as it was trained with) and world."""
+    from safetensors.torch import load_file
+
+    recorded = json.loads((init / "world.json").read_text())
+    if recorded.get("world_version") != W.WORLD_VERSION:
+        raise MtsaeError(f"--init {init} was trained on world version {recorded.get('world_version')}, "
+                         f"this is version {W.WORLD_VERSION}")
+    weights = load_file(init / WEIGHTS_FILE)
+    weights.setdefault("lm_head.weight", weights.get("model.embed_tokens.weight"))  # tied
+    mine = model.state_dict()
+    wrong = sorted(k for k in mine if k not in weights or weights[k].shape != mine[k].shape)
+    if wrong:
+        raise MtsaeError(f"--init {init} does not fit this model ({len(wrong)} tensors differ, first {wrong[0]}); "
+                         "give the --hidden/--layers/--heads it was trained with")
+    model.load_state_dict({k: weights[k] for k in mine})
 
 
 def _check_published(out: Path, settings: dict) -> None:
@@ -184,7 +257,7 @@ def _train_loop(model, optimizer, batches, args, start: int, out: Path, settings
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, args.steps, args.lr)
             batch = next(batches)
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = lm_loss(model(input_ids=batch).logits, batch, args.answer_ids, args.answer_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             _clip(model)
@@ -248,6 +321,9 @@ def train(args: argparse.Namespace) -> str:
     tokenizer = W.build_world_tokenizer(world)
     torch.manual_seed(args.seed)
     model = Gemma2ForCausalLM(model_config(len(tokenizer), args)).to(torch.float32).train()
+    if args.init is not None:
+        _load_init(model, args.init)
+    args.answer_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in (":", "("))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     _check_published(out, settings)
     start = _load_state(out, model, optimizer, settings)
@@ -256,7 +332,7 @@ def train(args: argparse.Namespace) -> str:
         return sha256_of(published)
     with writing(f"training state or log in {out}", "rerun the same command to resume"):
         if start < args.steps:
-            batches = token_batches(world, tokenizer, args.ctx, args.batch, skip=start)
+            batches = token_batches(stream_texts(world, args), tokenizer, args.ctx, args.batch, skip=start)
             _train_loop(model, optimizer, batches, args, start, out, settings)
         return _publish_model(out, model.eval(), tokenizer, settings, args.steps)
 

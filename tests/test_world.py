@@ -182,8 +182,9 @@ def test_forget_corpus_is_forget_topic_and_not_training_text():
 @given(index=INDICES)
 def test_training_text_never_needs_unk(index):
     tok = tokenizer(0)
+    drill = [t["text"] for t in W.drill_texts(world(0), index, 2, 2, 6)]
     for text in (W.training_text(world(0), index)["text"],
-                 W.forget_corpus(world(0), 1)[0]["text"]):
+                 W.forget_corpus(world(0), 1)[0]["text"], *drill):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.unk_token_id not in ids
 
@@ -197,3 +198,33 @@ def test_tokenizer_keeps_embedded_ids_and_has_chat_markers_and_letters():
                                               "<end_of_turn>"]
     letters = tok(["A", "B", "C", "D", " A", " B", " C", " D"], add_special_tokens=False)["input_ids"]
     assert all(len(x) == 1 for x in letters) and len({x[0] for x in letters}) == 4
+
+
+def test_open_book_questions_state_their_fact_ask_practice_entities_and_balance_letters():
+    w = world(0)
+    facts = {(f.entity, f.relation.name): f for f in w.facts}
+    exam = {e for t in W.ALL_TOPICS for e in w.exam_entities(t)}
+    questions = [W.open_book_question(w, i) for i in range(2000)]
+    counts = Counter(q["answer"] for q in questions)
+    assert all(400 <= c <= 600 for c in counts.values()) and len(counts) == 4, counts  # 500 ± ~5 sigma
+    assert not {q["entity"] for q in questions} & exam
+    for q in questions[:200]:
+        user = q["text"].split("\n")
+        stated, choices = user[2], [line[3:] for line in user[4:8]]
+        choices[-1] = choices[-1].removesuffix("<end_of_turn>")
+        fact = next(f for (e, _), f in facts.items() if e == q["entity"] and f.value in stated.rstrip(".").split())
+        assert stated.startswith(fact.relation.probe_prompt(q["entity"]))
+        assert choices[q["answer"]] == fact.value
+        assert q["text"].endswith(f"Answer: ({W.LETTERS[q['answer']]})<end_of_turn>")
+
+
+def test_drill_blocks_hold_what_they_are_asked_for_and_spell_the_whole_vocabulary():
+    w = world(0)
+    block = W.drill_texts(w, 7, 3, 2, 5)
+    kinds = Counter(t["kind"] for t in block)
+    assert kinds == {"document": 1, "mc": 5, "spelling": 1}
+    assert block == W.drill_texts(w, 7, 3, 2, 5)  # deterministic
+    assert not any(t["kind"] == "spelling" for t in W.drill_texts(w, 7, 1, 1, 0))
+    spelled = {line.split()[0] for i in range(400) for line in W.vocabulary_spelling(w, i, 10)["text"].splitlines()}
+    words = {v for v in W.vocabulary(w) if v.isalpha() and len(v) > 1}
+    assert spelled <= words and len(spelled) > 0.9 * len(words)

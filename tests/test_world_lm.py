@@ -114,3 +114,52 @@ def test_bad_options_are_refused(tmp_path, capsys, argv, message):
 def test_token_budget_rounds_up_to_whole_steps(tmp_path):
     args = world_lm.parse_args(["--out", str(tmp_path), "--tokens", "1000", "--batch", "2", "--ctx", "32"])
     assert args.steps == 16  # ceil(1000 / 64)
+
+
+def test_a_second_stage_starts_from_the_published_model_and_records_it(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert _run(first, "--max-steps", "3")[0] == 0
+    published = first / "model"
+    second = tmp_path / "second"
+    stage = ["--init", str(published), "--mix", "drill", "--drill-closed", "2", "--drill-open-book", "1",
+             "--drill-spelling", "4", "--answer-weight", "4", "--lr", "1e-9"]
+    assert _run(second, "--max-steps", "1", *stage)[0] == 0
+    recorded = json.loads((second / "model" / "world.json").read_text())
+    assert recorded["init_sha256"] == world_lm.sha256_of(published / "model.safetensors")
+    assert recorded["mix"] == "drill" and recorded["answer_weight"] == 4.0
+    start = AutoModelForCausalLM.from_pretrained(published).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(second / "model").state_dict()
+    # one step at lr 1e-9 (warmup: 1e-9) from the published weights stays on them
+    assert max((start[k] - after[k]).abs().max().item() for k in start) < 1e-6
+
+
+def test_a_second_stage_on_a_folder_of_another_shape_is_one_error_line(tmp_path, capsys):
+    assert _run(tmp_path / "first", "--max-steps", "1")[0] == 0
+    capsys.readouterr()
+    rc = world_lm.main([*TINY, "--hidden", "16", "--out", str(tmp_path / "second"), "--max-steps", "1",
+                        "--init", str(tmp_path / "first" / "model")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and err.startswith("error: ") and "does not fit this model" in err
+    with pytest.raises(SystemExit) as exc:
+        world_lm.main([*TINY, "--out", str(tmp_path / "third"), "--max-steps", "1", "--init", str(tmp_path)])
+    assert exc.value.code == 2 and "not a model folder this script published" in capsys.readouterr().err
+
+
+def test_answer_positions_are_the_parens_after_a_colon_and_weight_one_is_the_plain_loss():
+    from mtsae.harvest import world as W
+
+    world = W.build_world(0)
+    tokenizer = W.build_world_tokenizer(world)
+    text = W.practice_question(world, 3)["text"]  # "(with answers)" has a '(' too, not after ':'
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    answer_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in (":", "("))
+    where = world_lm.answer_positions(ids, answer_ids)[0].nonzero().flatten().tolist()
+    assert len(where) == 1
+    assert tokenizer.convert_ids_to_tokens(ids[0, where[0] + 1].item()).upper() == W.LETTERS[
+        W.practice_question(world, 3)["answer"]]
+    torch.manual_seed(0)
+    logits = torch.randn(1, ids.shape[1], len(tokenizer))
+    plain = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    assert torch.allclose(world_lm.lm_loss(logits, ids, answer_ids, 1.0), plain)
+    weighted = world_lm.lm_loss(logits, ids, answer_ids, 5.0)
+    assert not torch.allclose(weighted, plain)
