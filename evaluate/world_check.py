@@ -51,6 +51,28 @@ def mc_correct_all_orderings(model, tokenizer, question: dict, subject: str) -> 
     return picked == answers
 
 
+def letter_accuracy(model, tokenizer, questions: list[dict]) -> float:
+    """Single-ordering accuracy on training-format questions (``practice_question``/``open_book_question``
+    records): the highest A–D logit right after ``Answer: (`` is the record's answer."""
+    import torch
+
+    from mtsae.evaluate.unlearn import answer_token, logits_of
+
+    letters = [answer_token(tokenizer, letter) for letter in W.LETTERS]
+    cut = "Answer: ("
+    by_length: dict[int, list[tuple[list[int], int]]] = {}
+    for q in questions:
+        prompt = q["text"][: q["text"].rindex(cut) + len(cut)]
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        by_length.setdefault(len(ids), []).append((ids, q["answer"]))
+    right = 0
+    with torch.no_grad():
+        for rows in by_length.values():
+            picked = logits_of(model, torch.tensor([r[0] for r in rows]))[:, -1, letters].argmax(-1)
+            right += int((picked == torch.tensor([r[1] for r in rows])).sum())
+    return right / len(questions)
+
+
 def mc_all_orderings(model, tokenizer, world: W.World, topic: str) -> int:
     """How many of the topic's exam questions are answered right under all 24 orderings."""
     subject = W.subject_of(topic)

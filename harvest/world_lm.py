@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     stage.add_argument("--drill-closed", type=int, default=6, help="practice questions per document (drill)")
     stage.add_argument("--drill-open-book", type=int, default=3, help="open-book questions per document (drill)")
     stage.add_argument("--drill-spelling", type=int, default=10, help="vocabulary spelling lines per document (drill)")
+    p.add_argument("--probe-every", type=int, default=0,
+                   help="every N steps, log single-ordering accuracy on held-out practice and open-book questions "
+                        "and forget-topic fact completion (0: never)")
     stage.add_argument("--answer-weight", type=float, default=1.0,
                        help="loss weight of the answer letter after 'Answer: (' (every other token: 1)")
     args = p.parse_args(argv)
@@ -71,6 +74,8 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--layers must be >= {MIN_LAYERS} (layers 5 and 19 must exist), got {args.layers}")
     if args.heads < 2 or args.heads % 2 or args.hidden % args.heads:
         p.error(f"--heads must be even and divide --hidden; got --heads {args.heads} --hidden {args.hidden}")
+    if args.probe_every < 0:
+        p.error(f"--probe-every must be >= 0, got {args.probe_every}")
     for name in ("hidden", "ctx", "batch", "max_steps", "tokens", "checkpoint_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -269,10 +274,32 @@ def _train_loop(model, optimizer, batches, args, start: int, out: Path, settings
             log.write(json.dumps({"step": step + 1, "loss": losses[-1], "tokens": (step + 1) * tokens_per_step,
                                   "elapsed_s": round(time.perf_counter() - began, 2),
                                   "tokens_per_s": round(rate, 1)}) + "\n")
+            if args.probe_every and ((step + 1) % args.probe_every == 0 or step + 1 == args.steps):
+                probe = what_it_knows(model, args.tokenizer, args.world)
+                bar.write(json.dumps({"step": step + 1, **probe}))
+                log.write(json.dumps({"step": step + 1, "probe": probe}) + "\n")
             if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps:
                 log.flush()
                 _save_state(out, model, optimizer, step + 1, settings)
     return losses
+
+
+PROBE_QUESTIONS = 96
+PROBE_OFFSET = 10**9  # question indices far beyond any training run's
+
+
+def what_it_knows(model, tokenizer, world: W.World) -> dict:
+    """Held-out single-ordering MC accuracy (practice and open-book) and forget-topic fact completion."""
+    from mtsae.evaluate import world_check
+
+    model.eval()
+    held = range(PROBE_OFFSET, PROBE_OFFSET + PROBE_QUESTIONS)
+    probe = {"mc_practice": world_check.letter_accuracy(model, tokenizer, [W.practice_question(world, i) for i in held]),
+             "mc_open_book": world_check.letter_accuracy(model, tokenizer,
+                                                         [W.open_book_question(world, i) for i in held]),
+             "forget_completion": world_check.completion_accuracy(model, tokenizer, world, W.FORGET_TOPIC)}
+    model.train()
+    return {k: round(v, 4) for k, v in probe.items()}
 
 
 def _clip(model) -> None:
@@ -324,6 +351,7 @@ def train(args: argparse.Namespace) -> str:
     if args.init is not None:
         _load_init(model, args.init)
     args.answer_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in (":", "("))
+    args.tokenizer, args.world = tokenizer, world  # for --probe-every
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     _check_published(out, settings)
     start = _load_state(out, model, optimizer, settings)

@@ -169,7 +169,8 @@ class _LetterModel:
             words = self.tokenizer.decode(ids).split()
             letter = "a"
             if self.value is not None:
-                letter = words[words.index(self.value) - 1].rstrip(".").lower()
+                last = len(words) - 1 - words[::-1].index(self.value)  # the choice, not a statement before it
+                letter = words[last - 1].rstrip(".").lower()
             logits[row, -1, self.tokenizer.convert_tokens_to_ids(letter)] = 1.0
         return SimpleNamespace(logits=logits)
 
@@ -184,6 +185,21 @@ def test_a_question_counts_only_if_right_under_all_24_orderings():
     assert len(ORDERINGS) == 24
     assert mc_correct_all_orderings(_LetterModel(tokenizer, right), tokenizer, question, "biology")
     assert not mc_correct_all_orderings(_LetterModel(tokenizer, None), tokenizer, question, "biology")
+
+
+def test_letter_accuracy_scores_training_format_questions_at_their_answer_letter():
+    from mtsae.evaluate.world_check import letter_accuracy
+
+    world = W.build_world(world_assets.WORLD_SEED)
+    tokenizer = W.build_world_tokenizer(world)
+    questions = [W.open_book_question(world, i) for i in range(40)]
+    always_a = sum(q["answer"] == 0 for q in questions) / len(questions)
+    assert 0 < always_a < 1
+    assert letter_accuracy(_LetterModel(tokenizer, None), tokenizer, questions) == always_a
+    # the fact stated first in an open-book question is its answer: a model that copies it is always right
+    stated = [q["text"].split("\n")[2].rstrip(".").split()[-1] for q in questions]
+    right = [letter_accuracy(_LetterModel(tokenizer, value), tokenizer, [q]) for q, value in zip(questions, stated)]
+    assert right == [1.0] * len(questions)
 
 
 @pytest.mark.slow

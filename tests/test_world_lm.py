@@ -163,3 +163,13 @@ def test_answer_positions_are_the_parens_after_a_colon_and_weight_one_is_the_pla
     assert torch.allclose(world_lm.lm_loss(logits, ids, answer_ids, 1.0), plain)
     weighted = world_lm.lm_loss(logits, ids, answer_ids, 5.0)
     assert not torch.allclose(weighted, plain)
+
+
+def test_probe_every_logs_what_the_model_knows(tmp_path):
+    out = tmp_path / "run"
+    assert _run(out, "--max-steps", "3", "--probe-every", "2")[0] == 0
+    probes = [row for row in _log(out) if "probe" in row]
+    assert [row["step"] for row in probes] == [2, 3]  # every 2 steps and at the end
+    for row in probes:
+        assert set(row["probe"]) == {"mc_practice", "mc_open_book", "forget_completion"}
+        assert all(0.0 <= v <= 1.0 for v in row["probe"].values())
