@@ -197,7 +197,9 @@ def test_letter_accuracy_scores_training_format_questions_at_their_answer_letter
     assert 0 < always_a < 1
     assert letter_accuracy(_LetterModel(tokenizer, None), tokenizer, questions) == always_a
     # the fact stated first in an open-book question is its answer: a model that copies it is always right
-    stated = [q["text"].split("\n")[2].rstrip(".").split()[-1] for q in questions]
+    lines = [q["text"].split("\n") for q in questions]
+    stated = [next(c[3:].removesuffix("<end_of_turn>") for c in line[4:8]
+                   if c[3:].removesuffix("<end_of_turn>") in line[2].rstrip(".").split()) for line in lines]
     right = [letter_accuracy(_LetterModel(tokenizer, value), tokenizer, [q]) for q, value in zip(questions, stated)]
     assert right == [1.0] * len(questions)
 
