@@ -17,6 +17,15 @@ A config is a TOML file (or a built-in name: ``embedded``, ``synthetic``)::
     arch = "topk"
     arch_config = { k = 32 }
 
+A ``[temporal_synth]`` table instead of runs and a cache (the built-in ``temporal-synth``) runs the
+temporal benchmark of evaluate/temporal_synth.py — temporal vs per-token SAEs trained in memory on
+synthetic regimes, at matched L0, over seeds — with the table's sizes (its ``Budget``; ``{}``: the
+measured defaults), and writes ``<out>/report/`` with the verdict per regime::
+
+    out = "experiments/temporal-synth-5seeds"
+    [temporal_synth]
+    seeds = 5
+
 ``match_l0 = [5, 16]`` trains every run once per level, at that L0: TopK-style
 runs get ``k = level``, the others ``target_l0 = level`` (their sparsity
 coefficient adapts, see train/sparsity_control.py); the run ``topk`` becomes
@@ -49,7 +58,7 @@ from mtsae.values import did_you_mean
 @dataclass
 class ExperimentConfig:
     out: str
-    runs: list[dict[str, Any]]
+    runs: list[dict[str, Any]] = field(default_factory=list)
     cache: str | None = None
     harvest: dict[str, Any] | None = None
     synth: dict[str, Any] | None = None
@@ -59,6 +68,7 @@ class ExperimentConfig:
     harvest_out: str | None = None  # where a [harvest] table writes; default caches/<fingerprint[:12]>
     match_l0: list[float] = field(default_factory=list)  # train every run at each of these L0s
     unlearn: bool = False  # also run `mtsae unlearn` (world-LM runs only) and report it
+    temporal_synth: dict[str, Any] | None = None  # the temporal benchmark's sizes, instead of runs on a cache
 
     def expanded_runs(self) -> list[dict[str, Any]]:
         """The runs to train: ``runs`` as given, or one copy per ``match_l0`` level."""
@@ -67,6 +77,8 @@ class ExperimentConfig:
         return [at_l0(spec, level, self.defaults) for level in self.match_l0 for spec in self.runs]
 
     def validate(self) -> None:
+        if self.temporal_synth is not None:
+            return self._validate_benchmark()
         sources = [s for s in (self.cache, self.harvest, self.synth) if s is not None]
         if len(sources) != 1:
             raise MtsaeError("an experiment needs exactly one of: cache = PATH, a [harvest] table, a [synth] table")
@@ -76,6 +88,19 @@ class ExperimentConfig:
         if not isinstance(self.match_l0, list) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in self.match_l0):
             raise MtsaeError(f"match_l0 must be a list of positive numbers such as [5, 16], got {self.match_l0!r}")
+
+    def _validate_benchmark(self) -> None:
+        """A [temporal_synth] experiment trains its own models in memory: nothing else may be declared."""
+        from mtsae.evaluate.temporal_synth import Budget
+
+        plain = ExperimentConfig(out=self.out, temporal_synth=self.temporal_synth)
+        clashing = [f for f in self.__dataclass_fields__ if getattr(self, f) != getattr(plain, f)]
+        if clashing:
+            raise MtsaeError(f"a [temporal_synth] experiment trains its own models on synthetic data; remove "
+                             f"{', '.join(clashing)} from it (or the [temporal_synth] table)")
+        if not isinstance(self.temporal_synth, dict):
+            raise MtsaeError(f"temporal_synth must be a table of sizes, got {self.temporal_synth!r}")
+        Budget.from_table(self.temporal_synth)  # bad sizes are refused now, not after minutes of training
 
 
 def at_l0(spec: dict[str, Any], level: float, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -115,8 +140,8 @@ def load_experiment(spec: str, out: str | None = None) -> ExperimentConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise MtsaeError(f"unknown experiment key(s) {unknown}; valid keys: {sorted(known)}")
-    if "out" not in raw or "runs" not in raw:
-        raise MtsaeError("an experiment config needs `out` and at least one [[runs]] table")
+    if "out" not in raw or ("runs" not in raw and "temporal_synth" not in raw):
+        raise MtsaeError("an experiment config needs `out` and at least one [[runs]] table (or a [temporal_synth] table)")
     cfg = ExperimentConfig(**raw)
     cfg.validate()
     return cfg
@@ -125,6 +150,10 @@ def load_experiment(spec: str, out: str | None = None) -> ExperimentConfig:
 def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.temporal_synth is not None:
+        from mtsae.evaluate import temporal_synth  # torch: only when asked
+
+        return temporal_synth.experiment(cfg.temporal_synth, out / "report", log)
     cache = _ensure_cache(cfg, out, log, progress)
     runs = cfg.expanded_runs()
     run_dirs = [out / "runs" / spec["name"] for spec in runs]

@@ -1,4 +1,4 @@
-"""The built-in experiments (`mtsae experiment embedded | embedded-full | world | synthetic`): data only.
+"""The built-in experiments (`mtsae experiment embedded | embedded-full | world | synthetic | temporal-synth`): data only.
 
 Their TOML form is documented in :mod:`mtsae.evaluate.experiment`; ``evals`` given as a function are
 resolved from the eval registry when the experiment is loaded.
@@ -75,5 +75,12 @@ BUILTIN = {
         # The truth has L0 ~ 5 (256 features x p 0.02); 16 shows the trend at a looser budget.
         "match_l0": [5, 16],
         "runs": _SEED_RUNS + _BASELINES,
+    },
+    # Temporal vs per-token SAEs trained in memory on two synthetic regimes (strong, weak-slow), at matched
+    # L0 5, 3 seeds, verdict per regime refused inside the seed spread: evaluate/temporal_synth.py, at the
+    # budget docs/results.md measured (its Budget defaults).
+    "temporal-synth": {
+        "out": "experiments/temporal-synth",
+        "temporal_synth": {},
     },
 }

@@ -244,10 +244,14 @@ def write_report(run_paths: list[str | Path], out: str | Path, *, loss_component
         "analysis": analyses or {},
     }
     (out / "report.json").write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    markdown = _markdown(records, data, extra_sections or [])
+    write_pages(_markdown(records, data, extra_sections or []), out)
+    return data
+
+
+def write_pages(markdown: str, out: Path) -> None:
+    """``report.md`` and its self-contained ``report.html`` (figures in ``out`` inlined) in the folder ``out``."""
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(_html(markdown, out))
-    return data
 
 
 def _run_summary(r: RunRecord) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Temporal vs per-token SAEs on `mtsae synth` regimes, at matched L0, over several seeds.
 
-``python -m mtsae.evaluate.temporal_synth --out experiments/temporal-synth`` (``--help`` for sizes).
+``mtsae experiment temporal-synth`` (a ``[temporal_synth]`` table of :class:`Budget` sizes in an
+experiment TOML changes them), or ``python -m mtsae.evaluate.temporal_synth --out DIR`` (``--help``).
 
 Regimes (``mtsae synth`` settings):
 
@@ -30,9 +31,12 @@ comparison runs in minutes on a CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtsae.errors import MtsaeError
 from mtsae.evaluate.rng import seeded
 from mtsae.harvest.synth import GroundTruth, SynthConfig, make_ground_truth, sample_codes
-from mtsae.train.registry import create_sae
+from mtsae.train.registry import create_sae, get_architecture
+from mtsae.values import same_kind
 
 REGIMES = {"strong": {"slow_scale": 1.0}, "weak-slow": {"slow_scale": 0.5}}
 # Smaller than the `mtsae synth` defaults so that 3 seeds x 2 regimes x 4 models train in minutes on 2 cores:
@@ -79,6 +85,65 @@ def models(k: int) -> list[Model]:
         Model("mtsae bank 1/9/33 causal", "mtsae", {**bank, "padding": "causal"}, True),
         Model("mtsae bank 1/9/33 centred", "mtsae", {**bank, "padding": "zeros"}, True),
     ]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The benchmark's sizes. The defaults are the run docs/results.md measured: all five models, 2 regimes,
+    3 seeds in 18 + 6 min on the loaded 2-core machine (the issue's budget: 30 min)."""
+
+    seeds: int = 3
+    k: int = 5  # L0 of every model
+    d_sae: int = 256
+    steps: int = 400
+    batch_tokens: int = 2048
+    window: int = 64  # the temporal models' training windows
+    lr: float = 3e-3
+    train_sequences: int = 400
+    eval_sequences: int = 40
+    seq_len: int = 256
+    only: tuple[str, ...] = ()  # train only these models (names of `models`); () = all
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> Budget:
+        """From an experiment's ``[temporal_synth]`` table: unknown keys and values of the wrong kind refused."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(set(table) - set(defaults))
+        if unknown:
+            raise MtsaeError(f"unknown [temporal_synth] key(s) {unknown}; valid keys: {sorted(defaults)}")
+        for key, value in table.items():
+            if not same_kind(value, defaults[key]) or (key == "only" and not all(isinstance(v, str) for v in value)):
+                kind = {"only": "a list of model names", "lr": "a number"}.get(key, "a whole number")
+                raise MtsaeError(f"[temporal_synth] {key} = {value!r} should be {kind} like {defaults[key]!r}; "
+                                 "fix the value")
+        budget = cls(**{**table, "only": tuple(table.get("only", ()))})
+        budget.validate()
+        return budget
+
+    def validate(self) -> None:
+        names = [m.name for m in models(self.k)]
+        checks = [
+            (self.seeds >= 2, f"[temporal_synth] seeds must be >= 2 (a verdict needs a seed spread), got {self.seeds}"),
+            (min(self.steps, self.train_sequences, self.eval_sequences) >= 1,
+             "[temporal_synth] steps, train_sequences and eval_sequences must be >= 1"),
+            (2 <= self.window <= self.seq_len,
+             f"[temporal_synth] need 2 <= window <= seq_len, got window {self.window}, seq_len {self.seq_len}"),
+            (self.batch_tokens >= self.window,
+             f"[temporal_synth] batch_tokens ({self.batch_tokens}) must hold at least one window ({self.window})"),
+            (0 < self.lr < math.inf, f"[temporal_synth] lr must be a positive finite number, got {self.lr}"),
+            (set(self.only) <= set(names), f"[temporal_synth] only names unknown model(s) "
+             f"{sorted(set(self.only) - set(names))}; models: {names}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MtsaeError(message)
+        for model in models(self.k):  # k against d_sae and the bank's groups: the SAEs' own checks, before training
+            get_architecture(model.arch).config_class.from_dict(
+                {"d_in": SYNTH["d_model"], "d_sae": self.d_sae, **model.options})
+
+    def run_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`run`."""
+        return {**dataclasses.asdict(self), "only": list(self.only) or None}
 
 
 def make_data(truth: GroundTruth, cfg: SynthConfig, n_seq: int, seq_len: int, rng: np.random.Generator):
@@ -165,7 +230,8 @@ def run(out: Path, *, seeds: int, only: list[str] | None = None, k: int, d_sae: 
     started = time.monotonic()
     results: dict[str, Any] = {"settings": {"seeds": seeds, "k": k, "d_sae": d_sae, "steps": steps,
                                             "batch_tokens": batch_tokens, "window": window, "lr": lr,
-                                            "train_sequences": train_sequences, "seq_len": seq_len,
+                                            "train_sequences": train_sequences, "eval_sequences": eval_sequences,
+                                            "seq_len": seq_len, "only": only or [],
                                             "synth": SYNTH, "regimes": REGIMES}, "regimes": {}}
     for regime, overrides in REGIMES.items():
         chosen = [m for m in models(k) if only is None or m.name in only]
@@ -193,7 +259,9 @@ def run(out: Path, *, seeds: int, only: list[str] | None = None, k: int, d_sae: 
     results["seconds"] = time.monotonic() - started
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "report.md").write_text(report(results, k))
+    from mtsae.evaluate.temporal_synth_report import write_report  # it reads this module's buckets
+
+    write_report(results, out)
     return results
 
 
@@ -201,17 +269,22 @@ def _bucket_means(values: np.ndarray, truth: GroundTruth) -> dict[str, float]:
     return {name: float(np.nanmean(values[mask])) for (name, _, _), mask in zip(BUCKETS, bucket_of(truth.dwell))}
 
 
+def _seed_values(runs: list[dict], bucket: str | None, metric: str) -> list[float]:
+    return [r[metric] if bucket is None else r["buckets"][bucket][metric] for r in runs]
+
+
 def stat(runs: list[dict], bucket: str | None, metric: str) -> tuple[float, float]:
     """(mean, sample std) over seeds of one metric (a bucket's, or a top-level one when bucket is None)."""
-    values = [r[metric] if bucket is None else r["buckets"][bucket][metric] for r in runs]
+    values = _seed_values(runs, bucket, metric)
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("inf"))
 
 
 def compare(a: list[dict], b: list[dict], bucket: str | None, metric: str) -> dict[str, Any]:
     (ma, sa), (mb, sb) = stat(a, bucket, metric), stat(b, bucket, metric)
     diff, spread = ma - mb, sa + sb
-    return {"temporal": ma, "baseline": mb, "difference": diff, "spread": spread,
-            "decided": abs(diff) > spread}
+    va, vb = _seed_values(a, bucket, metric), _seed_values(b, bucket, metric)
+    return {"temporal": ma, "baseline": mb, "difference": diff, "spread": spread, "decided": abs(diff) > spread,
+            "temporal_range": [min(va), max(va)], "baseline_range": [min(vb), max(vb)]}
 
 
 def verdict(per_model: dict[str, list], k: int) -> dict[str, Any]:
@@ -232,58 +305,64 @@ def verdict(per_model: dict[str, list], k: int) -> dict[str, Any]:
     return {"temporal": t, "baseline": b, "checks": checks, "target": target}
 
 
-def report(results: dict[str, Any], k: int) -> str:
-    s = results["settings"]
-    lines = [f"# Temporal vs per-token SAEs on mtsae synth regimes (L0 = k = {k}, {s['seeds']} seeds)", "",
-             f"d_sae {s['d_sae']}, {s['steps']} steps x {s['batch_tokens']} tokens, lr {s['lr']}, "
-             f"temporal windows {s['window']}; per-token baselines on shuffled tokens. "
-             f"Wall time {results['seconds']:.0f} s.", ""]
-    for regime, r in results["regimes"].items():
-        lines += [f"## {regime}", "", "Per-token SNR of the truth (seed 0), by pooling width: " + "; ".join(
-            f"{w}: " + ", ".join(f"{b} {v:.2f}" for b, v in vals.items()) for w, vals in r["snr"].items()), "",
-            "| model | FVE | L0 | " + " | ".join(f"{b}: recovered / F1 / FPR" for b, _, _ in BUCKETS) + " |",
-            "|---|---|---|" + "---|" * len(BUCKETS)]
-        for name, runs in r["models"].items():
-            cells = [f"{stat(runs, None, 'fve')[0]:.3f} ± {stat(runs, None, 'fve')[1]:.3f}",
-                     f"{stat(runs, None, 'l0')[0]:.2f}"]
-            for b, _, _ in BUCKETS:
-                (rm, rs), (fm, fs), (pm, _) = (stat(runs, b, m) for m in ("recovered", "f1", "fpr"))
-                cells.append(f"{rm:.0%} ± {rs:.0%} / {fm:.2f} ± {fs:.2f} / {pm:.4f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        v = r["verdict"]
-        if v is None:
-            lines += ["", "No verdict: this run holds only temporal or only per-token models.", ""]
-            continue
-        lines += ["", f"Best temporal: **{v['temporal']}**; best per-token: **{v['baseline']}** (by slow recovery).", ""]
-        for name, c in v["checks"].items():
-            word = ("higher" if c["difference"] > 0 else "lower") if c["decided"] else "no verdict (inside the seed spread)"
-            lines.append(f"- {name}: {c['temporal']:.3f} vs {c['baseline']:.3f} "
-                         f"(difference {c['difference']:+.3f}, spread {c['spread']:.3f}): {word}")
-        lines += ["", "Target (issue 16): " + "; ".join(f"{n}: {'met' if ok else 'not met'}"
-                                                       for n, ok in v["target"].items()), ""]
-    return "\n".join(lines)
+def experiment(table: dict[str, Any], out: Path, log=print) -> dict[str, Any]:
+    """`mtsae experiment` with a ``[temporal_synth]`` table: the benchmark into ``out`` (results.json, report.md,
+    report.html); when ``out`` already holds the results of these settings, only the report is written again."""
+    from mtsae.evaluate.temporal_synth_report import write_report
+
+    budget = Budget.from_table(table)
+    done = finished_results(out / "results.json", budget)
+    if done is not None:
+        log(f"[experiment] {out / 'results.json'} holds these settings' results: not re-run, report rewritten")
+        write_report(done, out)
+        return done
+    log(f"[experiment] temporal benchmark on synthetic data: {len(REGIMES)} regimes x {budget.seeds} seeds")
+    with one_thread():
+        return run(out, **budget.run_arguments(), log=log)
+
+
+def finished_results(path: Path, budget: Budget) -> dict[str, Any] | None:
+    """The results in ``path`` when they were produced with ``budget`` and this module's data settings, else None."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    settings = results.get("settings") if isinstance(results, dict) else None
+    if not isinstance(settings, dict) or not isinstance(results.get("regimes"), dict):
+        return None
+    wanted = json.loads(json.dumps({**dataclasses.asdict(budget), "synth": SYNTH, "regimes": REGIMES}))
+    names = [m.name for m in models(budget.k) if not budget.only or m.name in budget.only]
+    same_models = all(isinstance(r, dict) and list(r.get("models", ())) == names for r in results["regimes"].values())
+    return results if same_models and all(settings.get(key) == value for key, value in wanted.items()) else None
+
+
+@contextmanager
+def one_thread():
+    """Train on one torch thread, as the measured runs did; the process's thread count is given back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="experiments/temporal-synth")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--d-sae", type=int, default=256)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-tokens", type=int, default=2048)
-    p.add_argument("--window", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--train-sequences", type=int, default=400)
-    p.add_argument("--eval-sequences", type=int, default=40)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--only", action="append", help="train only this model (repeatable; default: all)")
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
-    run(Path(a.out), seeds=a.seeds, only=a.only, k=a.k, d_sae=a.d_sae, steps=a.steps, batch_tokens=a.batch_tokens,
-        window=a.window, lr=a.lr, train_sequences=a.train_sequences, eval_sequences=a.eval_sequences,
-        seq_len=a.seq_len)
-    print((Path(a.out) / "report.md").read_text())
+    for f in dataclasses.fields(Budget):
+        if f.name != "only":
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    p.add_argument("--only", action="append", default=[], help="train only this model (repeatable; default: all)")
+    given = vars(p.parse_args(argv))
+    out = Path(given.pop("out"))
+    try:
+        budget = Budget.from_table(given)
+    except MtsaeError as exc:
+        p.error(str(exc))
+    with one_thread():
+        run(out, **budget.run_arguments())
+    print((out / "report.md").read_text())
 
 
 if __name__ == "__main__":

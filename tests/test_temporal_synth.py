@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from mtsae.evaluate import temporal_synth as bench
+from mtsae.evaluate.temporal_synth_report import report
 from mtsae.harvest.synth import SynthConfig, make_ground_truth, sample_codes
 
 
@@ -86,9 +89,17 @@ def test_verdict_is_refused_inside_the_seed_spread_and_given_outside():
     slow = v["checks"][f"{bench.SLOW} recovered"]
     assert slow["decided"] and slow["difference"] == pytest.approx(0.2)
     assert v["target"]["slow recovery >= +10 points, outside the spread"]
-    assert "no verdict" in bench.report({"settings": {"seeds": 3, "d_sae": 8, "steps": 1, "batch_tokens": 1,
-                                                      "lr": 1, "window": 2}, "seconds": 0,
-                                         "regimes": {"r": {"snr": {}, "models": close, "verdict": bench.verdict(close, 5)}}}, 5)
+    md = report({"settings": {"seeds": 3, "d_sae": 8, "steps": 1, "batch_tokens": 1, "lr": 1, "window": 2},
+                 "seconds": 0, "regimes": {"close": {"snr": {}, "models": close, "verdict": bench.verdict(close, 5)},
+                                           "far": {"snr": {}, "models": far, "verdict": v}}}, 5)
+    close_md, far_md = md.split("## far")
+    assert ("**Verdict, close** (synthetic data, 3 seeds; best temporal vs best per-token): slow recovery: "
+            "no verdict (inside the seed spread)") in close_md
+    # mean [min, max] over seeds of each side, then the difference against the spread that decided it
+    assert (f"- {bench.SLOW} recovered: 0.750 [0.650, 0.850] vs 0.700 [0.600, 0.800] "
+            "(difference +0.050, spread 0.200): no verdict (inside the seed spread)") in close_md
+    assert "**Verdict, far** (synthetic data, 3 seeds; best temporal vs best per-token): slow recovery: temporal higher" in far_md
+    assert f"- {bench.SLOW} recovered: 0.810 [0.800, 0.820] vs 0.610 [0.600, 0.620]" in far_md
 
 
 def test_a_tiny_benchmark_runs_end_to_end(tmp_path):
@@ -98,3 +109,77 @@ def test_a_tiny_benchmark_runs_end_to_end(tmp_path):
     assert (tmp_path / "report.md").read_text().count("Best temporal") == 2
     for regime in results["regimes"].values():
         assert all(len(runs) == 2 and runs[0]["l0"] <= 5.0 + 1e-6 for runs in regime["models"].values())
+
+
+TINY_TABLE = {"seeds": 2, "k": 5, "d_sae": 32, "steps": 3, "batch_tokens": 256, "window": 64,
+              "train_sequences": 6, "eval_sequences": 3, "seq_len": 128}
+
+
+def test_mtsae_experiment_temporal_synth_reports_a_verdict_per_regime_then_skips_finished_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from mtsae.cli import app
+
+    out = tmp_path / "exp"
+    config = tmp_path / "temporal.toml"
+    config.write_text(f'out = "{out}"\n[temporal_synth]\n' + "".join(f"{k} = {v}\n" for k, v in TINY_TABLE.items()))
+    result = CliRunner().invoke(app, ["experiment", str(config), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out / "report" / "report.html")
+    md = (out / "report" / "report.md").read_text()
+    assert "**Synthetic data.**" in md and "not how it does on an LM" in md
+    for regime in bench.REGIMES:
+        assert f"**Verdict, {regime}** (synthetic data, 2 seeds; best temporal vs best per-token): slow recovery: " in md
+    assert md.count(f"- {bench.SLOW} recovered: ") == len(bench.REGIMES)
+    html = (out / "report" / "report.html").read_text()
+    assert "<strong>Verdict, weak-slow</strong>" in html and "<table>" in html
+    results = out / "report" / "results.json"
+    before = results.stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["experiment", str(config), "--no-progress"])
+    assert again.exit_code == 0 and "not re-run, report rewritten" in again.stderr
+    assert results.stat().st_mtime_ns == before
+
+
+def test_the_built_in_runs_the_measured_budget_and_its_docs_say_so():
+    from pathlib import Path
+
+    from mtsae.evaluate.experiment import load_experiment
+
+    cfg = load_experiment("temporal-synth")
+    assert cfg.temporal_synth == {} and cfg.runs == [] and cfg.out == "experiments/temporal-synth"
+    b = bench.Budget.from_table(cfg.temporal_synth)
+    assert b == bench.Budget() and b.seeds >= 3 and b.only == ()  # every model, both regimes
+    results_md = (Path(__file__).parents[1] / "docs" / "results.md").read_text()
+    assert "mtsae experiment temporal-synth" in results_md
+    measured = re.search(r"d_sae (\d+), (\d+) steps × (\d+) tokens, lr ([0-9.e-]+)", results_md)
+    assert measured and tuple(map(float, measured.groups())) == (b.d_sae, b.steps, b.batch_tokens, b.lr)
+    assert f"{b.window}-token windows" in results_md and f"scored on {b.eval_sequences} fresh sequences" in results_md
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"seeds": 1}, "seeds must be >= 2"),
+    ({"steps": "many"}, r"\[temporal_synth\] steps = 'many' should be a whole number"),
+    ({"bogus": 1}, r"unknown \[temporal_synth\] key\(s\) \['bogus'\]"),
+    ({"only": ["topk"]}, r"only names unknown model\(s\) \['topk'\]"),
+    ({"window": 300}, "need 2 <= window <= seq_len"),
+    ({"k": 2}, "group_k must give each"),  # the bank's own check: 3 groups need k >= 3
+    ({"lr": float("nan")}, "lr must be a positive finite number"),
+])
+def test_bad_benchmark_tables_are_refused_before_training(tmp_path, table, message):
+    from mtsae.errors import MtsaeError
+    from mtsae.evaluate.experiment import ExperimentConfig
+
+    with pytest.raises(MtsaeError, match=message):
+        ExperimentConfig(out=str(tmp_path), temporal_synth=table).validate()
+
+
+def test_a_benchmark_experiment_declares_nothing_else(tmp_path):
+    from typer.testing import CliRunner
+
+    from mtsae.cli import app
+
+    config = tmp_path / "mixed.toml"
+    config.write_text(f'out = "{tmp_path / "o"}"\ncache = "c"\n[temporal_synth]\nseeds = 3\n[[runs]]\nname = "a"\n')
+    result = CliRunner().invoke(app, ["experiment", str(config)])
+    assert result.exit_code == 1 and result.stderr.startswith("error: a [temporal_synth] experiment trains its own")
+    assert "runs, cache" in result.stderr and not (tmp_path / "o").exists()

@@ -65,7 +65,7 @@ def report(
 
 
 def experiment(
-    config: Annotated[str, typer.Argument(help="TOML file, or a built-in experiment: embedded (the demo's), embedded-full (adds absorption and all 8 sparse-probing datasets), synthetic.")],
+    config: Annotated[str, typer.Argument(help="TOML file, or a built-in experiment: embedded (the demo's), embedded-full (adds absorption and all 8 sparse-probing datasets), world (the trained world LM), synthetic, temporal-synth (temporal vs per-token SAEs on synthetic regimes, 3 seeds, a verdict per regime).")],
     out: Annotated[Optional[str], typer.Option(help="Override the config's output folder.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
@@ -84,4 +84,6 @@ def register(app: typer.Typer) -> None:
     app.command(epilog="Example:\n\n  mtsae report runs/demo-run0 runs/demo-run2 --out reports/demo")(user_errors(report))
     app.command(epilog="Examples:\n\n  mtsae experiment embedded        # the seed's four runs + TopK/BatchTopK/JumpReLU, "
                        "SAE-Bench, report\n\n  mtsae experiment synthetic       # ground-truth recovery benchmark\n\n"
+                       "  mtsae experiment temporal-synth  # temporal vs per-token at matched L0, 2 regimes x 3 seeds "
+                       "(24 min on 2 loaded cores)\n\n"
                        "  mtsae experiment my-experiment.toml")(user_errors(experiment))
