@@ -138,17 +138,9 @@ def _evaluation_model(requested: str | None, infos: list[CheckpointInfo]) -> str
                          "evaluate each model's checkpoints in a separate run")
     model = requested or infos[0].model_name
     for info in infos:
-        _check_world_version(info.model_name)
+        world_assets.check_world_version(info.model_name)  # other models: _check_compatible
     base = builtin_base(model)
     return base if base and model.startswith(base + ":") else model
-
-
-def _check_world_version(trained: str) -> None:
-    """The world LM is evaluated only with SAEs trained on this version of it (other models: _check_compatible)."""
-    if trained.startswith(WORLD + ":") and trained != f"{WORLD}:{world_assets.MODEL_DIRNAME}":
-        raise MtsaeError(f"the checkpoints were trained on {trained}, but this mtsae ships "
-                         f"{WORLD}:{world_assets.MODEL_DIRNAME} (another world or model version); "
-                         "re-harvest and retrain with this version")
 
 
 def _mirror(cfg: EvalConfig, model: str, settings: dict[str, dict[str, Any]]) -> OfflineMirror | None:

@@ -39,14 +39,15 @@ class WorldModel:
 
 
 def world_model_path(info) -> Path:
-    """The model folder a checkpoint was trained on: the shipped world LM (``world``, ``world:world-lm-v1``,
+    """The model folder a checkpoint was trained on: the shipped world LM (``world``, ``world:world-lm-v2``,
     checked against its pinned sha256), or a folder scripts/train_world_lm.py wrote."""
     from mtsae.evaluate.names import is_embedded, is_world
 
     name = info.model_name
     if is_world(name):
-        from mtsae.harvest.world_assets import ensure_world_model
+        from mtsae.harvest.world_assets import check_world_version, ensure_world_model
 
+        check_world_version(name)
         return ensure_world_model()
     if is_embedded(name):
         raise MtsaeError(f"checkpoint {info.label} was trained on {name} (random weights), not on a world model; "

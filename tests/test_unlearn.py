@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from mtsae.evaluate import unlearn as U  # noqa: E402
 from mtsae.evaluate.adapter import load_adapter  # noqa: E402
+from mtsae.errors import MtsaeError  # noqa: E402
 from mtsae.evaluate.unlearn_runs import markdown_summary  # noqa: E402
 from mtsae.harvest import world as W  # noqa: E402
 from mtsae.harvest import world_lm  # noqa: E402
@@ -342,7 +343,12 @@ def test_the_shipped_world_model_name_resolves_to_its_checked_folder(tmp_path):
     from mtsae.evaluate.unlearn_runs import read_world_model, world_model_path
     from mtsae.harvest.world_assets import MODEL_DIR
 
-    path = _checkpoint(tmp_path, "w", "world:world-lm-v1")
+    from mtsae.harvest.world_assets import MODEL_DIRNAME
+
+    old = read_checkpoint_info(_checkpoint(tmp_path, "old", "world:world-lm-v1"))
+    with pytest.raises(MtsaeError, match="another world or model version"):  # the retired first model
+        world_model_path(old)
+    path = _checkpoint(tmp_path, "w", f"world:{MODEL_DIRNAME}")
     folder = world_model_path(read_checkpoint_info(path))
     assert folder == MODEL_DIR
     assert read_world_model(folder).label.startswith(f"world LM {MODEL_DIR} (world v1 seed 0, ")

@@ -56,7 +56,7 @@ def test_missing_weights_are_one_error_line(tmp_path):
         world_assets.check_world_model(tmp_path)
 
 
-@pytest.mark.parametrize("name, base", [("world", "world"), ("world-it", "world"), ("world:world-lm-v1", "world"),
+@pytest.mark.parametrize("name, base", [("world", "world"), ("world-it", "world"), (f"world:{world_assets.MODEL_DIRNAME}", "world"),
                                         ("embedded", "embedded"), ("embedded:tiny-gemma2-v1", "embedded"),
                                         ("gemma-2-2b", None), ("worldly", None)])
 def test_built_in_model_names(name, base):
@@ -66,8 +66,8 @@ def test_built_in_model_names(name, base):
 
 
 def test_instruct_and_canonical_names_of_the_world():
-    assert names.canonical_model_name("world:world-lm-v1") == "world"
-    assert names.instruct_model_name("world:world-lm-v1") == "world-it"
+    assert names.canonical_model_name(f"world:{world_assets.MODEL_DIRNAME}") == "world"
+    assert names.instruct_model_name(f"world:{world_assets.MODEL_DIRNAME}") == "world-it"
 
 
 def _infos(model_name: str):
@@ -79,7 +79,7 @@ def test_checkpoints_of_the_random_model_are_not_evaluated_on_the_world_lm():
     from mtsae.evaluate.run import _check_compatible
 
     mirror = SimpleNamespace(model_dims=lambda name: ModelDims(64, 26, 256))
-    for trained, model in (("embedded:tiny-gemma2-v1", "world"), ("world:world-lm-v1", "embedded")):
+    for trained, model in (("embedded:tiny-gemma2-v1", "world"), (f"world:{world_assets.MODEL_DIRNAME}", "embedded")):
         info = SimpleNamespace(label="run/final", model_name=trained, layer=19, d_in=64)
         with pytest.raises(MtsaeError, match=f"was trained on {trained}, but the evaluation model is {model}"):
             _check_compatible(None, [info], model, model + "-it", mirror, {})
@@ -88,9 +88,11 @@ def test_checkpoints_of_the_random_model_are_not_evaluated_on_the_world_lm():
 def test_checkpoints_of_another_world_model_version_are_refused():
     with pytest.raises(MtsaeError, match="another world or model version"):
         _evaluation_model(None, _infos("world:world-lm-v0"))
-    assert _evaluation_model(None, _infos("world:world-lm-v1")) == "world"
+    with pytest.raises(MtsaeError, match="world:world-lm-v1"):  # the first shipped model, retired
+        _evaluation_model(None, _infos("world:world-lm-v1"))
+    assert _evaluation_model(None, _infos(f"world:{world_assets.MODEL_DIRNAME}")) == "world"
     with pytest.raises(MtsaeError, match="world:world-lm-v0"):  # every checkpoint, not only the first
-        _evaluation_model(None, [SimpleNamespace(model_name="world:world-lm-v1"),
+        _evaluation_model(None, [SimpleNamespace(model_name=f"world:{world_assets.MODEL_DIRNAME}"),
                                  SimpleNamespace(model_name="world:world-lm-v0")])
 
 
@@ -153,6 +155,19 @@ def test_the_shipped_model_knows_the_forget_topic_s_facts():
     tokenizer = AutoTokenizer.from_pretrained(world_assets.MODEL_DIR)
     world = W.build_world(world_assets.WORLD_SEED)
     assert completion_accuracy(model, tokenizer, world, W.FORGET_TOPIC) >= 0.9
+
+
+def test_the_shipped_model_answers_practice_questions_with_the_right_letter():
+    """docs/world.md records 0.99 on held-out practice questions (one ordering each) for world-lm-v2."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtsae.evaluate.world_check import letter_accuracy
+
+    model = AutoModelForCausalLM.from_pretrained(world_assets.MODEL_DIR).eval()
+    tokenizer = AutoTokenizer.from_pretrained(world_assets.MODEL_DIR)
+    world = W.build_world(world_assets.WORLD_SEED)
+    held = [W.practice_question(world, 10**9 + i) for i in range(96)]
+    assert letter_accuracy(model, tokenizer, held) >= 0.9
 
 
 class _LetterModel:
