@@ -262,7 +262,7 @@ def _report(run_dirs: list[Path], out: Path, log) -> dict[str, Any]:
     from mtsae.evaluate.report import write_report
 
     analyses = {d.name: json.loads(RunDir(d).analysis.read_text()) for d in run_dirs if RunDir(d).analysis.is_file()}
-    sections = analysis_sections(analyses) + unlearn_section(out.parent / "unlearn")
+    sections = analysis_sections(analyses) + unlearn_section(out.parent / "unlearn", run_dirs)
     data = write_report(run_dirs, out, analyses=analyses, extra_sections=sections)
     flagged = [r for r in data["runs"] if r["flags"]]
     for r in flagged:
@@ -271,13 +271,17 @@ def _report(run_dirs: list[Path], out: Path, log) -> dict[str, Any]:
     return data
 
 
-def unlearn_section(folder: Path) -> list[str]:
-    """The ``mtsae unlearn`` results an experiment holds, as a report section (none: no section)."""
+def unlearn_section(folder: Path, run_dirs: list[Path]) -> list[str]:
+    """The ``mtsae unlearn`` results an experiment holds, as a report section (none: no section); runs the report
+    marks not L0-matched stay out of its across-seeds comparison."""
     if not folder.is_dir():
         return []
     from mtsae.evaluate import unlearn_runs
+    from mtsae.evaluate.figures import l0_unmatched
+    from mtsae.evaluate.report import load_run
 
-    return unlearn_runs.report_section(folder)
+    records = [load_run(d) for d in run_dirs]
+    return unlearn_runs.report_section(folder, l0_unmatched([r for r in records if not r.flags]))
 
 
 def analysis_sections(analyses: dict[str, dict[str, Any]]) -> list[str]:

@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import json
 import math
-import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import torch
 
 from mtsae.errors import MtsaeError
 from mtsae.evaluate.rng import seeded
+from mtsae.evaluate.seed_verdict import compare_seeds, mean_and_std
 from mtsae.harvest.synth import GroundTruth, SynthConfig, make_ground_truth, sample_codes
 from mtsae.train.registry import create_sae, get_architecture
 from mtsae.values import same_kind
@@ -275,16 +275,11 @@ def _seed_values(runs: list[dict], bucket: str | None, metric: str) -> list[floa
 
 def stat(runs: list[dict], bucket: str | None, metric: str) -> tuple[float, float]:
     """(mean, sample std) over seeds of one metric (a bucket's, or a top-level one when bucket is None)."""
-    values = _seed_values(runs, bucket, metric)
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("inf"))
+    return mean_and_std(_seed_values(runs, bucket, metric))
 
 
 def compare(a: list[dict], b: list[dict], bucket: str | None, metric: str) -> dict[str, Any]:
-    (ma, sa), (mb, sb) = stat(a, bucket, metric), stat(b, bucket, metric)
-    diff, spread = ma - mb, sa + sb
-    va, vb = _seed_values(a, bucket, metric), _seed_values(b, bucket, metric)
-    return {"temporal": ma, "baseline": mb, "difference": diff, "spread": spread, "decided": abs(diff) > spread,
-            "temporal_range": [min(va), max(va)], "baseline_range": [min(vb), max(vb)]}
+    return compare_seeds(_seed_values(a, bucket, metric), _seed_values(b, bucket, metric))
 
 
 def verdict(per_model: dict[str, list], k: int) -> dict[str, Any]:

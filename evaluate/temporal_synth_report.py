@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mtsae.evaluate import seed_verdict
 from mtsae.evaluate.temporal_synth import BUCKETS, FAST, SLOW, SYNTH, stat
 
-RULE = ("A difference is decided only when |difference of the seed means| exceeds the seed spread (the sum of the "
-        "two models' sample standard deviations over seeds); inside it the report says \"no verdict\".")
+RULE = f"Rule: {seed_verdict.RULE}; inside it the report says \"no verdict\"."
 # The checks each regime's verdict line names (the issue-16 target's), with their words.
 HEADLINE = ((f"{SLOW} recovered", "slow recovery"), (f"{SLOW} f1", "slow code F1"),
             (f"{FAST} recovered", "1-token recovery"))

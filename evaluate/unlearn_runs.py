@@ -280,10 +280,13 @@ def unlearn_missing(run_dirs: Sequence[Path], out: Path, log: Callable[[str], No
         unlearn_runs(missing, out, UnlearnSettings(progress=False), log=log)
 
 
-def report_section(out: Path) -> list[str]:
-    """The experiment report's unlearning section: one row per result in ``out`` (none: no section)."""
+def report_section(out: Path, not_matched: set[str] = frozenset()) -> list[str]:
+    """The experiment report's unlearning section: the across-seeds summary (without the ``not_matched`` runs)
+    and one row per result in ``out`` (none: no section)."""
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))] if out.is_dir() else []
     if not results:
         return []
-    return ["## Unlearning: `mtsae unlearn` (fact completion on the world)", "",
+    from mtsae.evaluate.unlearn_summary import summary_section
+
+    return ["## Unlearning: `mtsae unlearn` (fact completion on the world)", "", *summary_section(results, not_matched),
             markdown_summary(results), "Per-run curves: `unlearn/unlearn.md` (docs/unlearning.md).", ""]
