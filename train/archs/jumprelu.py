@@ -47,8 +47,9 @@ from mtsae.train.registry import register
 
 @dataclasses.dataclass(frozen=True)
 class JumpReLUSAEConfig(SAEConfig):
-    l0_coefficient: float = 1.0
-    """Weight of the L0 penalty (expected active features per token)."""
+    l0_coefficient: float = 0.03
+    """Weight of the L0 penalty (expected active features per token). 0.03: between the values that hold
+    L0 16 on the world LM (≈ 0.004) and the embedded model (≈ 0.2), where --target-l0 starts its search."""
     bandwidth: float = 1.0
     """Width ε of the rectangle kernel in the straight-through estimators (normalised activation units)."""
     threshold_init: float = 1.5
