@@ -30,6 +30,13 @@ target and no feature was recovered; a ε of 0.001 also puts almost no token
 inside the estimator's window. With the L0 penalty warm-up
 (``--sparsity-warmup-steps``) and ``--target-l0`` this reaches the target
 within ±20 % (docs/results.md).
+
+Start: the encoder begins at ``gain · W_decᵀ`` and θ at ``gain · threshold_init``
+(:func:`initial_encoder_gain`). The tied unit-gain start reconstructed LM
+activations at several times their size; reconstruction then pushed the active
+latents below θ within ~10 steps, where they get no encoder gradient, and L0
+fell from 36 to ≈ 5 with no L0 penalty — so ``--target-l0 16`` on the world LM
+ended near 6 (docs/architectures.md, tests/test_jumprelu_init.py).
 """
 
 from __future__ import annotations
