@@ -23,7 +23,7 @@ def test_controller_raises_the_penalty_when_too_dense_and_lowers_it_when_too_spa
     assert control.log_multiplier == pytest.approx(GAIN * smoothed + PROPORTIONAL * smoothed)
     control.update(1, 10.0 * math.exp(-0.5))
     smoothed2 = SMOOTHING * smoothed + (1 - SMOOTHING) * -0.5
-    integral = GAIN * smoothed + GAIN * smoothed2
+    integral = GAIN * smoothed  # |ē| fell from 0.1 to 0.04: closing, so no integral step (conditional integration)
     assert control.log_multiplier == pytest.approx(integral + PROPORTIONAL * smoothed2)
     for step in range(2, 60):
         control.update(step, 2.0)
@@ -88,6 +88,24 @@ def test_pi_law_backs_off_at_once_when_the_target_is_passed():
     control.update(40, 2.0)
     assert control.log_multiplier < high - 0.1  # a pure integral would have moved only by GAIN·ē
     assert control.integral < high
+
+
+def test_integral_holds_while_l0_is_already_closing_on_the_target():
+    """A slow plant (JumpReLU θ moves at most lr per step) that is on its way must not wind the integral up:
+    once the smoothed error follows L0 falling 2 % a step from 2x the target, I stays where it was."""
+    control = L0Controller.for_run(target=16.0, warmup_steps=0, total_steps=1000)
+    l0 = 36.0
+    for step in range(60):
+        control.update(step, l0)
+    for step in range(60, 90):  # ends at L0 19.6, still above the target
+        l0 *= 0.98
+        control.update(step, l0)
+        if step == 74:
+            steady = control.integral  # the EMA's slope has caught up with L0's
+    assert control.integral == pytest.approx(steady)
+    for step in range(90, 150):  # stalled above the target: once ē has settled, integrating again
+        control.update(step, l0)
+    assert control.integral > steady + 30 * GAIN * math.log(l0 / 16.0)
 
 
 def test_integral_is_clamped_so_it_cannot_wind_up():

@@ -10,6 +10,7 @@ PI controller on the log error with anti-windup::
     e      = clip(log(L0_batch / target), -1, 1)
     ē     ←  SMOOTHING · ē + (1 - SMOOTHING) · e                 (batch L0 is noisy)
     I     ←  clamp(I + GAIN · ē, -MAX_LOG, MAX_LOG)                 (integral, clamped: anti-windup)
+           unless ē is already closing: |ē| falls by more than |ē|/CLOSING_STEPS in one step
     log m  = I + PROPORTIONAL · ē
 
 every step while adapting. The integral finds the coefficient that holds the
@@ -17,7 +18,13 @@ target; the proportional term backs off as soon as L0 passes the target, which
 an integral alone does too late on a slow plant — a JumpReLU threshold moves
 at most ``lr`` per Adam step whatever the coefficient, so L0 lags ``m`` and a
 pure integral overshoots. The clamp stops ``m`` growing without bound while
-the plant cannot follow (Adam steps do not grow with the gradient).
+the plant cannot follow (Adam steps do not grow with the gradient). Skipping
+the integral while L0 is already heading for the target fast enough (conditional
+integration) stops the same wind-up on the way there: a JumpReLU run on LM
+activations starts at L0 ≈ 2× the target, and integrating all the way down wound
+``m`` up ~100× past the coefficient that holds the target, so L0 overshot to
+0.6× the target and — a penalty can only sparsify — never came back
+(docs/architectures.md).
 
 It adapts during the first ``ADAPT_FRACTION`` of the steps (after any
 sparsity warm-up), then freezes ``m``, so the end of training — where the
@@ -40,6 +47,8 @@ PROPORTIONAL = 4.0
 """Proportional gain on the smoothed log error: L0 10 % over the target raises m by ~50 % at once."""
 SMOOTHING = 0.9
 """EMA factor of the log error (about 10 batches)."""
+CLOSING_STEPS = 50
+"""Conditional integration: no integral step while the smoothed error would reach 0 within this many steps."""
 MAX_LOG = math.log(1e4)
 """Anti-windup: the integral stays within a factor 10^4 of the configured coefficient."""
 
@@ -68,8 +77,11 @@ class L0Controller:
         if not self.adapt_from <= step < self.adapt_until or not math.isfinite(batch_l0):
             return
         error = max(-1.0, min(1.0, math.log(max(batch_l0, 1e-3) / self.target)))
-        self.smoothed_error = SMOOTHING * self.smoothed_error + (1 - SMOOTHING) * error
-        self.integral = max(-MAX_LOG, min(MAX_LOG, self.integral + GAIN * self.smoothed_error))
+        previous = self.smoothed_error
+        self.smoothed_error = SMOOTHING * previous + (1 - SMOOTHING) * error
+        closing = abs(previous) - abs(self.smoothed_error) > abs(self.smoothed_error) / CLOSING_STEPS
+        if not closing:
+            self.integral = max(-MAX_LOG, min(MAX_LOG, self.integral + GAIN * self.smoothed_error))
         self.log_multiplier = self.integral + PROPORTIONAL * self.smoothed_error
 
     def state(self) -> dict[str, Any]:

@@ -30,11 +30,19 @@ target and no feature was recovered; a ε of 0.001 also puts almost no token
 inside the estimator's window. With the L0 penalty warm-up
 (``--sparsity-warmup-steps``) and ``--target-l0`` this reaches the target
 within ±20 % (docs/results.md).
+
+Start: the encoder begins at ``gain · W_decᵀ`` and θ at ``gain · threshold_init``
+(:func:`initial_encoder_gain`). The tied unit-gain start reconstructed LM
+activations at several times their size; reconstruction then pushed the active
+latents below θ within ~10 steps, where they get no encoder gradient, and L0
+fell from 36 to ≈ 5 with no L0 penalty — so ``--target-l0 16`` on the world LM
+ended near 6 (docs/architectures.md, tests/test_jumprelu_init.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -46,18 +54,43 @@ from mtsae.train.registry import register
 
 @dataclasses.dataclass(frozen=True)
 class JumpReLUSAEConfig(SAEConfig):
-    l0_coefficient: float = 1.0
-    """Weight of the L0 penalty (expected active features per token)."""
+    l0_coefficient: float = 0.03
+    """Weight of the L0 penalty (expected active features per token). 0.03: between the values that hold
+    L0 16 on the world LM (≈ 0.004) and the embedded model (≈ 0.2), where --target-l0 starts its search."""
     bandwidth: float = 1.0
     """Width ε of the rectangle kernel in the straight-through estimators (normalised activation units)."""
     threshold_init: float = 1.5
-    """Initial θ for every feature (normalised activation units: ~1.5 σ of a random latent's pre-activation)."""
+    """Initial θ in units of a fresh latent's pre-activation σ (θ = encoder gain × this; ~7 % of tokens pass it)."""
+    encoder_gain: float | None = None
+    """Initial ``W_enc = gain · W_decᵀ``; None: :func:`initial_encoder_gain` (the first reconstruction's
+    least-squares scale on normalised inputs). 1.0 is the plain tied start, which collapses L0 (module doc)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.l0_coefficient >= 0, f"l0_coefficient must be >= 0, got {self.l0_coefficient}")
         require(self.bandwidth > 0, f"bandwidth must be positive, got {self.bandwidth}")
         require(self.threshold_init >= 0, f"threshold_init must be >= 0, got {self.threshold_init}")
+        require(self.encoder_gain is None or self.encoder_gain > 0,
+                f"encoder_gain must be positive, got {self.encoder_gain}")
+
+    @property
+    def initial_gain(self) -> float:
+        if self.encoder_gain is not None:
+            return self.encoder_gain
+        return initial_encoder_gain(self.d_in, self.d_sae, self.threshold_init)
+
+
+def initial_encoder_gain(d_in: int, d_sae: int, threshold: float) -> float:
+    """``d_in / (d_in + S)``: the least-squares scale of a tied start's first reconstruction.
+
+    On normalised inputs (``‖x‖² ≈ d_in``) a unit-gain latent reads ``p = x·d_f ~ N(0, 1)`` and fires when
+    ``p > θ₀``; the reconstruction ``R = Σ_active p_f d_f`` has ``<x, R> ≈ S = d_sae·E[p²; p > θ₀]`` and
+    ``‖R‖² ≈ S²/d_in + S`` (its part along x, and the random rest), so ``<x, R>/‖R‖² = d_in / (d_in + S)``.
+    Measured on the embedded model's layer 19 (d 64, d_sae 512, θ₀ 1.5): 0.31 against 0.32 from this formula.
+    """
+    density = math.exp(-threshold**2 / 2) / math.sqrt(2 * math.pi)
+    tail = 0.5 * math.erfc(threshold / math.sqrt(2))
+    return d_in / (d_in + d_sae * (threshold * density + tail))
 
 
 @register("jumprelu")
@@ -76,13 +109,15 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def __init__(self, cfg: JumpReLUSAEConfig) -> None:
         super().__init__(cfg)
-        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.threshold_init))
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.threshold_init * cfg.initial_gain))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         super().reset_parameters()
+        # Scaled so the first reconstruction is not several times the input (see the module doc).
+        self.W_enc.mul_(self.cfg.initial_gain)
         if "threshold" in self._parameters:  # absent while the base __init__ runs
-            self.threshold.fill_(self.cfg.threshold_init)
+            self.threshold.fill_(self.cfg.threshold_init * self.cfg.initial_gain)
 
     def encode_full(self, x: torch.Tensor) -> Encoded:
         self.check_input(x)
