@@ -64,3 +64,17 @@ def test_first_letter_f1_finds_letters_only_where_the_model_writes_them(tmp_path
     else:
         assert report["letters_above"] == 0 and not report["scorable"]
         assert max(report["f1"].values()) < 0.5
+
+
+def test_sae_bench_absorption_asks_about_every_alphabetic_word_of_the_world_vocabulary():
+    """The words a world LM must be able to spell for absorption: SAE-Bench's filter keeps every alphabetic
+    token of the world tokenizer (single letters included) and nothing else."""
+    pytest.importorskip("sae_bench")
+    from sae_bench.evals.absorption.vocab import get_alpha_tokens
+
+    from mtsae.harvest import world as W
+
+    world = W.build_world(0)
+    kept = get_alpha_tokens(W.build_world_tokenizer(world))
+    assert sorted(kept) == sorted(w for w in W.vocabulary(world) if w.isalpha())
+    assert set(string.ascii_lowercase) <= set(kept)
