@@ -10,6 +10,10 @@ Two measures of issue 15's targets, both on held-out or canonical text of the wo
   orderings of its choices (``sae_bench.evals.unlearning`` keeps exactly these).
 
 Both take a Hugging Face causal LM and the world's tokenizer and run without grad.
+
+:func:`first_letter_f1` is the gate of SAE-Bench's absorption eval (``f1_probe``
+per letter, scorable when ``min_feats_for_eval`` letters exceed ``min_GT_probe_f1``),
+computed by SAE-Bench's own probe code on a model folder, without an SAE.
 """
 
 from __future__ import annotations
@@ -79,6 +83,52 @@ def mc_all_orderings(model, tokenizer, world: W.World, topic: str) -> int:
     return sum(mc_correct_all_orderings(model, tokenizer, q, subject) for q in W.exam_questions(world, topic))
 
 
+def first_letter_f1(path: Path, layer: int, seed: int = 42) -> dict[str, float]:
+    """SAE-Bench absorption's ground-truth probe F1 per first letter a–z at ``layer`` of the model in ``path``.
+
+    SAE-Bench's own steps, as its absorption eval takes them before it looks at any SAE: its vocabulary filter
+    (every alphabetic token), its ICL prompts and 80/20 word split, the residual stream after block ``layer`` at
+    its token position, its probe training; then ``f1_score(y, probe > 0)`` on the held-out words, the line of
+    ``build_metrics_df`` that makes ``f1_probe``. Seeded as ``mtsae eval`` seeds an eval (``seed``: its default).
+    """
+    import tempfile
+
+    import torch
+    from sae_bench.evals.absorption.common import load_probe, load_probe_data_split, train_and_save_probes
+    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+    from sae_bench.evals.absorption.vocab import LETTERS
+    from sklearn.metrics import f1_score
+
+    from mtsae.evaluate.models import load_hooked_transformer
+    from mtsae.evaluate.rng import seeded
+
+    config = AbsorptionEvalConfig()
+    model = load_hooked_transformer(path, "world", "cpu")
+    with tempfile.TemporaryDirectory(prefix="mtsae-first-letters-") as probes, seeded(seed):
+        train_and_save_probes(model, [layer], config.prompt_template, config.prompt_token_pos, probes, device="cpu")
+        probe = load_probe(model.cfg.model_name, layer, probes, torch.float32, "cpu")
+        activations, labels = load_probe_data_split(model, layer, "test", probes, torch.float32, "cpu")
+    with torch.no_grad():
+        positive = (probe(activations) > 0).numpy()
+    truth = [letter for _, letter in labels]
+    return {letter: float(f1_score([t == i for t in truth], positive[:, i], zero_division=0.0))
+            for i, letter in enumerate(LETTERS)}
+
+
+def first_letters_report(path: Path, layers: list[int]) -> dict:
+    """Per layer: the F1 of every letter and whether SAE-Bench's absorption eval would score (its defaults)."""
+    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+
+    config, report = AbsorptionEvalConfig(), {}
+    for layer in layers:
+        f1 = first_letter_f1(path, layer)
+        above = sum(score > config.min_GT_probe_f1 for score in f1.values())
+        report[f"layer_{layer}"] = {"letters_above": above, "needed": config.min_feats_for_eval,
+                                    "scorable": above >= config.min_feats_for_eval,
+                                    "f1": {letter: round(score, 3) for letter, score in f1.items()}}
+    return report
+
+
 def knowledge_report(model, tokenizer, world: W.World) -> dict:
     """Completion accuracy and all-orderings MC counts for the forget topic and every retain topic."""
     from tqdm import tqdm
@@ -107,8 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Fact completion and all-orderings MC accuracy of a world LM.")
     p.add_argument("model", type=Path, help="a model folder written by scripts/train_world_lm.py (OUT/model)")
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--first-letters", type=int, nargs="+", metavar="LAYER",
+                   help="instead: SAE-Bench absorption's ground-truth probe F1 per first letter at these layers")
     args = p.parse_args(argv)
-    print(json.dumps(check_model_dir(args.model, args.world_seed), indent=1))
+    if args.first_letters:
+        print(json.dumps(first_letters_report(args.model, args.first_letters), indent=1))
+    else:
+        print(json.dumps(check_model_dir(args.model, args.world_seed), indent=1))
     return 0
 
 
