@@ -1,6 +1,7 @@
 """`mtsae experiment`: a declared set of runs on one cache -> trained, evaluated, analysed, reported.
 
-A config is a TOML file (or a built-in name: ``embedded``, ``synthetic``)::
+A config is a TOML file (or a built-in name: ``embedded``, the demo, and the others in
+:mod:`mtsae.evaluate.experiment_builtins`)::
 
     out = "experiments/embedded"
     evals = ["core", "sparse_probing", "unlearning", "absorption"]   # [] to skip SAE-Bench
