@@ -57,7 +57,9 @@ class StageClock:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.demo_stages", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="folder the demo runs in (caches/ and experiments/ are replaced)")
-    parser.add_argument("--experiment", default="embedded", choices=("embedded", "embedded-full", "world", "embedded-random"),
+    from mtsae.evaluate.experiment_builtins import BUILTIN  # no heavy imports
+
+    parser.add_argument("--experiment", default="embedded", choices=[n for n, c in BUILTIN.items() if "harvest" in c],
                         help="a built-in experiment that harvests (default: embedded, the demo's)")
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
