@@ -4,11 +4,12 @@
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.demo_stages --work /tmp/demo
                                                                              # an AVX2-only CPU, emulated
 
-Runs what the demo runs — ``mtsae harvest`` with its defaults, then ``mtsae experiment embedded`` (or
-``--experiment embedded-full``) — from scratch in ``--work`` (its caches/ and experiments/ are
-replaced), stamps every progress line, and prints one Markdown row per stage: wall time and the
-process's CPU time (all its threads). On a machine shared with other jobs the wall time grows with
-the load (printed before and after); the CPU time much less, so it is the figure to compare.
+Runs what the demo runs — ``mtsae harvest --model world --dataset world`` (the experiment's own
+``[harvest]`` settings), then ``mtsae experiment embedded`` (or another built-in, ``--experiment``) —
+from scratch in ``--work`` (its caches/ and experiments/ are replaced), stamps every progress line,
+and prints one Markdown row per stage: wall time and the process's CPU time (all its threads). On a
+machine shared with other jobs the wall time grows with the load (printed before and after); the CPU
+time much less, so it is the figure to compare.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 STAGE_STARTS = (  # progress lines that open a stage, and the stage's name
     (re.compile(r"\[experiment\] (\S+): training"), "train {0}"),
     (re.compile(r"\[(core|sparse_probing|unlearning|absorption)\] running SAE-Bench"), "eval {0}"),
+    (re.compile(r"\[experiment\] mtsae unlearn on (\d+) run"), "mtsae unlearn ({0} SAEs)"),
     (re.compile(r"\[experiment\] (\S+): disentanglement analysis"), "analyse {0}"),
     (re.compile(r"\[experiment\] report: "), "report"),
 )
@@ -55,7 +57,10 @@ class StageClock:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.demo_stages", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="folder the demo runs in (caches/ and experiments/ are replaced)")
-    parser.add_argument("--experiment", default="embedded", choices=("embedded", "embedded-full"))
+    from mtsae.evaluate.experiment_builtins import BUILTIN  # no heavy imports
+
+    parser.add_argument("--experiment", default="embedded", choices=[n for n, c in BUILTIN.items() if "harvest" in c],
+                        help="a built-in experiment that harvests (default: embedded, the demo's)")
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
     for stale in ("caches", "experiments"):
@@ -69,11 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     from mtsae.harvest.config import HarvestConfig
     from mtsae.harvest.run import harvest
 
-    clock.start("harvest (embedded default)")
-    outcome = harvest(HarvestConfig(), log=clock, progress=False)
+    experiment = load_experiment(args.experiment)
+    settings = HarvestConfig(**experiment.harvest)
+    clock.start(f"harvest ({settings.model} model, {settings.dataset} corpus)")
+    outcome = harvest(settings, log=clock, progress=False)  # what `mtsae harvest` with these options runs
     clock.start("experiment set-up")
     print(f"harvested into {outcome.path}", file=sys.stderr)
-    run_experiment(load_experiment(args.experiment), log=clock, progress=False)  # finds that cache by fingerprint
+    run_experiment(experiment, log=clock, progress=False)  # finds that cache by fingerprint
     rows = clock.rows()
     print(f"\n`{args.experiment}`, load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after, "
           f"{os.cpu_count()} CPUs, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}\n")

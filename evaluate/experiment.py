@@ -1,6 +1,7 @@
 """`mtsae experiment`: a declared set of runs on one cache -> trained, evaluated, analysed, reported.
 
-A config is a TOML file (or a built-in name: ``embedded``, ``synthetic``)::
+A config is a TOML file (or a built-in name: ``embedded``, the demo, and the others in
+:mod:`mtsae.evaluate.experiment_builtins`)::
 
     out = "experiments/embedded"
     evals = ["core", "sparse_probing", "unlearning", "absorption"]   # [] to skip SAE-Bench
@@ -262,13 +263,24 @@ def _report(run_dirs: list[Path], out: Path, log) -> dict[str, Any]:
     from mtsae.evaluate.report import write_report
 
     analyses = {d.name: json.loads(RunDir(d).analysis.read_text()) for d in run_dirs if RunDir(d).analysis.is_file()}
-    sections = analysis_sections(analyses) + unlearn_section(out.parent / "unlearn", run_dirs)
+    unlearn = out.parent / "unlearn"
+    sections = seeds_section(run_dirs, unlearn) + analysis_sections(analyses) + unlearn_section(unlearn, run_dirs)
     data = write_report(run_dirs, out, analyses=analyses, extra_sections=sections)
     flagged = [r for r in data["runs"] if r["flags"]]
     for r in flagged:
         log(f"[experiment] FLAGGED {r['name']}: {'; '.join(r['flags'])}")
     log(f"[experiment] report: {out / 'report.html'}")
     return data
+
+
+def seeds_section(run_dirs: list[Path], unlearn_folder: Path) -> list[str]:
+    """Runs trained once per seed, grouped back: every score side by side with its spread (none: no section)."""
+    from mtsae.evaluate.report import load_run
+    from mtsae.evaluate.seed_spread import spread_section
+    from mtsae.evaluate.unlearn_runs import read_results
+
+    return spread_section([load_run(d) for d in run_dirs if RunDir(d).read_info() is not None],
+                          read_results(unlearn_folder))
 
 
 def unlearn_section(folder: Path, run_dirs: list[Path]) -> list[str]:

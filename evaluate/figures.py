@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mtsae
-from mtsae.evaluate.names import is_embedded
+from mtsae.evaluate.names import is_embedded, is_world
 from mtsae.evaluate.sae_bench_evals import CHANCE_ACCURACY
 
 if TYPE_CHECKING:
@@ -48,6 +48,15 @@ def random_weights_warning(records: list[RunRecord]) -> str | None:
     return (f"⚠ Random weights: these runs read {', '.join(embedded)}, mtsae's embedded tiny Gemma-2 with random, "
             "seeded weights. It checks the pipeline; no number in this report says anything about a trained "
             "language model.")
+
+
+def trained_world_note(records: list[RunRecord]) -> str | None:
+    """Says, for runs on the shipped world LM, that it is a trained model (what the random-weights warning is not)."""
+    world = sorted({r.model_name for r in records if r.model_name and is_world(r.model_name)})
+    if not world:
+        return None
+    return (f"{', '.join(world)}: mtsae's small Gemma-2 trained on its seeded fictional world, with a forget topic "
+            "in WMDP-bio's role (trained weights, not random; what it knows: docs/world.md).")
 
 
 @functools.lru_cache(maxsize=1)

@@ -29,7 +29,7 @@ from mtsae.evaluate import figures, registry
 from mtsae.evaluate.config import splicing_evals
 from mtsae.evaluate.figures import (L0_MATCH_TOLERANCE, NOT_L0_MATCHED, l0_unmatched, model_line, plot_accuracy,
                                     plot_loss_curves, plot_unlearning, provenance, random_weights_warning,
-                                    unlearning_results)
+                                    trained_world_note, unlearning_results)
 from mtsae.train.rundir import RUN_FILENAME, RunDir
 
 MAX_DEAD_FRACTION = 0.5
@@ -238,6 +238,7 @@ def write_report(run_paths: list[str | Path], out: str | Path, *, loss_component
     data = {
         "model": model_line(records),
         "random_weights_warning": random_weights_warning(records),
+        "model_note": trained_world_note(records),
         "provenance": provenance(records),
         "runs": [_run_summary(r) for r in records],
         "figures": figures,
@@ -312,7 +313,8 @@ FIGURE_CAPTIONS = {"accuracy_comparison.png": "Sparse probing accuracy", "loss_c
 
 def _markdown(records: list[RunRecord], data: dict[str, Any], extra_sections: list[str]) -> str:
     warning = [f"**{data['random_weights_warning']}**", ""] if data["random_weights_warning"] else []
-    lines = ["# mtsae report", "", *warning, f"Model: {data['model']}.", "", data["provenance"], "",
+    note = [data["model_note"], ""] if data["model_note"] else []
+    lines = ["# mtsae report", "", *warning, f"Model: {data['model']}.", "", *note, data["provenance"], "",
              "Runs: " + ", ".join(f"`{r.name}` ({r.arch}, preset {r.preset}, seed {r.seed}, cache "
                                   f"{(r.cache_fingerprint or '?')[:12]})" for r in records), ""]
     flagged = [r for r in records if r.flags]

@@ -223,8 +223,9 @@ register(EvalSpec(
     settings={"standard": {}, "tiny": {"k_sparse_probe_num_epochs": 10, "k_sparse_probe_batch_size": 512,
                                        "max_k_value": 5}},
     config_class="sae_bench.evals.absorption.eval_config:AbsorptionEvalConfig",
-    # The random-weights model represents no first letters: SAE-Bench can only conclude "not scorable"
-    # after training its probes, so the demo leaves absorption out (embedded-full keeps it).
+    # SAE-Bench concludes "not scorable" only after training its probes, and neither the random-weights model
+    # nor the world LM represents first letters linearly (docs/world.md): the demo leaves absorption out
+    # (embedded-full and world keep it).
     in_demo=False,
     model_modules=("sae_bench.evals.absorption.main",),
     not_scorable=_absorption_not_scorable,

@@ -280,10 +280,15 @@ def unlearn_missing(run_dirs: Sequence[Path], out: Path, log: Callable[[str], No
         unlearn_runs(missing, out, UnlearnSettings(progress=False), log=log)
 
 
+def read_results(out: Path) -> list[dict]:
+    """The results an experiment's unlearn folder holds (none when it has no such folder)."""
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))] if out.is_dir() else []
+
+
 def report_section(out: Path, not_matched: set[str] = frozenset()) -> list[str]:
     """The experiment report's unlearning section: the across-seeds summary (without the ``not_matched`` runs)
     and one row per result in ``out`` (none: no section)."""
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))] if out.is_dir() else []
+    results = read_results(out)
     if not results:
         return []
     from mtsae.evaluate.unlearn_summary import summary_section

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import TINY_HARVEST
@@ -112,9 +113,14 @@ def test_preset_help_says_what_each_preset_is():
     assert "run0 = per-token ReLU SAE baseline" in text
 
 
-def test_experiment_name_typo_gets_a_suggestion():
-    result = runner.invoke(app, ["experiment", "embeded"])
-    assert result.exit_code == 1 and "(did you mean 'embedded'?)" in result.stderr
+@pytest.mark.parametrize("typo, meant", [("embeded", "embedded"), ("embedded_random", "embedded-random"),
+                                         ("embeded-full", "embedded-full"), ("wrold", "world")])
+def test_experiment_name_typo_gets_a_suggestion(typo, meant):
+    from mtsae.evaluate.experiment_builtins import BUILTIN
+
+    result = runner.invoke(app, ["experiment", typo])
+    assert result.exit_code == 1 and f"(did you mean '{meant}'?)" in result.stderr
+    assert f"one of {', '.join(BUILTIN)}" in result.stderr and "embedded-random" in BUILTIN
 
 
 def test_readme_logs_in_with_hf_and_walks_gemma_from_harvest_to_eval():

@@ -9,6 +9,7 @@ import pytest
 
 from mtsae.errors import MtsaeError
 from mtsae.evaluate.experiment import load_experiment, run_experiment, slow_feature_verdict
+from mtsae.evaluate.seed_spread import seed_group
 
 TINY = """
 out = "{out}"
@@ -75,7 +76,7 @@ def test_bad_configs_are_refused(tmp_path):
     bad.write_text('out = "x"\ncache = "c"\nbogus = 1\n[[runs]]\nname = "a"\n')
     with pytest.raises(MtsaeError, match="unknown experiment key"):
         load_experiment(str(bad))
-    assert load_experiment("synthetic").synth == {} and load_experiment("embedded").harvest == {}
+    assert load_experiment("synthetic").synth == {} and load_experiment("embedded-random").harvest == {}
 
 
 def test_experiment_evaluates_every_run_in_one_sae_bench_pass(tiny_cache_path, tmp_path):
@@ -156,15 +157,48 @@ def test_experiment_harvests_reuse_and_publish_to_the_shared_root(tmp_path, monk
     assert data["runs"][0]["cache_fingerprint"].startswith(published[0].name)
 
 
-def test_the_demo_leaves_out_what_the_random_model_cannot_score_and_full_adds_it_back():
+def _groups(cfg) -> dict[str, list[int]]:
+    """A built-in's runs by name without the seed, and the seeds of each."""
+    groups: dict[str, list[int]] = {}
+    for spec in cfg.expanded_runs():
+        groups.setdefault(seed_group(spec["name"]), []).append(spec["seed"])
+    return groups
+
+
+def _is_causal(cfg, spec) -> bool:
+    """Whether the SAE this run builds reads no later token (the trainer's own preset and option resolution)."""
+    from mtsae.evaluate.experiment import _train_fields
+    from mtsae.train.config import TrainConfig
+    from mtsae.train.registry import get_architecture
+
+    train = TrainConfig.from_dict(_train_fields(cfg.defaults, spec))
+    config = get_architecture(train.arch).config_class.from_dict({"d_in": 64, "d_sae": train.d_sae, **train.arch_config})
+    return config.is_causal
+
+
+def test_the_demo_runs_on_the_trained_world_lm_and_full_is_issue_15s_experiment():
     from mtsae.evaluate.config import EvalConfig, resolve_settings
+    from mtsae.evaluate.names import WORLD
     from mtsae.evaluate.sae_bench_evals import DEMO_PROBING_DATASETS
 
-    demo, full = load_experiment("embedded"), load_experiment("embedded-full")
-    assert "absorption" not in demo.evals and demo.eval_options == {"profile": "demo", "allow_non_causal": True}
-    assert set(full.evals) == {"core", "sparse_probing", "unlearning", "absorption"}
-    assert full.eval_options == {"allow_non_causal": True}  # the seed's non-causal runs: evaluated, flagged
-    assert demo.runs == full.runs and demo.defaults == full.defaults  # the same SAEs, evaluated more fully
+    demo, full, world = load_experiment("embedded"), load_experiment("embedded-full"), load_experiment("world")
+    random = load_experiment("embedded-random")
+    assert demo.harvest == full.harvest == world.harvest == {"model": WORLD, "dataset": WORLD}  # one cache for all
+    assert "absorption" not in demo.evals and demo.eval_options == {"profile": "demo"} and demo.unlearn
+    assert set(full.evals) == {"core", "sparse_probing", "unlearning", "absorption"} and full.unlearn
+    assert demo.match_l0 == full.match_l0 == [16]
+    demo_groups, full_groups = _groups(demo), _groups(full)
+    assert all(len(seeds) >= 2 for seeds in demo_groups.values()) and len(demo_groups) >= 3
+    assert all(len(seeds) >= 3 for seeds in full_groups.values())
+    assert set(demo_groups) <= set(full_groups)  # the demo is a reduced embedded-full
+    presets = {spec.get("preset") for spec in full.runs}
+    assert {"run0", "run1", "run2", "run3"} <= presets and {"topk", "batchtopk", "jumprelu", "mtsae"} <= {
+        spec.get("arch") for spec in full.runs}
+    # Unlearning splices the SAE into the model: no run of the world experiments may read later tokens.
+    for cfg in (demo, full):
+        assert "allow_non_causal" not in cfg.eval_options
+        assert all(_is_causal(cfg, spec) for spec in cfg.expanded_runs()), cfg.out
+    assert not all(_is_causal(random, spec) for spec in random.runs)  # the check can fail: the seed's presets
     cfg = EvalConfig(checkpoints=["x"], out="o")
     demo_settings, tiny = resolve_settings(cfg, "demo", "cpu"), resolve_settings(cfg, "tiny", "cpu")
     assert demo_settings["sparse_probing"]["dataset_names"] == DEMO_PROBING_DATASETS
@@ -172,3 +206,25 @@ def test_the_demo_leaves_out_what_the_random_model_cannot_score_and_full_adds_it
     for name in ("core", "unlearning", "absorption"):
         assert demo_settings[name] == tiny[name]
     assert {k: v for k, v in demo_settings["sparse_probing"].items() if k != "dataset_names"} == tiny["sparse_probing"]
+
+
+def test_the_random_weights_builtin_keeps_the_seeds_runs_as_the_seed_trained_them():
+    random = load_experiment("embedded-random")
+    assert random.harvest == {} and random.eval_options == {"profile": "demo", "allow_non_causal": True}
+    assert "absorption" not in random.evals and not random.unlearn  # the random model scores neither
+    assert [spec["name"] for spec in random.runs][:4] == ["baseline_sae", "basic_mtsae", "optimized_mtsae",
+                                                          "expanded_context_mtsae"]
+
+
+def test_the_demo_script_harvests_the_cache_its_experiment_reads():
+    """scripts/demo.sh harvests, then runs `experiment embedded`, which finds that cache by its fingerprint."""
+    import shlex
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "demo.sh").read_text()
+    commands = [shlex.split(line.split("#")[0].split("$(", 1)[-1].rstrip(") ")) for line in script.splitlines()
+                if "mtsae " in line.split("#")[0]]
+    harvest = next(c for c in commands if c[:2] == ["mtsae", "harvest"])
+    options = {name.removeprefix("--").replace("-", "_"): value for name, value in zip(harvest[2::2], harvest[3::2])}
+    assert options == load_experiment("embedded").harvest
+    assert ["mtsae", "experiment", "embedded"] in commands

@@ -173,6 +173,23 @@ def test_a_real_model_gets_no_random_weights_warning(tmp_path):
     write_report([make_run(tmp_path, "a")], tmp_path / "r")
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Random weights" not in md and "Model: google/gemma-2-2b (0123abc), layer 12, d_model 2304." in md
+    assert "trained weights, not random" not in md
+
+
+def test_the_world_lm_is_named_as_trained_and_gets_no_random_weights_warning(tmp_path, drawn):
+    from mtsae.evaluate.names import WORLD
+    from mtsae.harvest.world_assets import MODEL_DIRNAME
+
+    world = f"{WORLD}:{MODEL_DIRNAME}"  # what a cache harvested with --model world records
+    write_report([make_run(tmp_path, "a", model=world)], tmp_path / "r")
+    head = "\n".join((tmp_path / "r" / "report.md").read_text().splitlines()[:6])
+    assert f"Model: {world} (0123abc), layer 12, d_model 2304." in head
+    assert f"{world}: mtsae's small Gemma-2 trained on its seeded fictional world" in head
+    assert "trained weights, not random" in head and "Random weights" not in head
+    assert "RANDOM-WEIGHTS" not in drawn["accuracy_comparison.png"]._suptitle.get_text()
+    random = make_run(tmp_path, "b", model="embedded:tiny-gemma2-v1")
+    write_report([random], tmp_path / "r2")
+    assert "trained weights, not random" not in (tmp_path / "r2" / "report.md").read_text()
 
 
 def _data_artists(ax):

@@ -65,7 +65,7 @@ def report(
 
 
 def experiment(
-    config: Annotated[str, typer.Argument(help="TOML file, or a built-in experiment: embedded (the demo's), embedded-full (adds absorption and all 8 sparse-probing datasets), world (the trained world LM), synthetic, temporal-synth (temporal vs per-token SAEs on synthetic regimes, 3 seeds, a verdict per regime).")],
+    config: Annotated[str, typer.Argument(help="TOML file, or a built-in experiment: embedded (the demo's: the trained world LM, 3 runs x 2 seeds at L0 16, reduced SAE-Bench, mtsae unlearn), embedded-full (the seed's runs, the temporal SAE and the baselines x 3 seeds, all four evals), world (the temporal SAE and its per-token twins x 3 seeds), embedded-random (the seed's runs on the random-weights model: a pipeline check), synthetic, temporal-synth (temporal vs per-token SAEs on synthetic regimes, 3 seeds, a verdict per regime).")],
     out: Annotated[Optional[str], typer.Option(help="Override the config's output folder.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
@@ -82,8 +82,9 @@ def register(app: typer.Typer) -> None:
                        "  mtsae synth --out caches/synth-big --n-features 1024 --n-sequences 4000")(user_errors(synth))
     app.command(epilog="Example:\n\n  mtsae analyze runs/demo-run2 --out runs/demo-run2/analysis.json")(user_errors(analyze))
     app.command(epilog="Example:\n\n  mtsae report runs/demo-run0 runs/demo-run2 --out reports/demo")(user_errors(report))
-    app.command(epilog="Examples:\n\n  mtsae experiment embedded        # the seed's four runs + TopK/BatchTopK/JumpReLU, "
-                       "SAE-Bench, report\n\n  mtsae experiment synthetic       # ground-truth recovery benchmark\n\n"
+    app.command(epilog="Examples:\n\n  mtsae experiment embedded        # the demo: harvest the world LM, train, SAE-Bench, "
+                       "mtsae unlearn, report\n\n  mtsae experiment embedded-full   # the same comparison in full "
+                       "(24 runs)\n\n  mtsae experiment synthetic       # ground-truth recovery benchmark\n\n"
                        "  mtsae experiment temporal-synth  # temporal vs per-token at matched L0, 2 regimes x 3 seeds "
                        "(24 min on 2 loaded cores)\n\n"
                        "  mtsae experiment my-experiment.toml")(user_errors(experiment))
