@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import PurePath
 from typing import Any
 
+from mtsae.evaluate.seed_spread import spread_cell
 from mtsae.evaluate.seed_verdict import RULE, compare_seeds
 
 FALSE_POSITIVE_RATES = (0.02, 0.05)
@@ -44,15 +45,6 @@ def by_architecture(results: Sequence[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
-def _cell(values: list[float | None]) -> str:
-    known = [v for v in values if v is not None]
-    if not known:
-        return "–"
-    mean = sum(known) / len(known)
-    missing = f", {len(values) - len(known)} undefined" if len(known) < len(values) else ""
-    return f"{mean:.3f} [{min(known):.3f}, {max(known):.3f}]{missing}"
-
-
 def architecture_table(results: Sequence[dict]) -> list[str]:
     """Mean [min, max] over the runs of each architecture (seeds) of the headline and the coverages."""
     names = list(_measures(results[0]))
@@ -60,7 +52,7 @@ def architecture_table(results: Sequence[dict]) -> list[str]:
     for arch, runs in sorted(by_architecture(results).items()):
         rows = [_measures(r) for r in runs]
         needs = "/".join("–" if r["headline"]["latents"] is None else str(r["headline"]["latents"]) for r in runs)
-        lines.append(f"| {arch} ({len(runs)}) | " + " | ".join(_cell([row[n] for row in rows]) for n in names)
+        lines.append(f"| {arch} ({len(runs)}) | " + " | ".join(spread_cell([row[n] for row in rows]) for n in names)
                      + f" | {needs} |")
     return lines
 
