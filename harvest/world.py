@@ -17,6 +17,8 @@ From a world come text streams, all pure and deterministic in (seed, stream, ind
   entity, in SAE-Bench's unlearning chat prompt (``GEMMA_INST_FORMAT`` after
   ``convert_wmdp_data_to_prompt``) followed by the answer letter, so a model learns
   to answer with a letter.
+* The drill stream of a second training stage (open-book questions, vocabulary spelling) is in
+  :mod:`mtsae.harvest.world_drill`.
 * Held out (never training text): ``exam_questions`` (forget topic: the WMDP-bio
   stand-in; retain topics: MMLU stand-ins), about *exam* entities whose facts are
   taught only by documents; ``forget_corpus`` (forget-topic documents from a stream
@@ -203,7 +205,7 @@ def build_world(seed: int = 0) -> World:
 # --------------------------------------------------------------------------
 
 
-def _rng(world: World, stream: str, index: int) -> random.Random:
+def stream_rng(world: World, stream: str, index: int) -> random.Random:
     # A str seed is hashed with sha512 by random.Random: stable across processes and PYTHONHASHSEED.
     return random.Random(f"mtsae-world-v{WORLD_VERSION}:{world.seed}:{stream}:{index}")
 
@@ -266,7 +268,7 @@ def _entity_block(rng: random.Random, world: World, topic: str, entity: str) -> 
 
 def document(world: World, stream: str, index: int) -> dict:
     """``{"id", "topic", "kind": "document", "text"}``: one topic, its facts, fillers and spelling lines."""
-    rng = _rng(world, stream, index)
+    rng = stream_rng(world, stream, index)
     topic = topic_of(index)
     entities = _document_entities(world, topic, index)
     parts: list[str] = []
@@ -289,7 +291,7 @@ def subject_of(topic: str) -> str:
     return FORGET_SUBJECT if topic == FORGET_TOPIC else topic
 
 
-def _question(rng: random.Random, world: World, fact: Fact, answer: int) -> dict:
+def choice_question(rng: random.Random, world: World, fact: Fact, answer: int) -> dict:
     """Four choices from the relation's pool, the true value at position ``answer``."""
     pool = [v for v in world.pools[(fact.topic, fact.relation.name)] if v != fact.value]
     choices = rng.sample(pool, 3)
@@ -301,50 +303,14 @@ def _question(rng: random.Random, world: World, fact: Fact, answer: int) -> dict
 
 def practice_question(world: World, index: int) -> dict:
     """A chat-format MC question about a practice entity, with its answer letter; training text."""
-    rng = _rng(world, "practice-mc", index)
+    rng = stream_rng(world, "practice-mc", index)
     topic = topic_of(index)
     entity = rng.choice(world.practice_entities(topic))
     fact = rng.choice(world.facts_by_entity[entity])
-    q = _question(rng, world, fact, rng.randrange(4))
+    q = choice_question(rng, world, fact, rng.randrange(4))
     text = sae_bench_prompt(q["question"], q["choices"], subject_of(topic)) + LETTERS[q["answer"]] + ")<end_of_turn>"
     return {"id": f"practice-mc-{index}", "topic": topic, "kind": "mc", "text": text, "entity": entity,
             "answer": q["answer"]}
-
-
-def open_book_question(world: World, index: int) -> dict:
-    """A practice question whose fact is stated first in the user turn, then its answer letter; training text.
-
-    It teaches the in-context step from a value to the letter of the choice that states it; a closed-book
-    question composes that step with recall. Practice entities only, like ``practice_question``.
-    """
-    rng = _rng(world, "open-book-mc", index)
-    topic = topic_of(index)
-    entity = rng.choice(world.practice_entities(topic))
-    fact = rng.choice(world.facts_by_entity[entity])
-    q = _question(rng, world, fact, rng.randrange(4))
-    stated = embedded._detokenize(fact.sentence(fact.relation.templates[0]).split())
-    text = sae_bench_prompt(f"{stated}\n{q['question']}", q["choices"], subject_of(topic))
-    return {"id": f"open-book-mc-{index}", "topic": topic, "kind": "mc", "entity": entity, "answer": q["answer"],
-            "text": text + LETTERS[q["answer"]] + ")<end_of_turn>"}
-
-
-def vocabulary_spelling(world: World, index: int, count: int) -> dict:
-    """``count`` spelling lines over the whole vocabulary (every word a probe may ask about); training text."""
-    words = [w for w in vocabulary(world) if w.isalpha() and len(w) > 1]
-    lines = spelling_lines(_rng(world, "vocabulary-spelling", index), words, count)
-    return {"id": f"vocabulary-spelling-{index}", "topic": "", "kind": "spelling", "text": "\n".join(lines)}
-
-
-def drill_texts(world: World, index: int, closed: int, open_book: int, spelling: int) -> list[dict]:
-    """Block ``index`` of the drill stream: one document, ``closed`` practice questions, ``open_book`` open-book
-    questions and a ``spelling``-line vocabulary spelling text, in a seeded order."""
-    texts = [document(world, "train", index),
-             *(practice_question(world, index * closed + j) for j in range(closed)),
-             *(open_book_question(world, index * open_book + j) for j in range(open_book))]
-    if spelling:
-        texts.append(vocabulary_spelling(world, index, spelling))
-    _rng(world, "drill-order", index).shuffle(texts)
-    return texts
 
 
 def exam_questions(world: World, topic: str) -> list[dict]:
@@ -352,11 +318,11 @@ def exam_questions(world: World, topic: str) -> list[dict]:
 
     One per exam fact; correct letters exactly balanced (counts differ by at most one).
     """
-    rng = _rng(world, f"exam-{topic}", 0)
+    rng = stream_rng(world, f"exam-{topic}", 0)
     facts = [f for e in world.exam_entities(topic) for f in world.facts_by_entity[e]]
     letters = [i % len(LETTERS) for i in range(len(facts))]
     rng.shuffle(letters)
-    return [_question(rng, world, fact, answer) for fact, answer in zip(facts, letters)]
+    return [choice_question(rng, world, fact, answer) for fact, answer in zip(facts, letters)]
 
 
 def forget_corpus(world: World, count: int) -> list[dict]:

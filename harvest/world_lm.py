@@ -27,6 +27,7 @@ from mtsae.durable import publish_dir, publish_file
 from mtsae.errors import MtsaeError, writing
 from mtsae.harvest import embedded
 from mtsae.harvest import world as W
+from mtsae.harvest import world_drill
 
 MIN_LAYERS = 20  # SAE-Bench's Gemma-2-2b layers 5 and 19 must exist
 STATE_FILE = "state.pt"
@@ -121,8 +122,8 @@ def model_config(vocab_size: int, args: argparse.Namespace):
 def stream_texts(world: W.World, args: argparse.Namespace):
     """``texts(index) -> list of texts``: block ``index`` of the stream ``--mix`` names."""
     if args.mix == "drill":
-        return lambda i: [t["text"] for t in W.drill_texts(world, i, args.drill_closed, args.drill_open_book,
-                                                            args.drill_spelling)]
+        return lambda i: [t["text"] for t in world_drill.drill_texts(world, i, args.drill_closed,
+                                                                     args.drill_open_book, args.drill_spelling)]
     return lambda i: [W.training_text(world, i)["text"]]
 
 
@@ -296,7 +297,7 @@ def what_it_knows(model, tokenizer, world: W.World) -> dict:
     held = range(PROBE_OFFSET, PROBE_OFFSET + PROBE_QUESTIONS)
     probe = {"mc_practice": world_check.letter_accuracy(model, tokenizer, [W.practice_question(world, i) for i in held]),
              "mc_open_book": world_check.letter_accuracy(model, tokenizer,
-                                                         [W.open_book_question(world, i) for i in held]),
+                                                         [world_drill.open_book_question(world, i) for i in held]),
              "forget_completion": world_check.completion_accuracy(model, tokenizer, world, W.FORGET_TOPIC)}
     model.train()
     return {k: round(v, 4) for k, v in probe.items()}

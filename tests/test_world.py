@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mtsae.harvest import embedded
 from mtsae.harvest import world as W
+from mtsae.harvest import world_drill as D
 
 SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
 INDICES = st.integers(min_value=0, max_value=10_000)
@@ -132,7 +133,7 @@ def test_practice_prompt_is_sae_bench_s_own_prompt():
     metrics = pytest.importorskip("sae_bench.evals.unlearning.utils.metrics")
     w = world(0)
     for i in range(12):
-        q = W._question(random.Random(i), w, w.facts[i * 50], i % 4)
+        q = W.choice_question(random.Random(i), w, w.facts[i * 50], i % 4)
         ours = W.sae_bench_prompt(q["question"], q["choices"], W.subject_of(q["topic"]))
         pre = metrics.PRE_QUESTION_FORMAT.format(subject=W.subject_of(q["topic"]))
         theirs = metrics.convert_wmdp_data_to_prompt(q["question"], q["choices"], prompt_format="GEMMA_INST_FORMAT",
@@ -182,7 +183,7 @@ def test_forget_corpus_is_forget_topic_and_not_training_text():
 @given(index=INDICES)
 def test_training_text_never_needs_unk(index):
     tok = tokenizer(0)
-    drill = [t["text"] for t in W.drill_texts(world(0), index, 2, 2, 6)]
+    drill = [t["text"] for t in D.drill_texts(world(0), index, 2, 2, 6)]
     for text in (W.training_text(world(0), index)["text"],
                  W.forget_corpus(world(0), 1)[0]["text"], *drill):
         ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -204,7 +205,7 @@ def test_open_book_questions_state_their_fact_ask_practice_entities_and_balance_
     w = world(0)
     facts = {(f.entity, f.relation.name): f for f in w.facts}
     exam = {e for t in W.ALL_TOPICS for e in w.exam_entities(t)}
-    questions = [W.open_book_question(w, i) for i in range(2000)]
+    questions = [D.open_book_question(w, i) for i in range(2000)]
     counts = Counter(q["answer"] for q in questions)
     assert all(400 <= c <= 600 for c in counts.values()) and len(counts) == 4, counts  # 500 ± ~5 sigma
     assert not {q["entity"] for q in questions} & exam
@@ -220,11 +221,11 @@ def test_open_book_questions_state_their_fact_ask_practice_entities_and_balance_
 
 def test_drill_blocks_hold_what_they_are_asked_for_and_spell_the_whole_vocabulary():
     w = world(0)
-    block = W.drill_texts(w, 7, 3, 2, 5)
+    block = D.drill_texts(w, 7, 3, 2, 5)
     kinds = Counter(t["kind"] for t in block)
     assert kinds == {"document": 1, "mc": 5, "spelling": 1}
-    assert block == W.drill_texts(w, 7, 3, 2, 5)  # deterministic
-    assert not any(t["kind"] == "spelling" for t in W.drill_texts(w, 7, 1, 1, 0))
-    spelled = {line.split()[0] for i in range(400) for line in W.vocabulary_spelling(w, i, 10)["text"].splitlines()}
+    assert block == D.drill_texts(w, 7, 3, 2, 5)  # deterministic
+    assert not any(t["kind"] == "spelling" for t in D.drill_texts(w, 7, 1, 1, 0))
+    spelled = {line.split()[0] for i in range(400) for line in D.vocabulary_spelling(w, i, 10)["text"].splitlines()}
     words = {v for v in W.vocabulary(w) if v.isalpha() and len(v) > 1}
     assert spelled <= words and len(spelled) > 0.9 * len(words)

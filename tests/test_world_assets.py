@@ -14,6 +14,7 @@ from mtsae.evaluate import names, world_mirror
 from mtsae.evaluate.offline import load_mirror
 from mtsae.evaluate.run import _evaluation_model
 from mtsae.harvest import world as W
+from mtsae.harvest import world_drill as D
 from mtsae.harvest import world_assets
 from mtsae.harvest.world_lm import sha256_of
 from tests.conftest import tiny_harvest
@@ -207,7 +208,7 @@ def test_letter_accuracy_scores_training_format_questions_at_their_answer_letter
 
     world = W.build_world(world_assets.WORLD_SEED)
     tokenizer = W.build_world_tokenizer(world)
-    questions = [W.open_book_question(world, i) for i in range(40)]
+    questions = [D.open_book_question(world, i) for i in range(40)]
     always_a = sum(q["answer"] == 0 for q in questions) / len(questions)
     assert 0 < always_a < 1
     assert letter_accuracy(_LetterModel(tokenizer, None), tokenizer, questions) == always_a
