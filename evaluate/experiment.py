@@ -260,11 +260,13 @@ def _analyze(run_dir: Path, cache: str, log) -> None:
 
 
 def _report(run_dirs: list[Path], out: Path, log) -> dict[str, Any]:
-    from mtsae.evaluate.report import write_report
+    from mtsae.evaluate.report import load_run, write_report
+    from mtsae.evaluate.unlearn_runs import read_results
 
     analyses = {d.name: json.loads(RunDir(d).analysis.read_text()) for d in run_dirs if RunDir(d).analysis.is_file()}
-    unlearn = out.parent / "unlearn"
-    sections = seeds_section(run_dirs, unlearn) + analysis_sections(analyses) + unlearn_section(unlearn, run_dirs)
+    records = [load_run(d) for d in run_dirs if RunDir(d).read_info() is not None]  # once, for both sections
+    unlearn = read_results(out.parent / "unlearn")
+    sections = seeds_section(records, unlearn) + analysis_sections(analyses) + unlearn_section(unlearn, records)
     data = write_report(run_dirs, out, analyses=analyses, extra_sections=sections)
     flagged = [r for r in data["runs"] if r["flags"]]
     for r in flagged:
@@ -273,27 +275,22 @@ def _report(run_dirs: list[Path], out: Path, log) -> dict[str, Any]:
     return data
 
 
-def seeds_section(run_dirs: list[Path], unlearn_folder: Path) -> list[str]:
+def seeds_section(records: list, unlearn: list[dict]) -> list[str]:
     """Runs trained once per seed, grouped back: every score side by side with its spread (none: no section)."""
-    from mtsae.evaluate.report import load_run
     from mtsae.evaluate.seed_spread import spread_section
-    from mtsae.evaluate.unlearn_runs import read_results
 
-    return spread_section([load_run(d) for d in run_dirs if RunDir(d).read_info() is not None],
-                          read_results(unlearn_folder))
+    return spread_section(records, unlearn)
 
 
-def unlearn_section(folder: Path, run_dirs: list[Path]) -> list[str]:
+def unlearn_section(results: list[dict], records: list) -> list[str]:
     """The ``mtsae unlearn`` results an experiment holds, as a report section (none: no section); runs the report
     marks not L0-matched stay out of its across-seeds comparison."""
-    if not folder.is_dir():
+    if not results:
         return []
     from mtsae.evaluate import unlearn_runs
     from mtsae.evaluate.figures import l0_unmatched
-    from mtsae.evaluate.report import load_run
 
-    records = [load_run(d) for d in run_dirs]
-    return unlearn_runs.report_section(folder, l0_unmatched([r for r in records if not r.flags]))
+    return unlearn_runs.report_section(results, l0_unmatched([r for r in records if not r.flags]))
 
 
 def analysis_sections(analyses: dict[str, dict[str, Any]]) -> list[str]:

@@ -285,10 +285,9 @@ def read_results(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))] if out.is_dir() else []
 
 
-def report_section(out: Path, not_matched: set[str] = frozenset()) -> list[str]:
-    """The experiment report's unlearning section: the across-seeds summary (without the ``not_matched`` runs)
-    and one row per result in ``out`` (none: no section)."""
-    results = read_results(out)
+def report_section(results: Sequence[dict], not_matched: set[str] = frozenset()) -> list[str]:
+    """The experiment report's unlearning section for ``results`` (``read_results``): the across-seeds summary
+    (without the ``not_matched`` runs) and one row per result (none: no section)."""
     if not results:
         return []
     from mtsae.evaluate.unlearn_summary import summary_section
