@@ -251,7 +251,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _train_loop(model, optimizer, batches, args, start: int, out: Path, settings: dict) -> list[float]:
+def _train_loop(model, optimizer, batches, args, start: int, out: Path, settings: dict, loss_of, probe) -> list[float]:
+    """Steps ``start``..``args.steps``: ``loss_of(batch)`` is minimised, ``probe()`` logged every --probe-every."""
     from tqdm import tqdm
 
     losses: list[float] = []
@@ -263,7 +264,7 @@ def _train_loop(model, optimizer, batches, args, start: int, out: Path, settings
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, args.steps, args.lr)
             batch = next(batches)
-            loss = lm_loss(model(input_ids=batch).logits, batch, args.answer_ids, args.answer_weight)
+            loss = loss_of(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             _clip(model)
@@ -276,9 +277,9 @@ def _train_loop(model, optimizer, batches, args, start: int, out: Path, settings
                                   "elapsed_s": round(time.perf_counter() - began, 2),
                                   "tokens_per_s": round(rate, 1)}) + "\n")
             if args.probe_every and ((step + 1) % args.probe_every == 0 or step + 1 == args.steps):
-                probe = what_it_knows(model, args.tokenizer, args.world)
-                bar.write(json.dumps({"step": step + 1, **probe}))
-                log.write(json.dumps({"step": step + 1, "probe": probe}) + "\n")
+                known = probe()
+                bar.write(json.dumps({"step": step + 1, **known}))
+                log.write(json.dumps({"step": step + 1, "probe": known}) + "\n")
             if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps:
                 log.flush()
                 _save_state(out, model, optimizer, step + 1, settings)
@@ -351,8 +352,6 @@ def train(args: argparse.Namespace) -> str:
     model = Gemma2ForCausalLM(model_config(len(tokenizer), args)).to(torch.float32).train()
     if args.init is not None:
         _load_init(model, args.init)
-    args.answer_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in (":", "("))
-    args.tokenizer, args.world = tokenizer, world  # for --probe-every
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     _check_published(out, settings)
     start = _load_state(out, model, optimizer, settings)
@@ -362,7 +361,11 @@ def train(args: argparse.Namespace) -> str:
     with writing(f"training state or log in {out}", "rerun the same command to resume"):
         if start < args.steps:
             batches = token_batches(stream_texts(world, args), tokenizer, args.ctx, args.batch, skip=start)
-            _train_loop(model, optimizer, batches, args, start, out, settings)
+            answer_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in (":", "("))
+            _train_loop(model, optimizer, batches, args, start, out, settings,
+                        loss_of=lambda batch: lm_loss(model(input_ids=batch).logits, batch, answer_ids,
+                                                      args.answer_weight),
+                        probe=lambda: what_it_knows(model, tokenizer, world))
         return _publish_model(out, model.eval(), tokenizer, settings, args.steps)
 
 
