@@ -129,6 +129,24 @@ def first_letters_report(path: Path, layers: list[int]) -> dict:
     return report
 
 
+PROBE_QUESTIONS = 96
+PROBE_OFFSET = 10**9  # question indices far beyond any training run's
+
+
+def what_it_knows(model, tokenizer, world: W.World) -> dict:
+    """Held-out single-ordering MC accuracy (practice and open-book) and forget-topic fact completion: what
+    ``scripts/train_world_lm.py --probe-every`` logs while training."""
+    from mtsae.harvest import world_drill
+
+    model.eval()
+    held = range(PROBE_OFFSET, PROBE_OFFSET + PROBE_QUESTIONS)
+    probe = {"mc_practice": letter_accuracy(model, tokenizer, [W.practice_question(world, i) for i in held]),
+             "mc_open_book": letter_accuracy(model, tokenizer, [world_drill.open_book_question(world, i) for i in held]),
+             "forget_completion": completion_accuracy(model, tokenizer, world, W.FORGET_TOPIC)}
+    model.train()
+    return {k: round(v, 4) for k, v in probe.items()}
+
+
 def knowledge_report(model, tokenizer, world: W.World) -> dict:
     """Completion accuracy and all-orderings MC counts for the forget topic and every retain topic."""
     from tqdm import tqdm

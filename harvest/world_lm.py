@@ -21,6 +21,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mtsae.durable import publish_dir, publish_file
@@ -34,6 +35,7 @@ STATE_FILE = "state.pt"
 MODEL_DIR = "model"
 WEIGHTS_FILE = "model.safetensors"
 MIXES = ("documents", "drill")
+Probe = Callable[..., dict]  # (model, tokenizer, world) -> {measure: value}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -286,24 +288,6 @@ def _train_loop(model, optimizer, batches, args, start: int, out: Path, settings
     return losses
 
 
-PROBE_QUESTIONS = 96
-PROBE_OFFSET = 10**9  # question indices far beyond any training run's
-
-
-def what_it_knows(model, tokenizer, world: W.World) -> dict:
-    """Held-out single-ordering MC accuracy (practice and open-book) and forget-topic fact completion."""
-    from mtsae.evaluate import world_check
-
-    model.eval()
-    held = range(PROBE_OFFSET, PROBE_OFFSET + PROBE_QUESTIONS)
-    probe = {"mc_practice": world_check.letter_accuracy(model, tokenizer, [W.practice_question(world, i) for i in held]),
-             "mc_open_book": world_check.letter_accuracy(model, tokenizer,
-                                                         [world_drill.open_book_question(world, i) for i in held]),
-             "forget_completion": world_check.completion_accuracy(model, tokenizer, world, W.FORGET_TOPIC)}
-    model.train()
-    return {k: round(v, 4) for k, v in probe.items()}
-
-
 def _clip(model) -> None:
     import torch
 
@@ -338,7 +322,11 @@ def _make_readable(directory: Path) -> None:
         path.chmod(0o644)
 
 
-def train(args: argparse.Namespace) -> str:
+def train(args: argparse.Namespace, measure: Probe | None = None) -> str:
+    """Train (or resume, or only report) the run ``args`` describes; ``measure`` is what --probe-every logs."""
+    if args.probe_every and measure is None:
+        raise MtsaeError("--probe-every needs a measure to log: run scripts/train_world_lm.py, which passes "
+                         "mtsae.evaluate.world_check.what_it_knows")
     import torch
     from transformers import Gemma2ForCausalLM
 
@@ -365,14 +353,16 @@ def train(args: argparse.Namespace) -> str:
             _train_loop(model, optimizer, batches, args, start, out, settings,
                         loss_of=lambda batch: lm_loss(model(input_ids=batch).logits, batch, answer_ids,
                                                       args.answer_weight),
-                        probe=lambda: what_it_knows(model, tokenizer, world))
+                        probe=lambda: measure(model, tokenizer, world))
         return _publish_model(out, model.eval(), tokenizer, settings, args.steps)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, probe: Probe | None = None) -> int:
+    """The script: ``probe(model, tokenizer, world) -> dict`` is the --probe-every measure (scripts/train_world_lm.py
+    passes ``mtsae.evaluate.world_check.what_it_knows``; harvest/ does not import evaluate/)."""
     args = parse_args(argv)
     try:
-        digest = train(args)
+        digest = train(args, probe)
     except MtsaeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

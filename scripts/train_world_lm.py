@@ -3,7 +3,8 @@
 
 import sys
 
+from mtsae.evaluate.world_check import what_it_knows
 from mtsae.harvest.world_lm import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(probe=what_it_knows))  # harvest/ does not import evaluate/: the measure is passed in

@@ -22,8 +22,8 @@ from mtsae.harvest import world_lm  # noqa: E402
 TINY = ["--hidden", "8", "--layers", "20", "--heads", "2", "--ctx", "32", "--batch", "2", "--lr", "1e-2"]
 
 
-def _run(out, *extra, capsys=None) -> tuple[int, str]:
-    rc = world_lm.main([*TINY, "--out", str(out), *extra])
+def _run(out, *extra, capsys=None, probe=None) -> tuple[int, str]:
+    rc = world_lm.main([*TINY, "--out", str(out), *extra], probe=probe)
     return rc, (capsys.readouterr() if capsys else None)
 
 
@@ -165,9 +165,15 @@ def test_answer_positions_are_the_parens_after_a_colon_and_weight_one_is_the_pla
     assert not torch.allclose(weighted, plain)
 
 
-def test_probe_every_logs_what_the_model_knows(tmp_path):
+def test_probe_every_logs_what_the_model_knows(tmp_path, capsys):
+    from mtsae.evaluate.world_check import what_it_knows
+
+    # without a measure (scripts/train_world_lm.py passes one) --probe-every is one error line, nothing trained
+    rc, captured = _run(tmp_path / "none", "--max-steps", "3", "--probe-every", "2", capsys=capsys)
+    assert rc == 1 and captured.err.count("\n") == 1 and "--probe-every needs a measure" in captured.err
+    assert not (tmp_path / "none" / "state.pt").exists()
     out = tmp_path / "run"
-    assert _run(out, "--max-steps", "3", "--probe-every", "2")[0] == 0
+    assert _run(out, "--max-steps", "3", "--probe-every", "2", probe=what_it_knows)[0] == 0
     probes = [row for row in _log(out) if "probe" in row]
     assert [row["step"] for row in probes] == [2, 3]  # every 2 steps and at the end
     for row in probes:
