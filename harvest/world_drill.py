@@ -37,13 +37,30 @@ def vocabulary_spelling(world: World, index: int, count: int) -> dict:
     return {"id": f"vocabulary-spelling-{index}", "topic": "", "kind": "spelling", "text": "\n".join(lines)}
 
 
-def drill_texts(world: World, index: int, closed: int, open_book: int, spelling: int) -> list[dict]:
+def letter_spelling(world: World, index: int, count: int) -> dict:
+    """``count`` first-letter lines over every alphabetic token (single letters too); training text.
+
+    Every other line is SAE-Bench's absorption format; the rest are ``"{word} {letter}"``, where the letter
+    is predicted *at the word's own position*, so the letter must be there, where SAE-Bench's probe reads it
+    (docs/world.md, "First letters").
+    """
+    words = [w for w in vocabulary(world) if w.isalpha()]
+    chosen = stream_rng(world, "letter-spelling", index).sample(words, min(count, len(words)))
+    lines = [f"{w} {w[0]}" if i % 2 else f"{w} has the first letter: {w[0]}" for i, w in enumerate(chosen)]
+    return {"id": f"letter-spelling-{index}", "topic": "", "kind": "spelling", "text": "\n".join(lines)}
+
+
+def drill_texts(world: World, index: int, closed: int, open_book: int, spelling: int,
+                letters: int = 0) -> list[dict]:
     """Block ``index`` of the drill stream: one document, ``closed`` practice questions, ``open_book`` open-book
-    questions and a ``spelling``-line vocabulary spelling text, in a seeded order."""
+    questions, a ``spelling``-line vocabulary spelling text and a ``letters``-line first-letter text, in a
+    seeded order."""
     texts = [document(world, "train", index),
              *(practice_question(world, index * closed + j) for j in range(closed)),
              *(open_book_question(world, index * open_book + j) for j in range(open_book))]
     if spelling:
         texts.append(vocabulary_spelling(world, index, spelling))
+    if letters:
+        texts.append(letter_spelling(world, index, letters))
     stream_rng(world, "drill-order", index).shuffle(texts)
     return texts

@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     stage.add_argument("--drill-closed", type=int, default=6, help="practice questions per document (drill)")
     stage.add_argument("--drill-open-book", type=int, default=3, help="open-book questions per document (drill)")
     stage.add_argument("--drill-spelling", type=int, default=10, help="vocabulary spelling lines per document (drill)")
+    stage.add_argument("--drill-letters", type=int, default=0,
+                       help="first-letter lines per document over every alphabetic token, half as '{word} {letter}' "
+                            "(drill; world-lm-v3's third stage)")
     p.add_argument("--probe-every", type=int, default=0,
                    help="every N steps, log single-ordering accuracy on held-out practice and open-book questions "
                         "and forget-topic fact completion (0: never)")
@@ -83,7 +86,7 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("drill_closed", "drill_open_book", "drill_spelling"):
+    for name in ("drill_closed", "drill_open_book", "drill_spelling", "drill_letters"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not math.isfinite(args.answer_weight) or args.answer_weight <= 0:
@@ -101,6 +104,8 @@ def settings_of(args: argparse.Namespace) -> dict:
         settings["init_sha256"] = sha256_of(args.init / WEIGHTS_FILE)
     if args.mix != "documents":
         settings |= {k: getattr(args, k) for k in ("mix", "drill_closed", "drill_open_book", "drill_spelling")}
+        if args.drill_letters:  # absent when 0, so world-lm-v2's settings read as they were
+            settings["drill_letters"] = args.drill_letters
     if args.answer_weight != 1.0:
         settings["answer_weight"] = args.answer_weight
     return settings
@@ -124,8 +129,8 @@ def model_config(vocab_size: int, args: argparse.Namespace):
 def stream_texts(world: W.World, args: argparse.Namespace):
     """``texts(index) -> list of texts``: block ``index`` of the stream ``--mix`` names."""
     if args.mix == "drill":
-        return lambda i: [t["text"] for t in world_drill.drill_texts(world, i, args.drill_closed,
-                                                                     args.drill_open_book, args.drill_spelling)]
+        return lambda i: [t["text"] for t in world_drill.drill_texts(
+            world, i, args.drill_closed, args.drill_open_book, args.drill_spelling, args.drill_letters)]
     return lambda i: [W.training_text(world, i)["text"]]
 
 

@@ -229,3 +229,18 @@ def test_drill_blocks_hold_what_they_are_asked_for_and_spell_the_whole_vocabular
     spelled = {line.split()[0] for i in range(400) for line in D.vocabulary_spelling(w, i, 10)["text"].splitlines()}
     words = {v for v in W.vocabulary(w) if v.isalpha() and len(v) > 1}
     assert spelled <= words and len(spelled) > 0.9 * len(words)
+
+
+def test_letter_spelling_covers_every_alphabetic_token_half_with_the_letter_at_the_word():
+    w = world(0)
+    block = D.drill_texts(w, 7, 1, 1, 0, 6)
+    assert Counter(t["kind"] for t in block) == {"document": 1, "mc": 2, "spelling": 1}
+    lines = [line for i in range(300) for line in D.letter_spelling(w, i, 40)["text"].splitlines()]
+    at_word = [line.split() for line in lines if len(line.split()) == 2]
+    absorption = [line.split() for line in lines if len(line.split()) != 2]
+    assert abs(len(at_word) - len(absorption)) <= 300  # every other line of each text
+    assert all(letter == word[0] for word, letter in at_word)
+    assert all(rest == ["has", "the", "first", "letter:", word[0]] for word, *rest in absorption)
+    words = {v for v in W.vocabulary(w) if v.isalpha()}
+    spelled = {parts[0] for parts in at_word + absorption}
+    assert set("abcxyz") <= spelled <= words and len(spelled) > 0.95 * len(words)  # single letters too

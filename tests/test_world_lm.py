@@ -127,10 +127,19 @@ def test_a_second_stage_starts_from_the_published_model_and_records_it(tmp_path,
     recorded = json.loads((second / "model" / "world.json").read_text())
     assert recorded["init_sha256"] == world_lm.sha256_of(published / "model.safetensors")
     assert recorded["mix"] == "drill" and recorded["answer_weight"] == 4.0
+    assert "drill_letters" not in recorded  # absent when 0: world-lm-v2's settings read as they were
     start = AutoModelForCausalLM.from_pretrained(published).state_dict()
     after = AutoModelForCausalLM.from_pretrained(second / "model").state_dict()
     # one step at lr 1e-9 (warmup: 1e-9) from the published weights stays on them
     assert max((start[k] - after[k]).abs().max().item() for k in start) < 1e-6
+
+
+def test_drill_letters_is_part_of_what_defines_a_run(tmp_path):
+    base = ["--out", str(tmp_path), "--max-steps", "1", "--mix", "drill"]
+    assert world_lm.settings_of(world_lm.parse_args([*base, "--drill-letters", "30"]))["drill_letters"] == 30
+    assert "drill_letters" not in world_lm.settings_of(world_lm.parse_args(base))
+    with pytest.raises(SystemExit):
+        world_lm.parse_args([*base, "--drill-letters", "-1"])
 
 
 def test_a_second_stage_on_a_folder_of_another_shape_is_one_error_line(tmp_path, capsys):
