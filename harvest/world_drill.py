@@ -40,13 +40,16 @@ def vocabulary_spelling(world: World, index: int, count: int) -> dict:
 def letter_spelling(world: World, index: int, count: int) -> dict:
     """``count`` first-letter lines over every alphabetic token (single letters too); training text.
 
-    Every other line is SAE-Bench's absorption format; the rest are ``"{word} {letter}"``, where the letter
-    is predicted *at the word's own position*, so the letter must be there, where SAE-Bench's probe reads it
-    (docs/world.md, "First letters").
+    Each line is, by an independent coin, SAE-Bench's absorption format or ``"{word} {letter}"``, where the
+    letter is predicted *at the word's own position*, so the letter must be there, where SAE-Bench's probe
+    reads it (docs/world.md, "First letters"). The coin is independent so that no context (such as the ten
+    absorption-format lines of SAE-Bench's prompt) tells the model the letter is not needed yet; strictly
+    alternating formats left 5 letters readable, measured.
     """
     words = [w for w in vocabulary(world) if w.isalpha()]
-    chosen = stream_rng(world, "letter-spelling", index).sample(words, min(count, len(words)))
-    lines = [f"{w} {w[0]}" if i % 2 else f"{w} has the first letter: {w[0]}" for i, w in enumerate(chosen)]
+    rng = stream_rng(world, "letter-spelling", index)
+    chosen = rng.sample(words, min(count, len(words)))
+    lines = [f"{w} {w[0]}" if rng.random() < 0.5 else f"{w} has the first letter: {w[0]}" for w in chosen]
     return {"id": f"letter-spelling-{index}", "topic": "", "kind": "spelling", "text": "\n".join(lines)}
 
 
