@@ -24,6 +24,13 @@ follows SAE-Bench's recipe:
    Per latent set: the fraction of forget-document tokens on which any selected latent
    fires (coverage) and of retain-document tokens (false-positive rate).
 
+The plain model's pass is computed once per model and layer (``model_pass``) and shared by every SAE:
+the probes' answers and residual streams after the SAE's block, the documents' residual streams. A
+clamped point then runs only the blocks after the SAE's, and only on the probes whose stream the clamp
+changes; the others keep the plain answer, which is what the whole model gives them (positions where
+no selected latent fires are bit-identical). ``sweep(..., reuse=False)`` runs the whole model at every
+point instead; tests/test_unlearn.py checks both give the same curve.
+
 The core works on any Gemma-2: a transformers ``Gemma2ForCausalLM`` (forward hook on
 ``model.model.layers[layer]``) or a transformer_lens ``HookedTransformer``
 (``blocks.{layer}.hook_resid_post``). ``mtsae.evaluate.unlearn_runs`` (the CLI) resolves run folders.
@@ -128,6 +135,38 @@ def residuals(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
     return captured[0]
 
 
+class _GivenResidual(torch.nn.Module):
+    """Stands in for blocks 0..layer while the model continues from a residual stream computed earlier:
+    the last of them hands that stream on (in the block's own output form), the others pass theirs through."""
+
+    def __init__(self, resid: torch.Tensor | None, as_tuple: bool):
+        super().__init__()
+        self.resid, self.as_tuple = resid, as_tuple
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = hidden_states if self.resid is None else self.resid
+        return (out,) if self.as_tuple else out
+
+
+@torch.no_grad()
+def last_logits_from(model, resid: torch.Tensor, layer: int, block_returns_tuple: bool) -> torch.Tensor:
+    """The last position's logits of ``model`` continued from ``resid``, the residual stream after block
+    ``layer``: only the later blocks run. transformers: blocks 0..layer are swapped for stand-ins for the call,
+    so the model's own forward (masks, positions, final norm, soft-capping) does the rest."""
+    if _is_hooked_transformer(model):
+        return model(resid, start_at_layer=layer + 1)[:, -1]
+    blocks = model.model.layers
+    originals = [blocks[i] for i in range(layer + 1)]
+    try:
+        for i in range(layer + 1):
+            blocks[i] = _GivenResidual(resid if i == layer else None, block_returns_tuple)
+        ids = torch.zeros(resid.shape[:2], dtype=torch.long, device=resid.device)  # embedded, then replaced
+        return model(input_ids=ids).logits[:, -1]
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+
+
 # --------------------------------------------------------------------------- clamping
 
 
@@ -203,7 +242,12 @@ def latent_firing(model, sae, rows: torch.Tensor, layer: int, batch_size: int, p
 def explained_variance(model, sae, rows: torch.Tensor, mask: torch.Tensor, layer: int) -> float:
     """The SAE's fraction of variance explained on ``rows``' counted tokens at ``layer``: a check that the SAE
     belongs to this layer of this model (an SAE from another layer or model scores near or below 0)."""
-    resid = residuals(model, rows.to(_device_of(model)), layer)
+    return explained_variance_of(sae, residuals(model, rows.to(_device_of(model)), layer), mask)
+
+
+@torch.no_grad()
+def explained_variance_of(sae, resid: torch.Tensor, mask: torch.Tensor) -> float:
+    """``explained_variance`` on residuals computed earlier."""
     x = resid[mask.to(resid.device)].to(sae.W_dec.dtype)
     recon = sae.decode(sae.encode(resid.to(sae.W_dec.dtype)))[mask.to(resid.device)]
     total = (x - x.mean(0)).pow(2).sum()
@@ -279,6 +323,55 @@ def completion_correct(model, probes: ProbeSet, batch_size: int) -> torch.Tensor
     return correct
 
 
+@torch.no_grad()
+def completion_and_residuals(model, probes: ProbeSet, layer: int,
+                             batch_size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``completion_correct`` of the plain model, and each probe group's residual stream after block ``layer``
+    (batched as ``completion_correct`` batches), kept so that clamped points need only the later blocks."""
+    correct = torch.zeros(probes.size, dtype=torch.bool)
+    device, kept = _device_of(model), []
+    for ids, answers, index in probes.groups:
+        parts: list[torch.Tensor] = []
+        for part in _batches(ids.shape[0], batch_size, False, ""):
+            with residual_edit(model, layer, lambda resid: parts.append(resid.detach().clone())):
+                predicted = logits_of(model, ids[part].to(device))[:, -1].argmax(-1).cpu()
+            correct[index[part]] = predicted == answers[part]
+        kept.append(torch.cat(parts))
+    return correct, tuple(kept)
+
+
+@torch.no_grad()
+def completion_correct_from(model, layer: int, probes: ProbeSet, resids: Sequence[torch.Tensor], base: torch.Tensor,
+                            edit: Edit, batch_size: int, block_returns_tuple: bool) -> torch.Tensor:
+    """``completion_correct`` under ``edit`` at ``layer``, from the kept residual streams: a probe whose stream
+    the edit leaves unchanged (no selected latent fires on it) keeps the plain model's answer ``base``; only the
+    others run, and only through the blocks after ``layer``."""
+    correct = base.clone()
+    for (ids, answers, index), resid in zip(probes.groups, resids):
+        for part in _batches(resid.shape[0], batch_size, False, ""):
+            edited = edit(resid[part])
+            if edited is None:
+                continue
+            changed = (edited != resid[part]).flatten(1).any(-1).cpu()
+            if changed.any():
+                logits = last_logits_from(model, edited[changed.to(edited.device)], layer, block_returns_tuple)
+                correct[index[part][changed]] = logits.argmax(-1).cpu() == answers[part][changed]
+    return correct
+
+
+def block_returns_tuple(model, layer: int) -> bool:
+    """Whether this transformers version's decoder blocks return a tuple (older) or the tensor (5.x)."""
+    if _is_hooked_transformer(model):
+        return False
+    seen: list[bool] = []
+    handle = model.model.layers[layer].register_forward_hook(lambda m, i, out: seen.append(isinstance(out, tuple)))
+    try:
+        logits_of(model, torch.zeros(1, 2, dtype=torch.long, device=_device_of(model)))
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 def kept_fraction(base: torch.Tensor, now: torch.Tensor) -> float | None:
     """Of the probes the plain model completes correctly, the fraction still correct (None if it knows none)."""
     known = int(base.sum())
@@ -301,9 +394,85 @@ class Corpus:
     forget_mask: torch.Tensor
     retain_firing: torch.Tensor
     retain_mask: torch.Tensor
+    # Set when the sweep reuses the plain model's pass (``ModelPass``): the probes' residual streams after the
+    # SAE's block, so each point runs only the later blocks, and only on the probes its clamp changes.
+    forget_resid: tuple[torch.Tensor, ...] | None = None
+    retain_resid: tuple[torch.Tensor, ...] | None = None
+    block_returns_tuple: bool = False
+    first_rows_resid: torch.Tensor | None = None  # the first batch of forget rows, for the explained variance
+
+
+@dataclass(frozen=True)
+class ModelPass:
+    """What the plain model gives at one layer, the same for every SAE: probes, their answers and residual
+    streams, the document rows and theirs (batched as ``latent_firing`` batches). Computed once per model."""
+
+    forget: ProbeSet
+    retain: ProbeSet
+    base_forget: torch.Tensor
+    base_retain: torch.Tensor
+    forget_resid: tuple[torch.Tensor, ...]
+    retain_resid: tuple[torch.Tensor, ...]
+    forget_rows: torch.Tensor
+    forget_mask: torch.Tensor
+    retain_mask: torch.Tensor
+    forget_doc_resid: tuple[torch.Tensor, ...]
+    retain_doc_resid: tuple[torch.Tensor, ...]
+    block_returns_tuple: bool
+
+
+def model_pass(model, tokenizer, layer: int, world: W.World, settings: UnlearnSettings) -> ModelPass:
+    forget = probe_set(tokenizer, W.completion_probes(world, W.FORGET_TOPIC))
+    retain = probe_set(tokenizer, [p for topic in W.RETAIN_TOPICS for p in W.completion_probes(world, topic)])
+    base_forget, forget_resid = completion_and_residuals(model, forget, layer, settings.probe_batch_size)
+    base_retain, retain_resid = completion_and_residuals(model, retain, layer, settings.probe_batch_size)
+    forget_rows, retain_rows = (
+        document_rows(tokenizer, [d["text"] for d in corpus(world, n)], settings.seq_len)
+        for corpus, n in ((W.forget_corpus, settings.forget_documents), (W.retain_corpus, settings.retain_documents)))
+    device = _device_of(model)
+
+    def doc_resid(rows: torch.Tensor, desc: str) -> tuple[torch.Tensor, ...]:
+        return tuple(residuals(model, rows[part].to(device), layer)
+                     for part in _batches(rows.shape[0], settings.batch_size, settings.progress, desc))
+
+    as_tuple = block_returns_tuple(model, layer)
+    for probes, resids, base in ((forget, forget_resid, base_forget), (retain, retain_resid, base_retain)):
+        check_continuation(model, layer, probes, resids, base, settings.probe_batch_size, as_tuple)
+    return ModelPass(forget, retain, base_forget, base_retain, forget_resid, retain_resid, forget_rows,
+                     token_mask(forget_rows, tokenizer), token_mask(retain_rows, tokenizer),
+                     doc_resid(forget_rows, "forget documents"), doc_resid(retain_rows, "retain documents"), as_tuple)
+
+
+@torch.no_grad()
+def check_continuation(model, layer: int, probes: ProbeSet, resids: Sequence[torch.Tensor], base: torch.Tensor,
+                       batch_size: int, as_tuple: bool) -> None:
+    """Continuing the model from the kept streams, unedited, must give the plain model's answers (a guard
+    against a transformers version whose blocks cannot be stood in for)."""
+    again = torch.zeros_like(base)
+    for (ids, answers, index), resid in zip(probes.groups, resids):
+        for part in _batches(resid.shape[0], batch_size, False, ""):
+            again[index[part]] = last_logits_from(model, resid[part], layer, as_tuple).argmax(-1).cpu() == answers[part]
+    if not torch.equal(again, base):
+        import transformers
+
+        raise MtsaeError(f"continuing the model from block {layer}'s residual stream changes {int((again != base).sum())}"
+                         f" of {base.numel()} answers (transformers {transformers.__version__}); mtsae unlearn "
+                         "cannot reuse the plain model's pass with this version, report it")
+
+
+def corpus_from(sae, plain: ModelPass) -> Corpus:
+    """The sweep's ``Corpus`` for ``sae`` from the plain model's pass: only the SAE's encoder runs."""
+    def firing(doc_resid: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.cat([(sae.encode(r.to(sae.W_dec.dtype)) > 0).cpu() for r in doc_resid])
+
+    return Corpus(plain.forget, plain.retain, plain.base_forget, plain.base_retain, plain.forget_rows,
+                  firing(plain.forget_doc_resid), plain.forget_mask, firing(plain.retain_doc_resid), plain.retain_mask,
+                  plain.forget_resid, plain.retain_resid, plain.block_returns_tuple, plain.forget_doc_resid[0])
 
 
 def prepare(model, tokenizer, sae, layer: int, world: W.World, settings: UnlearnSettings) -> Corpus:
+    """The ``Corpus`` straight from the model (every SAE pays every pass; ``model_pass`` + ``corpus_from``
+    compute the same once per model)."""
     forget = probe_set(tokenizer, W.completion_probes(world, W.FORGET_TOPIC))
     retain = probe_set(tokenizer, [p for topic in W.RETAIN_TOPICS for p in W.completion_probes(world, topic)])
     forget_rows = document_rows(tokenizer, [d["text"] for d in W.forget_corpus(world, settings.forget_documents)],
@@ -323,10 +492,18 @@ def prepare(model, tokenizer, sae, layer: int, world: W.World, settings: Unlearn
 
 def score_point(model, sae, layer: int, corpus: Corpus, latents: Sequence[int], value: float,
                 batch_size: int) -> dict[str, Any]:
-    """Forget and retain fact completion with ``latents`` clamped to ``-value``."""
-    with residual_edit(model, layer, clamp_edit(sae, latents, value)):
-        forget = completion_correct(model, corpus.forget, batch_size)
-        retain = completion_correct(model, corpus.retain, batch_size)
+    """Forget and retain fact completion with ``latents`` clamped to ``-value`` (from the kept residual streams
+    when the corpus has them: the same answers, fewer blocks run)."""
+    edit = clamp_edit(sae, latents, value)
+    if corpus.forget_resid is not None and corpus.retain_resid is not None:
+        forget, retain = (completion_correct_from(model, layer, probes, resids, base, edit, batch_size,
+                                                  corpus.block_returns_tuple)
+                          for probes, resids, base in ((corpus.forget, corpus.forget_resid, corpus.base_forget),
+                                                       (corpus.retain, corpus.retain_resid, corpus.base_retain)))
+    else:
+        with residual_edit(model, layer, edit):
+            forget = completion_correct(model, corpus.forget, batch_size)
+            retain = completion_correct(model, corpus.retain, batch_size)
     return {
         "forget_accuracy": float(forget.float().mean()), "retain_accuracy": float(retain.float().mean()),
         "forget_kept": kept_fraction(corpus.base_forget, forget), "retain_kept": kept_fraction(corpus.base_retain, retain),
@@ -338,12 +515,21 @@ def latent_set_rates(corpus: Corpus, latents: Sequence[int]) -> dict[str, float]
             "retain_false_positive_rate": coverage(corpus.retain_firing, corpus.retain_mask, latents)}
 
 
-def sweep(model, tokenizer, sae, layer: int, world: W.World, settings: UnlearnSettings) -> dict[str, Any]:
-    """The whole benchmark for one SAE at ``layer`` of ``model``: selection, curve, latent sets, headline."""
+def sweep(model, tokenizer, sae, layer: int, world: W.World, settings: UnlearnSettings,
+          plain: ModelPass | None = None, reuse: bool = True) -> dict[str, Any]:
+    """The whole benchmark for one SAE at ``layer`` of ``model``: selection, curve, latent sets, headline.
+
+    ``plain``: the plain model's pass at ``layer`` with these settings (``model_pass``), shared by the SAEs of one
+    model; computed here when not given. ``reuse=False`` runs every point through the whole model instead (the
+    reference the reuse is tested against: the same curve).
+    """
     from tqdm.auto import tqdm
 
     settings.validate()
-    corpus = prepare(model, tokenizer, sae, layer, world, settings)
+    if reuse:
+        corpus = corpus_from(sae, plain or model_pass(model, tokenizer, layer, world, settings))
+    else:
+        corpus = prepare(model, tokenizer, sae, layer, world, settings)
     forget_frequency = firing_frequency(corpus.forget_firing, corpus.forget_mask)
     retain_frequency = firing_frequency(corpus.retain_firing, corpus.retain_mask)
     selected = select_latents(forget_frequency, retain_frequency, settings.retain_threshold)
@@ -371,8 +557,10 @@ def _selection_record(model, sae, layer: int, selected, forget_frequency, retain
                       settings: UnlearnSettings) -> dict[str, Any]:
     top = selected[: max(settings.latent_counts)]
     rows = corpus.forget_rows[: settings.batch_size]
+    mask = corpus.forget_mask[: len(rows)]
     return {
-        "explained_variance": explained_variance(model, sae, rows, corpus.forget_mask[: len(rows)], layer),
+        "explained_variance": (explained_variance(model, sae, rows, mask, layer) if corpus.first_rows_resid is None
+                               else explained_variance_of(sae, corpus.first_rows_resid, mask)),
         "retain_threshold": settings.retain_threshold, "candidates": len(selected),
         "forget_tokens": int(corpus.forget_mask.sum()), "retain_tokens": int(corpus.retain_mask.sum()),
         "latents": [{"latent": i, "forget_frequency": float(forget_frequency[i]),

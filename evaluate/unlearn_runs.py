@@ -150,20 +150,25 @@ def unlearn_runs(runs: Sequence[str], out: str | Path, settings: UnlearnSettings
     _check_out(out, releases, infos)
     saes = [load_adapter(info, device=torch_device) for info in infos]  # refuses non-unit-norm decoders up front
     models = {path: load_model(path, torch_device) for path in worlds}
-    results = []
+    results, plain_passes = [], {}  # the plain model's pass per (model, layer), shared by its SAEs
     with _threads_for(torch_device, max(m.config.hidden_size for m, _ in models.values())):
         for info, release, sae in zip(infos, releases, saes):
-            results.append(_run_one(info, release, sae, worlds[world_model_path(info)], models[world_model_path(info)],
-                                    settings, out, log))
+            path = world_model_path(info)
+            results.append(_run_one(info, release, sae, worlds[path], models[path], settings, out, log,
+                                    plain_passes.setdefault((path, info.layer), {})))
     _write(out / "unlearn.md", markdown_report(results))
     return results
 
 
 def _run_one(info, release: str, sae, wm: WorldModel, model_and_tokenizer: tuple, settings: UnlearnSettings,
-             out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+             out: Path, log: Callable[[str], None], shared: dict) -> dict[str, Any]:
+    from mtsae.evaluate.unlearn import model_pass
+
     model, tokenizer = model_and_tokenizer
     log(f"[unlearn] {release}: {info.architecture} at layer {info.layer} on {wm.label}")
-    result = sweep(model, tokenizer, sae, info.layer, wm.world, settings)
+    if "plain" not in shared:
+        shared["plain"] = model_pass(model, tokenizer, info.layer, wm.world, settings)
+    result = sweep(model, tokenizer, sae, info.layer, wm.world, settings, plain=shared["plain"])
     record = _record(info, release, wm, settings, result)
     _write(result_file(out, release), json.dumps(record, indent=1) + "\n")
     return record

@@ -7,6 +7,7 @@ a chosen fraction of tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -234,6 +235,59 @@ def test_a_strong_clamp_makes_the_model_lose_what_it_knew(tmp_path, world_model_
     assert clamped["forget_kept"] < 0.9 and clamped["forget_kept"] == clamped["forget_accuracy"]
     curve = [{"latents": 0, "clamp": 50.0, **untouched}, {"latents": 4, "clamp": 50.0, **clamped}]
     assert U.headline(curve)["forget_drop"] == 0.0  # the same clamp costs retain as much: not eligible
+
+
+def _known_probes(model, tokenizer, world):
+    """The forget probes with the model's own predictions as answers: the tiny LM knows no fact, so these play them."""
+    probes = U.probe_set(tokenizer, W.completion_probes(world, W.FORGET_TOPIC))
+    return U.ProbeSet(tuple((ids, U.logits_of(model, ids)[:, -1].argmax(-1), index)
+                            for ids, _, index in probes.groups), probes.size)
+
+
+def _continuing_gives_the_whole_models_answers(model, sae, known):
+    base, resids = U.completion_and_residuals(model, known, LAYER, 50)
+    assert base.all()
+    as_tuple = U.block_returns_tuple(model, LAYER)
+    U.check_continuation(model, LAYER, known, resids, base, 50, as_tuple)
+    changed = []
+    for latents, value in (([0], 5.0), ([0], 50.0), ([0, 1, 2, 3], 50.0), ([], 50.0)):
+        edit = U.clamp_edit(sae, latents, value)
+        with U.residual_edit(model, LAYER, edit):
+            whole = U.completion_correct(model, known, 50)
+        assert torch.equal(U.completion_correct_from(model, LAYER, known, resids, base, edit, 50, as_tuple), whole)
+        changed.append(int((~whole).sum()))
+    assert changed[-1] == 0 and max(changed) > 0 and min(changed[:3]) < known.size, changed  # some answers moved
+
+
+def test_reusing_the_plain_pass_gives_the_whole_models_answers(tmp_path, world_model_dir, lm):
+    """The fast path (continue from the kept stream after the SAE's block, only where the clamp changes it) gives
+    exactly the answers of the whole model run under the clamp, with transformers and with transformer_lens."""
+    from mtsae.evaluate.models import load_hooked_transformer
+
+    model, tokenizer, world = lm
+    sae = make_sae(tmp_path, world_model_dir, model, forget_rows(tokenizer, world), [0.9, 0.5, 0.7, 0.95])
+    _continuing_gives_the_whole_models_answers(model, sae, _known_probes(model, tokenizer, world))
+    hooked = load_hooked_transformer(world_model_dir, "world-lm", "cpu", torch.float32)
+    _continuing_gives_the_whole_models_answers(hooked, sae, _known_probes(hooked, tokenizer, world))
+
+
+def test_the_sweep_gives_the_same_result_with_and_without_reuse(tmp_path, world_model_dir, lm):
+    model, tokenizer, world = lm
+    sae = make_sae(tmp_path, world_model_dir, model, forget_rows(tokenizer, world), [0.6, 0.9, 0.99, 0.3] * 4)
+    settings = dataclasses.replace(SETTINGS, retain_threshold=1.0, batch_size=3)  # every firing latent is a candidate
+    reused = U.sweep(model, tokenizer, sae, LAYER, world, settings, plain=U.model_pass(model, tokenizer, LAYER, world,
+                                                                                      settings))
+    assert U.sweep(model, tokenizer, sae, LAYER, world, settings, reuse=False) == reused
+    assert reused["selection"]["candidates"] >= 3
+
+
+def test_a_continuation_that_changes_answers_is_refused(lm):
+    model, tokenizer, world = lm
+    known = _known_probes(model, tokenizer, world)
+    base, resids = U.completion_and_residuals(model, known, LAYER, 50)
+    wrong = tuple(r * 3 for r in resids)  # not the stream the model computed
+    with pytest.raises(MtsaeError, match="continuing the model from block 5's residual stream changes"):
+        U.check_continuation(model, LAYER, known, wrong, base, 50, U.block_returns_tuple(model, LAYER))
 
 
 def test_kept_fraction_and_headline():
