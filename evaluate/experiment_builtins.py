@@ -22,11 +22,6 @@ _BASELINES = [
     {"name": "batchtopk", "arch": "batchtopk", "arch_config": {"k": 32}},
     {"name": "jumprelu", "arch": "jumprelu"},
 ]
-# Each architecture at its best settings: on synthetic codes (thresholds near 1.8 on normalised inputs) JumpReLU
-# trains from the tied unit-gain start (L0 5: FVE 0.71, 70 % recovered, against 0.37 / 0 % from the least-squares
-# start that LM activations need; docs/results.md, "JumpReLU on LM activations").
-_SYNTH_BASELINES = [run if run["arch"] != "jumprelu" else {**run, "arch_config": {"encoder_gain": 1.0}}
-                    for run in _BASELINES]
 # The default temporal SAE (causal multi-timescale bank, per-group TopK, docs/architectures.md).
 _TEMPORAL = {"name": "mtsae", "arch": "mtsae"}
 # Causal runs for the world: the default temporal SAE and each per-token twin.
@@ -107,7 +102,7 @@ BUILTIN = {
         "defaults": {**_MATCHED, "layer": 0, "train_tokens": 2_000_000},
         # The truth has L0 ~ 5 (256 features x p 0.02); 16 shows the trend at a looser budget.
         "match_l0": [5, 16],
-        "runs": _SEED_RUNS + _SYNTH_BASELINES,
+        "runs": _SEED_RUNS + _BASELINES,
     },
     # Temporal vs per-token SAEs trained in memory on two synthetic regimes (strong, weak-slow), at matched
     # L0 5, 3 seeds, verdict per regime refused inside the seed spread: evaluate/temporal_synth.py, at the

@@ -133,7 +133,7 @@ def from_saelens(theirs: Any, label: str) -> SparseAutoencoder:
     for name, value in (("W_enc", theirs.W_enc), ("W_dec", theirs.W_dec), ("b_enc", b_enc), ("b_dec", theirs.b_dec)):
         getattr(ours, name).copy_(value)
     if kind == "jumprelu":  # SAELens: relu(pre)·1[pre > θ]; ours: pre·1[pre > θ]; equal once θ >= 0
-        ours.threshold.copy_(theirs.threshold.clamp(min=0))
+        ours.set_threshold_(theirs.threshold.clamp(min=0))
     return ours
 
 

@@ -348,10 +348,12 @@ def test_jumprelu_threshold_semantics_and_gradients():
     assert pre.grad is None or torch.all(pre.grad == 0)
 
     sae = make("jumprelu", {})
-    with torch.no_grad():
-        sae.threshold.fill_(-0.3)
+    sae.set_threshold_(torch.full((sae.cfg.d_sae,), -0.3))  # θ = exp(r·φ) cannot be negative: -0.3 is 0 exactly
     sae.constrain_parameters_()
     assert (sae.threshold == 0).all()
+    x = batch()
+    pre = sae.pre_activations(x)
+    torch.testing.assert_close(sae.encode(x), pre * (pre > 0))
 
 
 def test_jumprelu_l0_penalty_counts_active():

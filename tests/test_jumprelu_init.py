@@ -71,3 +71,50 @@ def test_l0_does_not_collapse_from_reconstruction_alone():
     assert min(default) > 0.7 * default[0]
     tied = train_without_penalty(1.0)
     assert tied[-1] < 0.5 * tied[0]
+
+
+def test_threshold_keeps_its_size_relative_to_the_encoder():
+    """θ_f follows ‖W_enc[:, f]‖ between steps (the encoder grows ~2× on synthetic codes; θ must not lag)."""
+    for follows in (True, False):
+        torch.manual_seed(0)
+        sae = create_sae("jumprelu", d_in=D_IN, d_sae=D_SAE, threshold_follows_encoder=follows)
+        before = sae.threshold.detach().clone()
+        with torch.no_grad():
+            sae.W_enc[:, :10].mul_(3.0)
+        sae.constrain_parameters_()
+        expected = before.clone()
+        if follows:
+            expected[:10] *= 3.0
+        torch.testing.assert_close(sae.threshold.detach(), expected)
+
+
+@pytest.mark.parametrize("rate", [1.0, 3.0])
+def test_log_threshold_moves_rate_times_an_adam_step(rate):
+    """Adam's first step moves each parameter by lr: log θ moves by rate·lr, i.e. θ changes by a factor."""
+    x = lm_like_inputs(512)
+    torch.manual_seed(0)
+    sae = create_sae("jumprelu", d_in=D_IN, d_sae=D_SAE, threshold_rate=rate, threshold_follows_encoder=False)
+    before = sae.threshold.detach().log()
+    optimizer = torch.optim.Adam([sae.threshold_exponent], lr=1e-2)
+    sae.loss(x).loss.backward()
+    moved = sae.threshold_exponent.grad != 0
+    optimizer.step()
+    step = sae.threshold.detach().log() - before
+    assert moved.sum() > D_SAE // 2
+    torch.testing.assert_close(step[moved].abs(), torch.full_like(step[moved], rate * 1e-2), rtol=1e-3, atol=1e-6)
+
+
+def test_threshold_round_trips_through_checkpoint_tensors_and_saelens_names():
+    torch.manual_seed(0)
+    sae = create_sae("jumprelu", d_in=D_IN, d_sae=D_SAE)
+    sae.set_threshold_(torch.rand(D_SAE) + 0.1)
+    weights, state = sae.tensors_for_saving()
+    assert "threshold" in weights and "threshold_exponent" not in weights  # SAELens loads weights strictly
+    torch.testing.assert_close(weights["threshold"], sae.threshold.detach())
+    other = create_sae("jumprelu", d_in=D_IN, d_sae=D_SAE)
+    other.load_saved_tensors_(weights, state)
+    assert torch.equal(other.threshold_exponent, sae.threshold_exponent)  # exact: a resumed run is bit-identical
+    del state["threshold_exponent"], state["encoder_norms"]  # a checkpoint from before, or SAELens's file
+    older = create_sae("jumprelu", d_in=D_IN, d_sae=D_SAE)
+    older.load_saved_tensors_(weights, state)
+    torch.testing.assert_close(older.threshold, sae.threshold.detach())

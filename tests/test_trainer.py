@@ -59,7 +59,7 @@ def test_training_lowers_heldout_mse_and_logs_every_component(tiny_cache_path, t
     assert result.metrics["fve"] == pytest.approx(evals[-1]["fve"])
 
 
-@pytest.mark.parametrize("arch", ["mtsae", "batchtopk"])
+@pytest.mark.parametrize("arch", ["mtsae", "batchtopk", "jumprelu"])  # jumprelu: θ = exp(r·φ) round trip
 def test_resume_is_bit_exact(tiny_cache_path, tmp_path, arch):
     cfg = dict(steps=14, eval_every=4, lr_warmup_steps=3, sparsity_warmup_steps=5, checkpoint_every=6)
     straight = train(tiny_config(tiny_cache_path, tmp_path / "a", arch, **cfg), **QUIET)

@@ -351,7 +351,7 @@ class SparseAutoencoder(nn.Module, ABC):
     def constrain_parameters_(self) -> None:
         """Project parameters back onto their constraint set; call after ``optimizer.step()``.
 
-        Base: unit decoder rows. Architectures extend it (JumpReLU: threshold ≥ 0).
+        Base: unit decoder rows. Architectures extend it (JumpReLU: θ follows the encoder column norms).
         """
         self.normalize_decoder_()
 
