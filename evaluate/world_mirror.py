@@ -24,6 +24,7 @@ instruction-tuned.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,20 @@ MMLU_TOPICS = {
 }
 
 
-def mirror_dir(rows: int, home: Path | None = None) -> Path:
+def mirror_dir(rows: int, model: Path, home: Path | None = None) -> Path:
+    """The mirror's folder: one per world, mirror content, ``rows`` and *model* — the manifest names the model's
+    folder, so a model version (or weights) bump or an install elsewhere must not reuse a mirror that points at
+    the old folder (it did: SAE-Bench then read a retired model's folder, or a deleted one)."""
     root = Path(home if home is not None else mtsae_home()) / world_assets.WORLD_NAME
-    return root / f"sae-bench-mirror-w{W.WORLD_VERSION}-v{WORLD_MIRROR_VERSION}-rows{rows}"
+    model_id = f"{world_assets.MODEL_DIRNAME}\0{world_assets.WEIGHTS_SHA256}\0{Path(model).resolve()}"
+    tag = hashlib.sha256(model_id.encode()).hexdigest()[:12]
+    return root / f"sae-bench-mirror-w{W.WORLD_VERSION}-v{WORLD_MIRROR_VERSION}-rows{rows}-{tag}"
 
 
 def ensure_world_mirror(rows: int = E.rows_needed(40, 20), home: Path | None = None) -> Path:
-    """Materialise (once per ``rows``) and return the world mirror folder."""
+    """Materialise (once per ``rows`` and model) and return the world mirror folder."""
     model = world_assets.ensure_world_model()
-    return E._materialise(mirror_dir(rows, home), MANIFEST, lambda root: _write_mirror(root, rows, model))
+    return E._materialise(mirror_dir(rows, model, home), MANIFEST, lambda root: _write_mirror(root, rows, model))
 
 
 def _write_mirror(root: Path, rows: int, model: Path) -> None:

@@ -117,6 +117,18 @@ def mirror(tmp_path_factory):
     return load_mirror(world_mirror.ensure_world_mirror(rows=4, home=tmp_path_factory.mktemp("home")))
 
 
+def test_a_mirror_is_not_reused_across_model_versions_or_install_folders(tmp_path, monkeypatch):
+    """Regression: the mirror was keyed by world version and rows only, while its manifest names the model's
+    folder, so after world-lm-v1 -> v2 (same world version) SAE-Bench read the retired v1 folder, and after an
+    install elsewhere a folder that no longer exists ("cannot read the model config in .../world-lm-v1")."""
+    here = world_mirror.mirror_dir(4, world_assets.MODEL_DIR, tmp_path)
+    assert here != world_mirror.mirror_dir(4, tmp_path / "elsewhere" / world_assets.MODEL_DIRNAME, tmp_path)
+    monkeypatch.setattr(world_assets, "MODEL_DIRNAME", "world-lm-v9")
+    assert here != world_mirror.mirror_dir(4, world_assets.MODEL_DIR, tmp_path)
+    monkeypatch.setattr(world_assets, "WEIGHTS_SHA256", "0" * 64)
+    assert here != world_mirror.mirror_dir(4, world_assets.MODEL_DIR, tmp_path)
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
