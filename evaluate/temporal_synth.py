@@ -90,7 +90,7 @@ def models(k: int) -> list[Model]:
 @dataclass(frozen=True)
 class Budget:
     """The benchmark's sizes. The defaults are the run docs/results.md measured: all five models, 2 regimes,
-    3 seeds in 18 + 6 min on the loaded 2-core machine (the issue's budget: 30 min)."""
+    3 seeds in 4 min 36 s on a quiet 2-core CPU (18 + 6 min on the loaded one; the issue's budget: 30 min)."""
 
     seeds: int = 3
     k: int = 5  # L0 of every model
