@@ -260,14 +260,14 @@ def _analyze(run_dir: Path, cache: str, log) -> None:
 
 
 def _report(run_dirs: list[Path], out: Path, log) -> dict[str, Any]:
-    from mtsae.evaluate.report import load_run, write_report
+    from mtsae.evaluate.report import load_run, write_records_report
     from mtsae.evaluate.unlearn_runs import read_results
 
     analyses = {d.name: json.loads(RunDir(d).analysis.read_text()) for d in run_dirs if RunDir(d).analysis.is_file()}
-    records = [load_run(d) for d in run_dirs if RunDir(d).read_info() is not None]  # once, for both sections
+    records = [load_run(d) for d in run_dirs]  # once, for the sections and the report
     unlearn = read_results(out.parent / "unlearn")
     sections = seeds_section(records, unlearn) + analysis_sections(analyses) + unlearn_section(unlearn, records)
-    data = write_report(run_dirs, out, analyses=analyses, extra_sections=sections)
+    data = write_records_report(records, out, analyses=analyses, extra_sections=sections)
     flagged = [r for r in data["runs"] if r["flags"]]
     for r in flagged:
         log(f"[experiment] FLAGGED {r['name']}: {'; '.join(r['flags'])}")

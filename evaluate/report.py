@@ -219,9 +219,16 @@ def plot_sparsity(records: list[RunRecord], left_out: list[RunRecord], path: Pat
 def write_report(run_paths: list[str | Path], out: str | Path, *, loss_components: bool = False,
                  analyses: dict[str, dict[str, Any]] | None = None, extra_sections: list[str] | None = None) -> dict[str, Any]:
     """Write figures, report.md, report.html and report.json to ``out``; returns the report data."""
-    if not run_paths:
+    return write_records_report([load_run(p) for p in run_paths], out, loss_components=loss_components,
+                                analyses=analyses, extra_sections=extra_sections)
+
+
+def write_records_report(records: list[RunRecord], out: str | Path, *, loss_components: bool = False,
+                         analyses: dict[str, dict[str, Any]] | None = None,
+                         extra_sections: list[str] | None = None) -> dict[str, Any]:
+    """``write_report`` for runs already loaded (``load_run``), so a caller that reads them too reads them once."""
+    if not records:
         raise MtsaeError("no runs given; pass one or more run directories")
-    records = [load_run(p) for p in run_paths]
     good = [r for r in records if not r.flags]
     flagged = [r for r in records if r.flags]
     out = Path(out)
