@@ -421,14 +421,22 @@ class ModelPass:
     block_returns_tuple: bool
 
 
-def model_pass(model, tokenizer, layer: int, world: W.World, settings: UnlearnSettings) -> ModelPass:
+def _probes_and_documents(tokenizer, world: W.World,
+                          settings: UnlearnSettings) -> tuple[ProbeSet, ProbeSet, torch.Tensor, torch.Tensor]:
+    """The forget and retain fact probes and the forget and retain document rows the benchmark scores."""
     forget = probe_set(tokenizer, W.completion_probes(world, W.FORGET_TOPIC))
     retain = probe_set(tokenizer, [p for topic in W.RETAIN_TOPICS for p in W.completion_probes(world, topic)])
-    base_forget, forget_resid = completion_and_residuals(model, forget, layer, settings.probe_batch_size)
-    base_retain, retain_resid = completion_and_residuals(model, retain, layer, settings.probe_batch_size)
     forget_rows, retain_rows = (
         document_rows(tokenizer, [d["text"] for d in corpus(world, n)], settings.seq_len)
         for corpus, n in ((W.forget_corpus, settings.forget_documents), (W.retain_corpus, settings.retain_documents)))
+    return forget, retain, forget_rows, retain_rows
+
+
+def model_pass(model, tokenizer, layer: int, world: W.World, settings: UnlearnSettings) -> ModelPass:
+    """The plain model's pass at ``layer`` (``ModelPass``), checked to continue exactly from its kept streams."""
+    forget, retain, forget_rows, retain_rows = _probes_and_documents(tokenizer, world, settings)
+    base_forget, forget_resid = completion_and_residuals(model, forget, layer, settings.probe_batch_size)
+    base_retain, retain_resid = completion_and_residuals(model, retain, layer, settings.probe_batch_size)
     device = _device_of(model)
 
     def doc_resid(rows: torch.Tensor, desc: str) -> tuple[torch.Tensor, ...]:
@@ -473,12 +481,7 @@ def corpus_from(sae, plain: ModelPass) -> Corpus:
 def prepare(model, tokenizer, sae, layer: int, world: W.World, settings: UnlearnSettings) -> Corpus:
     """The ``Corpus`` straight from the model (every SAE pays every pass; ``model_pass`` + ``corpus_from``
     compute the same once per model)."""
-    forget = probe_set(tokenizer, W.completion_probes(world, W.FORGET_TOPIC))
-    retain = probe_set(tokenizer, [p for topic in W.RETAIN_TOPICS for p in W.completion_probes(world, topic)])
-    forget_rows = document_rows(tokenizer, [d["text"] for d in W.forget_corpus(world, settings.forget_documents)],
-                                settings.seq_len)
-    retain_rows = document_rows(tokenizer, [d["text"] for d in W.retain_corpus(world, settings.retain_documents)],
-                                settings.seq_len)
+    forget, retain, forget_rows, retain_rows = _probes_and_documents(tokenizer, world, settings)
     fire = dict(layer=layer, batch_size=settings.batch_size, progress=settings.progress)
     return Corpus(
         forget, retain,

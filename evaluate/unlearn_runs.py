@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from mtsae.errors import MtsaeError
-from mtsae.evaluate.unlearn import RESULT_VERSION, UnlearnSettings, sweep
+from mtsae.evaluate.unlearn import RESULT_VERSION, ModelPass, UnlearnSettings, model_pass, sweep
 from mtsae.harvest import world as W
 
 WORLD_FILE = "world.json"  # written by harvest/world_lm.py's _publish_model
@@ -154,21 +154,19 @@ def unlearn_runs(runs: Sequence[str], out: str | Path, settings: UnlearnSettings
     with _threads_for(torch_device, max(m.config.hidden_size for m, _ in models.values())):
         for info, release, sae in zip(infos, releases, saes):
             path = world_model_path(info)
-            results.append(_run_one(info, release, sae, worlds[path], models[path], settings, out, log,
-                                    plain_passes.setdefault((path, info.layer), {})))
+            log(f"[unlearn] {release}: {info.architecture} at layer {info.layer} on {worlds[path].label}")
+            if (path, info.layer) not in plain_passes:
+                plain_passes[path, info.layer] = model_pass(*models[path], info.layer, worlds[path].world, settings)
+            results.append(_run_one(info, release, sae, worlds[path], models[path], settings, out,
+                                    plain_passes[path, info.layer]))
     _write(out / "unlearn.md", markdown_report(results))
     return results
 
 
 def _run_one(info, release: str, sae, wm: WorldModel, model_and_tokenizer: tuple, settings: UnlearnSettings,
-             out: Path, log: Callable[[str], None], shared: dict) -> dict[str, Any]:
-    from mtsae.evaluate.unlearn import model_pass
-
+             out: Path, plain: ModelPass) -> dict[str, Any]:
     model, tokenizer = model_and_tokenizer
-    log(f"[unlearn] {release}: {info.architecture} at layer {info.layer} on {wm.label}")
-    if "plain" not in shared:
-        shared["plain"] = model_pass(model, tokenizer, info.layer, wm.world, settings)
-    result = sweep(model, tokenizer, sae, info.layer, wm.world, settings, plain=shared["plain"])
+    result = sweep(model, tokenizer, sae, info.layer, wm.world, settings, plain=plain)
     record = _record(info, release, wm, settings, result)
     _write(result_file(out, release), json.dumps(record, indent=1) + "\n")
     return record
