@@ -243,9 +243,14 @@ def _document_entities(world: World, topic: str, index: int) -> tuple[str, ...]:
     return tuple(names[(block * ENTITIES_PER_DOCUMENT + k) % len(names)] for k in range(ENTITIES_PER_DOCUMENT))
 
 
+def spelling_line(word: str) -> str:
+    """One example in SAE-Bench's absorption prompt format."""
+    return f"{word} has the first letter: {word[0]}"
+
+
 def spelling_lines(rng: random.Random, words: list[str], count: int) -> list[str]:
     """SAE-Bench's absorption prompt format, one example per line."""
-    return [f"{w} has the first letter: {w[0]}" for w in rng.sample(words, min(count, len(words)))]
+    return [spelling_line(w) for w in rng.sample(words, min(count, len(words)))]
 
 
 def _filler(rng: random.Random, world: World, topic: str) -> str:

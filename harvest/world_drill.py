@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mtsae.harvest import embedded
 from mtsae.harvest.world import (LETTERS, World, choice_question, document, practice_question, sae_bench_prompt,
-                                 spelling_lines, stream_rng, subject_of, topic_of, vocabulary)
+                                 spelling_line, spelling_lines, stream_rng, subject_of, topic_of, vocabulary)
 
 
 def open_book_question(world: World, index: int) -> dict:
@@ -49,7 +49,7 @@ def letter_spelling(world: World, index: int, count: int) -> dict:
     words = [w for w in vocabulary(world) if w.isalpha()]
     rng = stream_rng(world, "letter-spelling", index)
     chosen = rng.sample(words, min(count, len(words)))
-    lines = [f"{w} {w[0]}" if rng.random() < 0.5 else f"{w} has the first letter: {w[0]}" for w in chosen]
+    lines = [f"{w} {w[0]}" if rng.random() < 0.5 else spelling_line(w) for w in chosen]
     return {"id": f"letter-spelling-{index}", "topic": "", "kind": "spelling", "text": "\n".join(lines)}
 
 
