@@ -86,5 +86,5 @@ def register(app: typer.Typer) -> None:
                        "mtsae unlearn, report\n\n  mtsae experiment embedded-full   # the same comparison in full "
                        "(24 runs)\n\n  mtsae experiment synthetic       # ground-truth recovery benchmark\n\n"
                        "  mtsae experiment temporal-synth  # temporal vs per-token at matched L0, 2 regimes x 3 seeds "
-                       "(24 min on 2 loaded cores)\n\n"
+                       "(about 5 min on 2 quiet cores)\n\n"
                        "  mtsae experiment my-experiment.toml")(user_errors(experiment))
