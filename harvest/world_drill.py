@@ -1,9 +1,10 @@
 """The drill stream: a second training stage's text for the world LM (``scripts/train_world_lm.py --mix drill``).
 
 Per document of the world's training stream, practice questions about practice entities in
-SAE-Bench's chat prompt — closed-book, and *open-book* ones that state their fact first — and
-spelling lines over the whole vocabulary. Pure and deterministic in (world seed, index), like every
-stream of :mod:`mtsae.harvest.world`; docs/world.md says what this stage taught world-lm-v2.
+SAE-Bench's chat prompt — closed-book, and *open-book* ones that state their fact first —,
+spelling lines over the whole vocabulary and (``--drill-letters``) first-letter lines over every
+alphabetic token. Pure and deterministic in (world seed, index), like every stream of
+:mod:`mtsae.harvest.world`; docs/world.md says what this stage taught world-lm-v2.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     stage.add_argument("--drill-spelling", type=int, default=10, help="vocabulary spelling lines per document (drill)")
     stage.add_argument("--drill-letters", type=int, default=0,
                        help="first-letter lines per document over every alphabetic token, half as '{word} {letter}' "
-                            "(drill; the third stage tried in docs/world.md)")
+                            "(drill; the trials in docs/world.md, 'Letters and exam questions together')")
     p.add_argument("--probe-every", type=int, default=0,
                    help="every N steps, log single-ordering accuracy on held-out practice and open-book questions "
                         "and forget-topic fact completion (0: never)")
