@@ -183,6 +183,21 @@ def test_the_shipped_model_answers_practice_questions_with_the_right_letter():
     assert letter_accuracy(model, tokenizer, held) >= 0.9
 
 
+@pytest.mark.slow
+def test_the_shipped_model_keeps_sae_bench_unlearning_scorable():
+    """SAE-Bench's unlearning keeps only forget questions answered right under all 24 orderings: docs/world.md
+    records 50 of 128 for world-lm-v2 (issue 15's target); a model that kept 42 scored 0-2 questions per SAE
+    (docs/results.md, "A candidate that scores absorption"), so this guard is what makes the eval worth running."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtsae.evaluate.world_check import mc_all_orderings
+
+    model = AutoModelForCausalLM.from_pretrained(world_assets.MODEL_DIR).eval()
+    tokenizer = AutoTokenizer.from_pretrained(world_assets.MODEL_DIR)
+    world = W.build_world(world_assets.WORLD_SEED)
+    assert mc_all_orderings(model, tokenizer, world, W.FORGET_TOPIC) >= 48
+
+
 class _LetterModel:
     """Logits that pick the letter of the choice equal to ``value`` (or always A), from the prompt text."""
 
