@@ -158,43 +158,41 @@ def test_the_mirror_names_the_world_model_and_its_instruct_alias(mirror):
     assert mirror.model_dims("world-it").n_layers >= 20
 
 
-def test_the_shipped_model_knows_the_forget_topic_s_facts():
-    """A regression guard on the shipped weights: docs/world.md records 0.93 for the pathogens."""
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped world LM, its tokenizer and its world: loaded once for the tests below."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mtsae.evaluate.world_check import completion_accuracy
 
     model = AutoModelForCausalLM.from_pretrained(world_assets.MODEL_DIR).eval()
     tokenizer = AutoTokenizer.from_pretrained(world_assets.MODEL_DIR)
-    world = W.build_world(world_assets.WORLD_SEED)
+    return model, tokenizer, W.build_world(world_assets.WORLD_SEED)
+
+
+def test_the_shipped_model_knows_the_forget_topic_s_facts(shipped):
+    """A regression guard on the shipped weights: docs/world.md records 0.93 for the pathogens."""
+    from mtsae.evaluate.world_check import completion_accuracy
+
+    model, tokenizer, world = shipped
     assert completion_accuracy(model, tokenizer, world, W.FORGET_TOPIC) >= 0.9
 
 
-def test_the_shipped_model_answers_practice_questions_with_the_right_letter():
+def test_the_shipped_model_answers_practice_questions_with_the_right_letter(shipped):
     """docs/world.md records 0.99 on held-out practice questions (one ordering each) for world-lm-v2."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from mtsae.evaluate.world_check import letter_accuracy
 
-    model = AutoModelForCausalLM.from_pretrained(world_assets.MODEL_DIR).eval()
-    tokenizer = AutoTokenizer.from_pretrained(world_assets.MODEL_DIR)
-    world = W.build_world(world_assets.WORLD_SEED)
+    model, tokenizer, world = shipped
     held = [W.practice_question(world, 10**9 + i) for i in range(96)]
     assert letter_accuracy(model, tokenizer, held) >= 0.9
 
 
 @pytest.mark.slow
-def test_the_shipped_model_keeps_sae_bench_unlearning_scorable():
+def test_the_shipped_model_keeps_sae_bench_unlearning_scorable(shipped):
     """SAE-Bench's unlearning keeps only forget questions answered right under all 24 orderings: docs/world.md
     records 50 of 128 for world-lm-v2 (issue 15's target); a model that kept 42 scored 0-2 questions per SAE
     (docs/results.md, "A candidate that scores absorption"), so this guard is what makes the eval worth running."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from mtsae.evaluate.world_check import mc_all_orderings
 
-    model = AutoModelForCausalLM.from_pretrained(world_assets.MODEL_DIR).eval()
-    tokenizer = AutoTokenizer.from_pretrained(world_assets.MODEL_DIR)
-    world = W.build_world(world_assets.WORLD_SEED)
+    model, tokenizer, world = shipped
     assert mc_all_orderings(model, tokenizer, world, W.FORGET_TOPIC) >= 48
 
 
