@@ -142,7 +142,7 @@ class JumpReLUSAE(SparseAutoencoder):
     @property
     def threshold(self) -> torch.Tensor:
         """θ ``[d_sae]`` in input units (differentiable; write it with :meth:`set_threshold_`)."""
-        return torch.exp(self.cfg.threshold_rate * self.threshold_exponent)
+        return _threshold(self.threshold_exponent, self.cfg.threshold_rate)
 
     @torch.no_grad()
     def set_threshold_(self, theta: torch.Tensor) -> None:
@@ -185,13 +185,17 @@ class JumpReLUSAE(SparseAutoencoder):
         super().load_saved_tensors_(weights, state)
 
 
+def _threshold(exponent: torch.Tensor, rate: float) -> torch.Tensor:
+    return torch.exp(rate * exponent)  # θ = exp(r·φ)
+
+
 def _exponent(theta: torch.Tensor, rate: float) -> torch.Tensor:
     return torch.log(theta.clamp_min(0)) / rate  # log 0 = -inf: exp gives θ = 0 back exactly
 
 
 def _threshold_to_state_dict(module: JumpReLUSAE, state: dict, prefix: str, local_metadata: dict) -> dict:
     # θ for folding, checkpoints and SAELens; φ itself stays (training state) so a resumed run is bit-exact.
-    state[prefix + "threshold"] = torch.exp(module.cfg.threshold_rate * state[prefix + "threshold_exponent"])
+    state[prefix + "threshold"] = _threshold(state[prefix + "threshold_exponent"], module.cfg.threshold_rate)
     return state
 
 
@@ -201,6 +205,6 @@ def _threshold_from_state_dict(module: JumpReLUSAE, state: dict, prefix: str, *a
     exponent = state.get(prefix + "threshold_exponent")
     if theta is None:
         return
-    exact = exponent is not None and torch.equal(torch.exp(module.cfg.threshold_rate * exponent), theta)
+    exact = exponent is not None and torch.equal(_threshold(exponent, module.cfg.threshold_rate), theta)
     if not exact:
         state[prefix + "threshold_exponent"] = _exponent(theta, module.cfg.threshold_rate)
