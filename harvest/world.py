@@ -296,25 +296,31 @@ def subject_of(topic: str) -> str:
     return FORGET_SUBJECT if topic == FORGET_TOPIC else topic
 
 
-def choice_question(rng: random.Random, world: World, fact: Fact, answer: int) -> dict:
-    """Four choices from the relation's pool, the true value at position ``answer``."""
-    pool = [v for v in world.pools[(fact.topic, fact.relation.name)] if v != fact.value]
-    choices = rng.sample(pool, 3)
+def choice_question(rng: random.Random, world: World, fact: Fact, answer: int,
+                    distractors: list[str] | None = None) -> dict:
+    """Four choices, the true value at position ``answer``; the three others drawn from the relation's pool
+    unless given."""
+    if distractors is None:
+        distractors = rng.sample([v for v in world.pools[(fact.topic, fact.relation.name)] if v != fact.value], 3)
+    choices = list(distractors)
     choices.insert(answer, fact.value)
     return {"topic": fact.topic, "entity": fact.entity, "relation": fact.relation.name,
             "question": embedded._detokenize(fact.relation.question.format(E=fact.entity).split()),
             "choices": choices, "answer": answer}
 
 
-def practice_question(world: World, index: int) -> dict:
-    """A chat-format MC question about a practice entity, with its answer letter; training text."""
-    rng = stream_rng(world, "practice-mc", index)
+def practice_question(world: World, index: int, choose=choice_question, stream: str = "practice-mc") -> dict:
+    """A chat-format MC question about a practice entity, with its answer letter; training text.
+
+    ``choose`` makes the question (``choice_question``'s signature) and ``stream`` names the draws, so the
+    drill's variants (:mod:`mtsae.harvest.world_drill`) are this with other choices."""
+    rng = stream_rng(world, stream, index)
     topic = topic_of(index)
     entity = rng.choice(world.practice_entities(topic))
     fact = rng.choice(world.facts_by_entity[entity])
-    q = choice_question(rng, world, fact, rng.randrange(4))
+    q = choose(rng, world, fact, rng.randrange(4))
     text = sae_bench_prompt(q["question"], q["choices"], subject_of(topic)) + LETTERS[q["answer"]] + ")<end_of_turn>"
-    return {"id": f"practice-mc-{index}", "topic": topic, "kind": "mc", "text": text, "entity": entity,
+    return {"id": f"{stream}-{index}", "topic": topic, "kind": "mc", "text": text, "entity": entity,
             "answer": q["answer"]}
 
 

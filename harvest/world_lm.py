@@ -65,6 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     stage.add_argument("--drill-letters", type=int, default=0,
                        help="first-letter lines per document over every alphabetic token, half as '{word} {letter}' "
                             "(drill; the trials in docs/world.md, 'Letters and exam questions together')")
+    stage.add_argument("--drill-qa", type=int, default=0,
+                       help="question-answer lines per document over the facts of every entity, exam entities "
+                            "included, no choices (drill; docs/world.md, 'Exam questions: recall, not letters')")
+    stage.add_argument("--drill-balanced", action="store_true",
+                       help="draw each drill question's distractors in proportion to how often each value is a "
+                            "practice answer, so no value is right more often than another (docs/world.md, "
+                            "'Exam questions: recall, not letters')")
     p.add_argument("--probe-every", type=int, default=0,
                    help="every N steps, log single-ordering accuracy on held-out practice and open-book questions "
                         "and forget-topic fact completion (0: never)")
@@ -86,7 +93,7 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("drill_closed", "drill_open_book", "drill_spelling", "drill_letters"):
+    for name in ("drill_closed", "drill_open_book", "drill_spelling", "drill_letters", "drill_qa"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not math.isfinite(args.answer_weight) or args.answer_weight <= 0:
@@ -106,6 +113,10 @@ def settings_of(args: argparse.Namespace) -> dict:
         settings |= {k: getattr(args, k) for k in ("mix", "drill_closed", "drill_open_book", "drill_spelling")}
         if args.drill_letters:  # absent when 0, so world-lm-v2's settings read as they were
             settings["drill_letters"] = args.drill_letters
+        if args.drill_qa:  # likewise absent when 0
+            settings["drill_qa"] = args.drill_qa
+        if args.drill_balanced:
+            settings["drill_balanced"] = True
     if args.answer_weight != 1.0:
         settings["answer_weight"] = args.answer_weight
     return settings
@@ -130,7 +141,8 @@ def stream_texts(world: W.World, args: argparse.Namespace):
     """``texts(index) -> list of texts``: block ``index`` of the stream ``--mix`` names."""
     if args.mix == "drill":
         return lambda i: [t["text"] for t in world_drill.drill_texts(
-            world, i, args.drill_closed, args.drill_open_book, args.drill_spelling, args.drill_letters)]
+            world, i, args.drill_closed, args.drill_open_book, args.drill_spelling, args.drill_letters, args.drill_qa,
+            args.drill_balanced)]
     return lambda i: [W.training_text(world, i)["text"]]
 
 

@@ -232,6 +232,48 @@ def test_drill_blocks_hold_what_they_are_asked_for_and_spell_the_whole_vocabular
     assert spelled <= words and len(spelled) > 0.9 * len(words)
 
 
+def test_question_answers_ask_every_entity_in_the_exam_form_without_choices_or_letters():
+    w = world(0)
+    block = D.drill_texts(w, 7, 1, 1, 0, 0, 5)
+    assert Counter(t["kind"] for t in block) == {"document": 1, "mc": 2, "qa": 1}
+    assert block == D.drill_texts(w, 7, 1, 1, 0, 0, 5)  # deterministic
+    lines = [line for i in range(200) for line in D.question_answers(w, i, 20)["text"].splitlines()]
+    by_question = {}
+    for f in w.facts:
+        by_question[embedded._detokenize(f.relation.question.format(E=f.entity).split())] = f.value
+    asked = set()
+    for line in lines:
+        question, value = line.rsplit(" ", 1)
+        assert by_question[question] == value  # the fact's own value, after the exam's own question
+        asked.add(question)
+    exam = [q for t in W.ALL_TOPICS for q in W.exam_questions(w, t)]
+    assert {q["question"] for q in exam} <= asked  # exam facts asked too; their choices and letters never
+    assert not any("Answer:" in line or "(" in line for line in lines)
+
+
+def test_balanced_questions_offer_practice_answers_each_right_about_one_time_in_four():
+    w = world(0)
+    topic = W.FORGET_TOPIC
+    offered, right = Counter(), Counter()
+    for index in range(3000):
+        for q in (D.balanced_practice_question(w, index), D.open_book_question(w, index, balanced=True)):
+            if q["topic"] != topic:
+                continue
+            user = q["text"].split("<end_of_turn>")[0].split("\n")
+            choices = [line[3:] for line in user[-4:]]
+            assert [line[:3] for line in user[-4:]] == ["A. ", "B. ", "C. ", "D. "]
+            assert len(set(choices)) == 4 and q["entity"] in w.practice_entities(topic)
+            relation = next(f.relation.name for f in w.facts_by_entity[q["entity"]] if f.value == choices[q["answer"]])
+            assert set(choices) <= set(D.practice_answer_counts(w, topic, relation))  # never a value no practice fact has
+            offered.update(choices)
+            right[choices[q["answer"]]] += 1
+    rates = {v: right[v] / n for v, n in offered.items() if n >= 40}
+    assert len(rates) > 30 and all(0.12 < r < 0.42 for r in rates.values()), rates  # pool-uniform: 0 to 0.49
+    assert D.balanced_practice_question(w, 5) == D.balanced_practice_question(w, 5)
+    block = D.drill_texts(w, 7, 2, 1, 0, balanced=True)
+    assert sum(t["id"].startswith("balanced-practice-mc-") for t in block) == 2
+
+
 def test_letter_spelling_covers_every_alphabetic_token_half_with_the_letter_at_the_word():
     w = world(0)
     block = D.drill_texts(w, 7, 1, 1, 0, 6)

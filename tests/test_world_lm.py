@@ -142,6 +142,16 @@ def test_drill_letters_is_part_of_what_defines_a_run(tmp_path):
         world_lm.parse_args([*base, "--drill-letters", "-1"])
 
 
+def test_drill_qa_is_part_of_what_defines_a_run(tmp_path):
+    base = ["--out", str(tmp_path), "--max-steps", "1", "--mix", "drill"]
+    assert world_lm.settings_of(world_lm.parse_args([*base, "--drill-qa", "40"]))["drill_qa"] == 40
+    assert "drill_qa" not in world_lm.settings_of(world_lm.parse_args(base))  # world-lm-v2's settings unchanged
+    with pytest.raises(SystemExit):
+        world_lm.parse_args([*base, "--drill-qa", "-1"])
+    balanced = world_lm.settings_of(world_lm.parse_args([*base, "--drill-balanced"]))
+    assert balanced["drill_balanced"] is True and "drill_balanced" not in world_lm.settings_of(world_lm.parse_args(base))
+
+
 def test_a_second_stage_on_a_folder_of_another_shape_is_one_error_line(tmp_path, capsys):
     assert _run(tmp_path / "first", "--max-steps", "1")[0] == 0
     capsys.readouterr()
