@@ -34,8 +34,9 @@ def completion_accuracy(model, tokenizer, world: W.World, topic: str, batch: int
     return float(completion_correct(model, probe_set(tokenizer, W.completion_probes(world, topic)), batch).float().mean())
 
 
-def mc_correct_all_orderings(model, tokenizer, question: dict, subject: str) -> bool:
-    """True if the right letter has the highest A–D logit under every ordering of the choices.
+def picks_all_orderings(model, tokenizer, question: dict, subject: str) -> list[int]:
+    """Per ordering in ``ORDERINGS``: the index into ``question["choices"]`` of the choice whose letter has the
+    highest A–D logit.
 
     The 24 prompts hold the same tokens in another order, so they form one batch without padding.
     """
@@ -44,15 +45,16 @@ def mc_correct_all_orderings(model, tokenizer, question: dict, subject: str) -> 
     from mtsae.evaluate.unlearn import answer_token, logits_of
 
     letters = [answer_token(tokenizer, letter) for letter in W.LETTERS]
-    rows, answers = [], []
-    for order in ORDERINGS:
-        choices = [question["choices"][i] for i in order]
-        rows.append(tokenizer(W.sae_bench_prompt(question["question"], choices, subject),
-                              add_special_tokens=False)["input_ids"])
-        answers.append(order.index(question["answer"]))
+    rows = [tokenizer(W.sae_bench_prompt(question["question"], [question["choices"][i] for i in order], subject),
+                      add_special_tokens=False)["input_ids"] for order in ORDERINGS]
     with torch.no_grad():
         picked = logits_of(model, torch.tensor(rows))[:, -1, letters].argmax(-1).tolist()
-    return picked == answers
+    return [order[p] for order, p in zip(ORDERINGS, picked)]
+
+
+def mc_correct_all_orderings(model, tokenizer, question: dict, subject: str) -> bool:
+    """True if the right letter has the highest A–D logit under every ordering of the choices."""
+    return all(p == question["answer"] for p in picks_all_orderings(model, tokenizer, question, subject))
 
 
 def letter_accuracy(model, tokenizer, questions: list[dict]) -> float:
@@ -159,6 +161,50 @@ def knowledge_report(model, tokenizer, world: W.World) -> dict:
     return report
 
 
+def practice_entity_questions(world: W.World, topic: str, seed: int = 0) -> list[dict]:
+    """One exam-style question per fact of the topic's *practice* entities (balanced letters, pool distractors):
+    the exam's twin on entities the drill asked about."""
+    import random
+
+    rng = random.Random(f"practice-entity-questions:{seed}")
+    facts = [f for e in world.practice_entities(topic) for f in world.facts_by_entity[e]]
+    return [W.choice_question(rng, world, fact, i % len(W.LETTERS)) for i, fact in enumerate(facts)]
+
+
+def exam_diagnosis(model, tokenizer, world: W.World, topic: str = W.FORGET_TOPIC) -> dict:
+    """How the model answers the topic's MC questions (docs/world.md, "Exam questions: recall, not letters").
+
+    Per-ordering accuracy and the all-24 count on the exam and on its practice-entity twin; and the value
+    prior: how often the pick is the choice whose value is most often right among the practice facts
+    (``pick_is_top_prior``) against how often the right answer is (``right_is_top_prior``), and the share of
+    picks, offered choices and exam questions whose value no practice fact has.
+    """
+    from collections import Counter
+
+    prior = Counter((f.relation.name, f.value) for e in world.practice_entities(topic) for f in world.facts_by_entity[e])
+    subject = W.subject_of(topic)
+    report = {}
+    for name, questions in (("exam", W.exam_questions(world, topic)),
+                            ("practice_entities", practice_entity_questions(world, topic))):
+        counts, right_all = Counter(), 0
+        for q in questions:
+            picks = picks_all_orderings(model, tokenizer, q, subject)
+            right_all += all(p == q["answer"] for p in picks)
+            weight = [prior[(q["relation"], v)] for v in q["choices"]]
+            counts["right"] += sum(p == q["answer"] for p in picks)
+            counts["pick_is_top_prior"] += sum(weight[p] == max(weight) for p in picks)
+            counts["right_is_top_prior"] += len(picks) * (weight[q["answer"]] == max(weight))
+            counts["pick_unseen"] += sum(weight[p] == 0 for p in picks)
+            counts["offered_unseen"] += len(picks) * sum(w == 0 for w in weight) / len(weight)
+            counts["questions_right_unseen"] += weight[q["answer"]] == 0
+        picks_total = len(questions) * len(ORDERINGS)
+        report[name] = {"questions": len(questions), "all_orderings": right_all,
+                        "per_ordering": round(counts.pop("right") / picks_total, 3),
+                        "right_value_unseen_questions": counts.pop("questions_right_unseen"),
+                        **{k: round(v / picks_total, 3) for k, v in counts.items()}}
+    return report
+
+
 def check_model_dir(path: Path, world_seed: int = 0) -> dict:
     """Load a published world model (``OUT/model``) and report what it knows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -177,9 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--first-letters", type=int, nargs="+", metavar="LAYER",
                    help="instead: SAE-Bench absorption's ground-truth probe F1 per first letter at these layers")
+    p.add_argument("--diagnose", action="store_true",
+                   help="instead: how the forget-topic questions are answered (exam against practice entities, "
+                        "and the value prior); docs/world.md, 'Exam questions: recall, not letters'")
     args = p.parse_args(argv)
     if args.first_letters:
         print(json.dumps(first_letters_report(args.model, args.first_letters), indent=1))
+    elif args.diagnose:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        print(json.dumps(exam_diagnosis(model, tokenizer, W.build_world(args.world_seed)), indent=1))
     else:
         print(json.dumps(check_model_dir(args.model, args.world_seed), indent=1))
     return 0

@@ -228,6 +228,49 @@ def test_a_question_counts_only_if_right_under_all_24_orderings():
     assert not mc_correct_all_orderings(_LetterModel(tokenizer, None), tokenizer, question, "biology")
 
 
+class _ChooserModel:
+    """Logits that pick, per prompt, the letter of ``choose(words, choices)``'s choice (the prompt's lower-cased words)."""
+
+    def __init__(self, tokenizer, choose):
+        self.tokenizer, self.choose = tokenizer, choose
+
+    def __call__(self, input_ids):
+        import torch
+
+        logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], len(self.tokenizer))
+        for row, ids in enumerate(input_ids.tolist()):
+            words = self.tokenizer.decode(ids).split()
+            choices = [words[words.index(f"{letter}.") + 1] for letter in "abcd"]
+            letter = "abcd"[self.choose(words, choices)]
+            logits[row, -1, self.tokenizer.convert_tokens_to_ids(letter)] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_exam_diagnosis_tells_a_model_that_knows_from_one_that_follows_the_value_prior():
+    from collections import Counter
+
+    from mtsae.evaluate.world_check import exam_diagnosis
+
+    world = W.build_world(world_assets.WORLD_SEED)
+    tokenizer = W.build_world_tokenizer(world)
+    topic = "cooking"
+    known = {(f.entity, f.value) for f in world.facts}
+    prior = Counter(f.value for e in world.practice_entities(topic) for f in world.facts_by_entity[e])
+
+    def knows(words, choices):
+        return next(i for i, v in enumerate(choices) if any((w.rstrip("?"), v) in known for w in words))
+
+    oracle = exam_diagnosis(_ChooserModel(tokenizer, knows), tokenizer, world, topic)
+    for part in ("exam", "practice_entities"):
+        assert oracle[part]["per_ordering"] == 1.0 and oracle[part]["all_orderings"] == oracle[part]["questions"]
+        assert oracle[part]["pick_is_top_prior"] == oracle[part]["right_is_top_prior"] < 1.0
+    assert oracle["exam"]["right_value_unseen_questions"] > 0  # the exam asks values no practice fact has
+    follower = exam_diagnosis(_ChooserModel(tokenizer, lambda words, choices: max(
+        range(4), key=lambda i: prior[choices[i]])), tokenizer, world, topic)["exam"]
+    assert follower["pick_is_top_prior"] == 1.0 and follower["pick_unseen"] < follower["offered_unseen"]
+    assert follower["per_ordering"] < 0.9
+
+
 def test_letter_accuracy_scores_training_format_questions_at_their_answer_letter():
     from mtsae.evaluate.world_check import letter_accuracy
 
