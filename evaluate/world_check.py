@@ -205,13 +205,16 @@ def exam_diagnosis(model, tokenizer, world: W.World, topic: str = W.FORGET_TOPIC
     return report
 
 
-def check_model_dir(path: Path, world_seed: int = 0) -> dict:
-    """Load a published world model (``OUT/model``) and report what it knows."""
+def load_model_dir(path: Path):
+    """A published world model (``OUT/model``) and its tokenizer, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return knowledge_report(model, tokenizer, W.build_world(world_seed))
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def check_model_dir(path: Path, world_seed: int = 0) -> dict:
+    """Load a published world model (``OUT/model``) and report what it knows."""
+    return knowledge_report(*load_model_dir(path), W.build_world(world_seed))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,11 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.first_letters:
         print(json.dumps(first_letters_report(args.model, args.first_letters), indent=1))
     elif args.diagnose:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        print(json.dumps(exam_diagnosis(model, tokenizer, W.build_world(args.world_seed)), indent=1))
+        print(json.dumps(exam_diagnosis(*load_model_dir(args.model), W.build_world(args.world_seed)), indent=1))
     else:
         print(json.dumps(check_model_dir(args.model, args.world_seed), indent=1))
     return 0
