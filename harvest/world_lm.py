@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             "included, no choices (drill; docs/world.md, 'Exam questions: recall, not letters')")
     stage.add_argument("--drill-balanced", action="store_true",
                        help="draw each drill question's distractors in proportion to how often each value is a "
-                            "practice answer, so no value is right more often than another (docs/world.md, "
+                            "practice answer, so that how often a value is right says little about it (docs/world.md, "
                             "'Exam questions: recall, not letters')")
     p.add_argument("--probe-every", type=int, default=0,
                    help="every N steps, log single-ordering accuracy on held-out practice and open-book questions "
