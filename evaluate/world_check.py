@@ -181,7 +181,7 @@ def exam_diagnosis(model, tokenizer, world: W.World, topic: str = W.FORGET_TOPIC
     """
     from collections import Counter
 
-    prior = Counter((f.relation.name, f.value) for e in world.practice_entities(topic) for f in world.facts_by_entity[e])
+    prior = {r.name: W.practice_answer_counts(world, topic, r.name) for r in world.relations[topic]}
     subject = W.subject_of(topic)
     report = {}
     for name, questions in (("exam", W.exam_questions(world, topic)),
@@ -190,7 +190,7 @@ def exam_diagnosis(model, tokenizer, world: W.World, topic: str = W.FORGET_TOPIC
         for q in questions:
             picks = picks_all_orderings(model, tokenizer, q, subject)
             right_all += all(p == q["answer"] for p in picks)
-            weight = [prior[(q["relation"], v)] for v in q["choices"]]
+            weight = [prior[q["relation"]][v] for v in q["choices"]]
             counts["right"] += sum(p == q["answer"] for p in picks)
             counts["pick_is_top_prior"] += sum(weight[p] == max(weight) for p in picks)
             counts["right_is_top_prior"] += len(picks) * (weight[q["answer"]] == max(weight))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import random
 import string
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -294,6 +295,13 @@ def sae_bench_prompt(question: str, choices: list[str], subject: str) -> str:
 
 def subject_of(topic: str) -> str:
     return FORGET_SUBJECT if topic == FORGET_TOPIC else topic
+
+
+def practice_answer_counts(world: World, topic: str, relation: str) -> Counter:
+    """How often each value is the answer of a practice fact of ``(topic, relation)``: the value prior that
+    practice questions teach (docs/world.md, "Exam questions: recall, not letters")."""
+    return Counter(f.value for e in world.practice_entities(topic) for f in world.facts_by_entity[e]
+                   if f.relation.name == relation)
 
 
 def choice_question(rng: random.Random, world: World, fact: Fact, answer: int,

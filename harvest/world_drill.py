@@ -11,17 +11,11 @@ prior (``--drill-balanced``). Pure and deterministic in (world seed, index), lik
 from __future__ import annotations
 
 import random
-from collections import Counter
 
 from mtsae.harvest import embedded
-from mtsae.harvest.world import (LETTERS, Fact, World, choice_question, document, practice_question, sae_bench_prompt,
-                                 spelling_line, spelling_lines, stream_rng, subject_of, topic_of, vocabulary)
-
-
-def practice_answer_counts(world: World, topic: str, relation: str) -> Counter:
-    """How often each value is the answer of a practice fact of ``(topic, relation)``."""
-    return Counter(f.value for e in world.practice_entities(topic) for f in world.facts_by_entity[e]
-                   if f.relation.name == relation)
+from mtsae.harvest.world import (LETTERS, Fact, World, choice_question, document, practice_answer_counts,
+                                 practice_question, sae_bench_prompt, spelling_line, spelling_lines, stream_rng,
+                                 subject_of, topic_of, vocabulary)
 
 
 def balanced_choice_question(rng: random.Random, world: World, fact: Fact, answer: int) -> dict:

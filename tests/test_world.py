@@ -264,7 +264,7 @@ def test_balanced_questions_offer_practice_answers_each_right_about_one_time_in_
             assert [line[:3] for line in user[-4:]] == ["A. ", "B. ", "C. ", "D. "]
             assert len(set(choices)) == 4 and q["entity"] in w.practice_entities(topic)
             relation = next(f.relation.name for f in w.facts_by_entity[q["entity"]] if f.value == choices[q["answer"]])
-            assert set(choices) <= set(D.practice_answer_counts(w, topic, relation))  # never a value no practice fact has
+            assert set(choices) <= set(W.practice_answer_counts(w, topic, relation))  # never a value no practice fact has
             offered.update(choices)
             right[choices[q["answer"]]] += 1
     rates = {v: right[v] / n for v, n in offered.items() if n >= 40}
