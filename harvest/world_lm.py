@@ -111,12 +111,8 @@ def settings_of(args: argparse.Namespace) -> dict:
         settings["init_sha256"] = sha256_of(args.init / WEIGHTS_FILE)
     if args.mix != "documents":
         settings |= {k: getattr(args, k) for k in ("mix", "drill_closed", "drill_open_book", "drill_spelling")}
-        if args.drill_letters:  # absent when 0, so world-lm-v2's settings read as they were
-            settings["drill_letters"] = args.drill_letters
-        if args.drill_qa:  # likewise absent when 0
-            settings["drill_qa"] = args.drill_qa
-        if args.drill_balanced:
-            settings["drill_balanced"] = True
+        # the optional drill texts: absent when off, so world-lm-v2's settings read as they were
+        settings |= {k: getattr(args, k) for k in ("drill_letters", "drill_qa", "drill_balanced") if getattr(args, k)}
     if args.answer_weight != 1.0:
         settings["answer_weight"] = args.answer_weight
     return settings
