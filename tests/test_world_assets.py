@@ -196,38 +196,6 @@ def test_the_shipped_model_keeps_sae_bench_unlearning_scorable(shipped):
     assert mc_all_orderings(model, tokenizer, world, W.FORGET_TOPIC) >= 48
 
 
-class _LetterModel:
-    """Logits that pick the letter of the choice equal to ``value`` (or always A), from the prompt text."""
-
-    def __init__(self, tokenizer, value: str | None):
-        self.tokenizer, self.value = tokenizer, value
-
-    def __call__(self, input_ids):
-        import torch
-
-        logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], len(self.tokenizer))
-        for row, ids in enumerate(input_ids.tolist()):
-            words = self.tokenizer.decode(ids).split()
-            letter = "a"
-            if self.value is not None:
-                last = len(words) - 1 - words[::-1].index(self.value)  # the choice, not a statement before it
-                letter = words[last - 1].rstrip(".").lower()
-            logits[row, -1, self.tokenizer.convert_tokens_to_ids(letter)] = 1.0
-        return SimpleNamespace(logits=logits)
-
-
-def test_a_question_counts_only_if_right_under_all_24_orderings():
-    from mtsae.evaluate.world_check import ORDERINGS, mc_correct_all_orderings
-
-    world = W.build_world(world_assets.WORLD_SEED)
-    tokenizer = W.build_world_tokenizer(world)
-    question = W.exam_questions(world, W.FORGET_TOPIC)[0]
-    right = question["choices"][question["answer"]]
-    assert len(ORDERINGS) == 24
-    assert mc_correct_all_orderings(_LetterModel(tokenizer, right), tokenizer, question, "biology")
-    assert not mc_correct_all_orderings(_LetterModel(tokenizer, None), tokenizer, question, "biology")
-
-
 class _ChooserModel:
     """Logits that pick, per prompt, the letter of ``choose(words, choices)``'s choice (the prompt's lower-cased words)."""
 
@@ -244,6 +212,23 @@ class _ChooserModel:
             letter = "abcd"[self.choose(words, choices)]
             logits[row, -1, self.tokenizer.convert_tokens_to_ids(letter)] = 1.0
         return SimpleNamespace(logits=logits)
+
+
+def _letter_model(tokenizer, value: str | None) -> _ChooserModel:
+    """Logits that pick the letter of the choice equal to ``value`` (or always A), from the prompt text."""
+    return _ChooserModel(tokenizer, lambda words, choices: 0 if value is None else choices.index(value))
+
+
+def test_a_question_counts_only_if_right_under_all_24_orderings():
+    from mtsae.evaluate.world_check import ORDERINGS, mc_correct_all_orderings
+
+    world = W.build_world(world_assets.WORLD_SEED)
+    tokenizer = W.build_world_tokenizer(world)
+    question = W.exam_questions(world, W.FORGET_TOPIC)[0]
+    right = question["choices"][question["answer"]]
+    assert len(ORDERINGS) == 24
+    assert mc_correct_all_orderings(_letter_model(tokenizer, right), tokenizer, question, "biology")
+    assert not mc_correct_all_orderings(_letter_model(tokenizer, None), tokenizer, question, "biology")
 
 
 def test_exam_diagnosis_tells_a_model_that_knows_from_one_that_follows_the_value_prior():
@@ -279,12 +264,12 @@ def test_letter_accuracy_scores_training_format_questions_at_their_answer_letter
     questions = [D.open_book_question(world, i) for i in range(40)]
     always_a = sum(q["answer"] == 0 for q in questions) / len(questions)
     assert 0 < always_a < 1
-    assert letter_accuracy(_LetterModel(tokenizer, None), tokenizer, questions) == always_a
+    assert letter_accuracy(_letter_model(tokenizer, None), tokenizer, questions) == always_a
     # the fact stated first in an open-book question is its answer: a model that copies it is always right
     lines = [q["text"].split("\n") for q in questions]
     stated = [next(c[3:].removesuffix("<end_of_turn>") for c in line[4:8]
                    if c[3:].removesuffix("<end_of_turn>") in line[2].rstrip(".").split()) for line in lines]
-    right = [letter_accuracy(_LetterModel(tokenizer, value), tokenizer, [q]) for q, value in zip(questions, stated)]
+    right = [letter_accuracy(_letter_model(tokenizer, value), tokenizer, [q]) for q, value in zip(questions, stated)]
     assert right == [1.0] * len(questions)
 
 
