@@ -72,6 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="draw each drill question's distractors in proportion to how often each value is a "
                             "practice answer, so that how often a value is right says little about it (docs/world.md, "
                             "'Exam questions: recall, not letters')")
+    stage.add_argument("--distill-from", type=Path,
+                       help="a model folder this script published: on every text but the first-letter lines, add "
+                            "--distill-weight x KL(its next-token distribution || this model's), so a new skill is "
+                            "learned while what that model did elsewhere is kept (docs/world.md, 'Letters kept apart')")
+    stage.add_argument("--distill-weight", type=float, default=1.0, help="weight of the --distill-from term")
     p.add_argument("--probe-every", type=int, default=0,
                    help="every N steps, log single-ordering accuracy on held-out practice and open-book questions "
                         "and forget-topic fact completion (0: never)")
@@ -98,8 +103,12 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not math.isfinite(args.answer_weight) or args.answer_weight <= 0:
         p.error(f"--answer-weight must be a positive number, got {args.answer_weight}")
-    if args.init is not None and not (args.init / "world.json").is_file():
-        p.error(f"--init {args.init} is not a model folder this script published (no world.json)")
+    for name in ("init", "distill_from"):
+        folder = getattr(args, name)
+        if folder is not None and not (folder / "world.json").is_file():
+            p.error(f"--{name.replace('_', '-')} {folder} is not a model folder this script published (no world.json)")
+    if not math.isfinite(args.distill_weight) or args.distill_weight <= 0:
+        p.error(f"--distill-weight must be a positive number, got {args.distill_weight}")
     args.steps = args.max_steps or math.ceil(args.tokens / (args.batch * args.ctx))
 
 
@@ -115,6 +124,9 @@ def settings_of(args: argparse.Namespace) -> dict:
         settings |= {k: getattr(args, k) for k in ("drill_letters", "drill_qa", "drill_balanced") if getattr(args, k)}
     if args.answer_weight != 1.0:
         settings["answer_weight"] = args.answer_weight
+    if args.distill_from is not None:
+        settings |= {"distill_sha256": sha256_of(args.distill_from / WEIGHTS_FILE),
+                     "distill_weight": args.distill_weight}
     return settings
 
 
@@ -134,32 +146,38 @@ def model_config(vocab_size: int, args: argparse.Namespace):
 
 
 def stream_texts(world: W.World, args: argparse.Namespace):
-    """``texts(index) -> list of texts``: block ``index`` of the stream ``--mix`` names."""
+    """``texts(index) -> list of (text, kept)``: block ``index`` of the stream ``--mix`` names; ``kept`` is False
+    for the first-letter lines, the one text --distill-from does not hold this model to."""
     if args.mix == "drill":
-        return lambda i: [t["text"] for t in world_drill.drill_texts(
+        return lambda i: [(t["text"], not t["id"].startswith("letter-spelling")) for t in world_drill.drill_texts(
             world, i, args.drill_closed, args.drill_open_book, args.drill_spelling, args.drill_letters, args.drill_qa,
             args.drill_balanced)]
-    return lambda i: [W.training_text(world, i)["text"]]
+    return lambda i: [(W.training_text(world, i)["text"], True)]
 
 
 def token_batches(texts, tokenizer, ctx: int, batch: int, skip: int):
-    """Endless [batch, ctx] LongTensors packed from ``texts(0), texts(1), ...``; the first ``skip`` are dropped."""
+    """Endless ([batch, ctx] LongTensor of ids, same-shape bool ``kept`` of their texts) packed from
+    ``texts(0), texts(1), ...``; the first ``skip`` are dropped."""
     import torch
 
     buffer: list[int] = []
+    kept: list[bool] = []
     index, produced, need = 0, 0, batch * ctx
     while True:
         while len(buffer) < need:
-            for text in texts(index):
+            for text, keep in texts(index):
                 ids = tokenizer(text, add_special_tokens=False)["input_ids"]
                 if not ids or ids[0] != tokenizer.bos_token_id:
                     ids = [tokenizer.bos_token_id, *ids]
                 buffer.extend([*ids, tokenizer.eos_token_id])
+                kept.extend([keep] * (len(ids) + 1))
             index += 1
         chunk, buffer = buffer[:need], buffer[need:]
+        mask, kept = kept[:need], kept[need:]
         produced += 1
         if produced > skip:
-            yield torch.tensor(chunk, dtype=torch.long).view(batch, ctx)
+            yield (torch.tensor(chunk, dtype=torch.long).view(batch, ctx),
+                   torch.tensor(mask, dtype=torch.bool).view(batch, ctx))
 
 
 def answer_positions(ids, answer_ids: tuple[int, int]):
@@ -180,6 +198,17 @@ def lm_loss(logits, ids, answer_ids: tuple[int, int], answer_weight: float):
     weights = torch.ones_like(ce)
     weights[answer_positions(ids, answer_ids)[:, :-1]] = answer_weight
     return (ce * weights).sum() / weights.sum()
+
+
+def distill_loss(logits, teacher_logits, kept):
+    """Mean over the ``kept`` positions of KL(teacher's next-token distribution || the student's)."""
+    import torch
+
+    log_p = torch.log_softmax(logits[kept].float(), dim=-1)
+    log_q = torch.log_softmax(teacher_logits[kept].float(), dim=-1)
+    if log_p.shape[0] == 0:
+        return logits.sum() * 0.0
+    return torch.nn.functional.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
 
 
 def learning_rate(step: int, steps: int, peak: float) -> float:
@@ -335,6 +364,35 @@ def _make_readable(directory: Path) -> None:
         path.chmod(0o644)
 
 
+def training_loss(model, tokenizer, args: argparse.Namespace):
+    """``loss_of((ids, kept))``: ``lm_loss``, plus ``distill_loss`` against the --distill-from model when given."""
+    import torch
+
+    answer_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in (":", "("))
+    teacher = None
+    if args.distill_from is not None:
+        teacher = _same_shape_model(model)
+        _load_init(teacher, args.distill_from)
+        teacher.eval().requires_grad_(False)
+
+    def loss_of(batch):
+        ids, kept = batch
+        logits = model(input_ids=ids).logits
+        loss = lm_loss(logits, ids, answer_ids, args.answer_weight)
+        if teacher is None:
+            return loss
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=ids).logits
+        return loss + args.distill_weight * distill_loss(logits, teacher_logits, kept)
+
+    return loss_of
+
+
+def _same_shape_model(model):
+    """A fresh model of ``model``'s class and config (the --distill-from teacher's shape)."""
+    return type(model)(model.config).to(model.dtype)
+
+
 def train(args: argparse.Namespace, measure: Probe | None = None) -> str:
     """Train (or resume, or only report) the run ``args`` describes; ``measure`` is what --probe-every logs."""
     if args.probe_every and measure is None:
@@ -362,10 +420,8 @@ def train(args: argparse.Namespace, measure: Probe | None = None) -> str:
     with writing(f"training state or log in {out}", "rerun the same command to resume"):
         if start < args.steps:
             batches = token_batches(stream_texts(world, args), tokenizer, args.ctx, args.batch, skip=start)
-            answer_ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in (":", "("))
             _train_loop(model, optimizer, batches, args, start, out, settings,
-                        loss_of=lambda batch: lm_loss(model(input_ids=batch).logits, batch, answer_ids,
-                                                      args.answer_weight),
+                        loss_of=training_loss(model, tokenizer, args),
                         probe=lambda: measure(model, tokenizer, world))
         return _publish_model(out, model.eval(), tokenizer, settings, args.steps)
 

@@ -198,3 +198,83 @@ def test_probe_every_logs_what_the_model_knows(tmp_path, capsys):
     for row in probes:
         assert set(row["probe"]) == {"mc_practice", "mc_open_book", "forget_completion"}
         assert all(0.0 <= v <= 1.0 for v in row["probe"].values())
+
+
+def test_distill_loss_is_the_mean_kl_over_kept_positions_and_zero_on_the_teacher():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 5, 11)
+    kept = torch.tensor([[True, True, False, True, False], [False, True, True, False, False]])
+    assert world_lm.distill_loss(teacher.clone(), teacher, kept).item() == pytest.approx(0.0, abs=1e-6)
+    student = teacher.clone()
+    student[~kept] = torch.randn(int((~kept).sum()), 11)  # where it is not kept the student may say anything
+    assert world_lm.distill_loss(student, teacher, kept).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(2, 5, 11)
+    p, q = teacher[kept].softmax(-1), student[kept].softmax(-1)
+    by_hand = (p * (p.log() - q.log())).sum(-1).mean()
+    assert world_lm.distill_loss(student, teacher, kept).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert world_lm.distill_loss(student, teacher, torch.zeros_like(kept)).item() == 0.0
+
+
+def test_token_batches_mark_which_texts_are_kept():
+    from mtsae.harvest import world as W
+
+    tokenizer = W.build_world_tokenizer(W.build_world(0))
+    blocks = {0: [("the host of", True), ("velo v", False)], 1: [("the route of", True)]}
+    ids, kept = next(world_lm.token_batches(lambda i: blocks[i % 2], tokenizer, ctx=6, batch=2, skip=0))
+    tokens = tokenizer.convert_ids_to_tokens(ids.flatten().tolist())
+    marks = kept.flatten().tolist()
+    # <bos> the host of <eos> | <bos> velo v <eos> | <bos> the route ...
+    assert tokens[:5] == ["<bos>", "the", "host", "of", "<eos>"] and marks[:5] == [True] * 5
+    assert tokens[5] == "<bos>" and marks[5:9] == [False] * 4 and tokens[8] == "<eos>"
+    assert marks[9:] == [True] * 3
+
+
+def test_drill_kept_texts_are_all_but_the_first_letter_lines(tmp_path):
+    from mtsae.harvest import world as W
+
+    args = world_lm.parse_args(["--out", str(tmp_path), "--max-steps", "1", "--mix", "drill", "--drill-letters", "5"])
+    block = world_lm.stream_texts(W.build_world(0), args)(0)
+    from mtsae.harvest import world_drill
+
+    assert [text for text, kept in block if not kept] == [world_drill.letter_spelling(W.build_world(0), 0, 5)["text"]]
+    assert len(block) == 1 + 6 + 3 + 1 + 1  # document, closed, open-book, vocabulary spelling, letters: all kept but one
+
+
+def test_distill_from_holds_the_student_near_its_teacher_and_is_recorded(tmp_path):
+    teacher = tmp_path / "teacher"
+    assert _run(teacher, "--max-steps", "3")[0] == 0
+    stage = ["--init", str(teacher / "model"), "--mix", "drill", "--drill-closed", "2", "--drill-open-book", "1",
+             "--drill-spelling", "2", "--drill-letters", "20", "--max-steps", "8"]
+    assert _run(tmp_path / "free", *stage)[0] == 0
+    assert _run(tmp_path / "held", *stage, "--distill-from", str(teacher / "model"), "--distill-weight", "50")[0] == 0
+    recorded = json.loads((tmp_path / "held" / "model" / "world.json").read_text())
+    assert recorded["distill_sha256"] == world_lm.sha256_of(teacher / "model" / "model.safetensors")
+    assert recorded["distill_weight"] == 50.0
+    assert "distill_sha256" not in json.loads((tmp_path / "free" / "model" / "world.json").read_text())
+    args = world_lm.parse_args([*TINY, "--out", str(tmp_path / "x"), *stage])
+    from mtsae.harvest import world as W
+
+    world = W.build_world(0)
+    tokenizer = W.build_world_tokenizer(world)
+    ids, kept = next(world_lm.token_batches(world_lm.stream_texts(world, args), tokenizer, 32, 4, skip=20))
+
+    def kl_to_teacher(run):
+        with torch.no_grad():
+            logits = {name: AutoModelForCausalLM.from_pretrained(folder / "model")(input_ids=ids).logits
+                      for name, folder in (("t", teacher), ("s", run))}
+        return world_lm.distill_loss(logits["s"], logits["t"], kept).item()
+
+    held, free = kl_to_teacher(tmp_path / "held"), kl_to_teacher(tmp_path / "free")
+    print(held, free)
+    assert held < 0.5 * free
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--distill-from", "."], "--distill-from . is not a model folder"),
+    (["--distill-weight", "0"], "--distill-weight must be a positive number"),
+    (["--distill-weight", "nan"], "--distill-weight must be a positive number"),
+])
+def test_bad_distill_options_are_refused(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exc:
+        world_lm.main(["--out", str(tmp_path / "x"), "--max-steps", "1", *extra])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
