@@ -204,11 +204,11 @@ def distill_loss(logits, teacher_logits, kept):
     """Mean over the ``kept`` positions of KL(teacher's next-token distribution || the student's)."""
     import torch
 
-    log_p = torch.log_softmax(logits[kept].float(), dim=-1)
-    log_q = torch.log_softmax(teacher_logits[kept].float(), dim=-1)
-    if log_p.shape[0] == 0:
-        return logits.sum() * 0.0
-    return torch.nn.functional.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+    student = torch.log_softmax(logits[kept].float(), dim=-1)
+    teacher = torch.log_softmax(teacher_logits[kept].float(), dim=-1)
+    if student.shape[0] == 0:
+        return logits.sum() * 0.0  # no kept position in this batch: nothing to hold, and still a graph
+    return torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
 
 def learning_rate(step: int, steps: int, peak: float) -> float:
@@ -248,20 +248,21 @@ def _load_state(out: Path, model, optimizer, settings: dict) -> int:
     return int(state["step"])
 
 
-def _load_init(model, init: Path) -> None:
-    """Start from a published model: same shapes (--hidden/--layers/--heads as it was trained with) and world."""
+def _load_init(model, init: Path, option: str = "--init") -> None:
+    """Load a published model (``option`` names where it came from in errors): same shapes (--hidden/--layers/--heads
+    as it was trained with) and world."""
     from safetensors.torch import load_file
 
     recorded = json.loads((init / "world.json").read_text())
     if recorded.get("world_version") != W.WORLD_VERSION:
-        raise MtsaeError(f"--init {init} was trained on world version {recorded.get('world_version')}, "
+        raise MtsaeError(f"{option} {init} was trained on world version {recorded.get('world_version')}, "
                          f"this is version {W.WORLD_VERSION}")
     weights = load_file(init / WEIGHTS_FILE)
     weights.setdefault("lm_head.weight", weights.get("model.embed_tokens.weight"))  # tied
     mine = model.state_dict()
     wrong = sorted(k for k in mine if k not in weights or weights[k].shape != mine[k].shape)
     if wrong:
-        raise MtsaeError(f"--init {init} does not fit this model ({len(wrong)} tensors differ, first {wrong[0]}); "
+        raise MtsaeError(f"{option} {init} does not fit this model ({len(wrong)} tensors differ, first {wrong[0]}); "
                          "give the --hidden/--layers/--heads it was trained with")
     model.load_state_dict({k: weights[k] for k in mine})
 
@@ -372,7 +373,7 @@ def training_loss(model, tokenizer, args: argparse.Namespace):
     teacher = None
     if args.distill_from is not None:
         teacher = _same_shape_model(model)
-        _load_init(teacher, args.distill_from)
+        _load_init(teacher, args.distill_from, "--distill-from")
         teacher.eval().requires_grad_(False)
 
     def loss_of(batch):

@@ -162,6 +162,12 @@ def test_a_second_stage_on_a_folder_of_another_shape_is_one_error_line(tmp_path,
     with pytest.raises(SystemExit) as exc:
         world_lm.main([*TINY, "--out", str(tmp_path / "third"), "--max-steps", "1", "--init", str(tmp_path)])
     assert exc.value.code == 2 and "not a model folder this script published" in capsys.readouterr().err
+    # a teacher of another shape: one error line that names --distill-from, nothing published
+    rc = world_lm.main([*TINY, "--hidden", "16", "--out", str(tmp_path / "fourth"), "--max-steps", "1",
+                        "--distill-from", str(tmp_path / "first" / "model")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and err.startswith("error: --distill-from ") and "does not fit" in err
+    assert not (tmp_path / "fourth" / "model").exists()
 
 
 def test_answer_positions_are_the_parens_after_a_colon_and_weight_one_is_the_plain_loss():
@@ -264,9 +270,7 @@ def test_distill_from_holds_the_student_near_its_teacher_and_is_recorded(tmp_pat
                       for name, folder in (("t", teacher), ("s", run))}
         return world_lm.distill_loss(logits["s"], logits["t"], kept).item()
 
-    held, free = kl_to_teacher(tmp_path / "held"), kl_to_teacher(tmp_path / "free")
-    print(held, free)
-    assert held < 0.5 * free
+    assert kl_to_teacher(tmp_path / "held") < 0.5 * kl_to_teacher(tmp_path / "free")  # measured: 0.003 vs 0.009
 
 
 @pytest.mark.parametrize("extra, message", [
