@@ -60,7 +60,11 @@ def test_first_letter_f1_finds_letters_only_where_the_model_writes_them(tmp_path
     report = first_letters_report(tmp_path, [LAYER])[f"layer_{LAYER}"]
     assert set(report["f1"]) == set(string.ascii_lowercase)
     if letters_in_embedding:
-        assert report["letters_above"] >= 24 and report["scorable"]  # SAE-Bench's probe is not exact at 0.6
+        # SAE-Bench's probe is not exact at 0.6 and its training is not bit-reproducible across thread counts:
+        # 23-26 letters measured (CI once 23), so the bound is its own scorability threshold, plus a median
+        # far above anything the letterless model reaches
+        assert report["letters_above"] >= 20 and report["scorable"]
+        assert sorted(report["f1"].values())[13] >= 0.8
     else:
         assert report["letters_above"] == 0 and not report["scorable"]
         assert max(report["f1"].values()) < 0.5
