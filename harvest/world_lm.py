@@ -101,14 +101,14 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("drill_closed", "drill_open_book", "drill_spelling", "drill_letters", "drill_qa"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if not math.isfinite(args.answer_weight) or args.answer_weight <= 0:
-        p.error(f"--answer-weight must be a positive number, got {args.answer_weight}")
+    for name in ("answer_weight", "distill_weight"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value <= 0:
+            p.error(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     for name in ("init", "distill_from"):
         folder = getattr(args, name)
         if folder is not None and not (folder / "world.json").is_file():
             p.error(f"--{name.replace('_', '-')} {folder} is not a model folder this script published (no world.json)")
-    if not math.isfinite(args.distill_weight) or args.distill_weight <= 0:
-        p.error(f"--distill-weight must be a positive number, got {args.distill_weight}")
     args.steps = args.max_steps or math.ceil(args.tokens / (args.batch * args.ctx))
 
 

@@ -238,15 +238,17 @@ def test_token_batches_mark_which_texts_are_kept():
 def test_drill_kept_texts_are_all_but_the_first_letter_lines(tmp_path):
     from mtsae.harvest import world as W
 
-    args = world_lm.parse_args(["--out", str(tmp_path), "--max-steps", "1", "--mix", "drill", "--drill-letters", "5"])
-    block = world_lm.stream_texts(W.build_world(0), args)(0)
     from mtsae.harvest import world_drill
 
+    args = world_lm.parse_args(["--out", str(tmp_path), "--max-steps", "1", "--mix", "drill", "--drill-letters", "5"])
+    block = world_lm.stream_texts(W.build_world(0), args)(0)
     assert [text for text, kept in block if not kept] == [world_drill.letter_spelling(W.build_world(0), 0, 5)["text"]]
     assert len(block) == 1 + 6 + 3 + 1 + 1  # document, closed, open-book, vocabulary spelling, letters: all kept but one
 
 
 def test_distill_from_holds_the_student_near_its_teacher_and_is_recorded(tmp_path):
+    from mtsae.harvest import world as W
+
     teacher = tmp_path / "teacher"
     assert _run(teacher, "--max-steps", "3")[0] == 0
     stage = ["--init", str(teacher / "model"), "--mix", "drill", "--drill-closed", "2", "--drill-open-book", "1",
@@ -258,8 +260,6 @@ def test_distill_from_holds_the_student_near_its_teacher_and_is_recorded(tmp_pat
     assert recorded["distill_weight"] == 50.0
     assert "distill_sha256" not in json.loads((tmp_path / "free" / "model" / "world.json").read_text())
     args = world_lm.parse_args([*TINY, "--out", str(tmp_path / "x"), *stage])
-    from mtsae.harvest import world as W
-
     world = W.build_world(0)
     tokenizer = W.build_world_tokenizer(world)
     ids, kept = next(world_lm.token_batches(world_lm.stream_texts(world, args), tokenizer, 32, 4, skip=20))
