@@ -77,6 +77,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             "--distill-weight x KL(its next-token distribution || this model's), so a new skill is "
                             "learned while what that model did elsewhere is kept (docs/world.md, 'Letters kept apart')")
     stage.add_argument("--distill-weight", type=float, default=1.0, help="weight of the --distill-from term")
+    part = stage.add_mutually_exclusive_group()
+    part.add_argument("--embeddings-only", action="store_true",
+                      help="train only the token embeddings (tied with the output); every layer stays as --init has "
+                           "it (docs/world.md, 'Letters in the embeddings')")
+    part.add_argument("--freeze-below", type=int, metavar="LAYER",
+                      help="train only decoder layers LAYER and up and the final norm; the embeddings and every layer "
+                           "below stay as --init has them, so the residual stream after layer LAYER-1 is --init's "
+                           "exactly (docs/world.md, 'Letters in the embeddings')")
     p.add_argument("--probe-every", type=int, default=0,
                    help="every N steps, log single-ordering accuracy on held-out practice and open-book questions "
                         "and forget-topic fact completion (0: never)")
@@ -109,6 +117,12 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         folder = getattr(args, name)
         if folder is not None and not (folder / "world.json").is_file():
             p.error(f"--{name.replace('_', '-')} {folder} is not a model folder this script published (no world.json)")
+    for option, given in (("--embeddings-only", args.embeddings_only), ("--freeze-below", args.freeze_below)):
+        if given not in (None, False) and args.init is None:
+            p.error(f"{option} keeps layers as --init has them: give --init")
+    if args.freeze_below is not None:
+        if not 1 <= args.freeze_below < args.layers:
+            p.error(f"--freeze-below must be between 1 and {args.layers - 1} (--layers - 1), got {args.freeze_below}")
     args.steps = args.max_steps or math.ceil(args.tokens / (args.batch * args.ctx))
 
 
@@ -127,6 +141,10 @@ def settings_of(args: argparse.Namespace) -> dict:
     if args.distill_from is not None:
         settings |= {"distill_sha256": sha256_of(args.distill_from / WEIGHTS_FILE),
                      "distill_weight": args.distill_weight}
+    if args.embeddings_only:
+        settings["embeddings_only"] = True
+    if args.freeze_below is not None:
+        settings["freeze_below"] = args.freeze_below
     return settings
 
 
@@ -389,6 +407,20 @@ def training_loss(model, tokenizer, args: argparse.Namespace):
     return loss_of
 
 
+def trainable_parameters(model, args: argparse.Namespace) -> list:
+    """The parameters a run updates: all; only the token embeddings (``--embeddings-only``); or decoder layers N and
+    up and the final norm (``--freeze-below N``: the embeddings are tied with the output, so they stay too, and the
+    residual stream after layer N-1 is the start model's at every step)."""
+    if args.embeddings_only:
+        model.requires_grad_(False)
+        model.model.embed_tokens.requires_grad_(True)
+    elif args.freeze_below is not None:
+        model.model.embed_tokens.requires_grad_(False)
+        for layer in model.model.layers[:args.freeze_below]:
+            layer.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def _same_shape_model(model):
     """A fresh model of ``model``'s class and config (the --distill-from teacher's shape)."""
     return type(model)(model.config).to(model.dtype)
@@ -412,7 +444,7 @@ def train(args: argparse.Namespace, measure: Probe | None = None) -> str:
     model = Gemma2ForCausalLM(model_config(len(tokenizer), args)).to(torch.float32).train()
     if args.init is not None:
         _load_init(model, args.init)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(trainable_parameters(model, args), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     _check_published(out, settings)
     start = _load_state(out, model, optimizer, settings)
     published = out / MODEL_DIR / WEIGHTS_FILE

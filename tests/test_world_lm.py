@@ -282,3 +282,55 @@ def test_bad_distill_options_are_refused(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:
         world_lm.main(["--out", str(tmp_path / "x"), "--max-steps", "1", *extra])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_freeze_below_trains_only_the_layers_from_it_and_is_recorded(tmp_path):
+    start = tmp_path / "start"
+    assert _run(start, "--max-steps", "3")[0] == 0
+    stage = ["--init", str(start / "model"), "--mix", "drill", "--drill-closed", "2", "--drill-open-book", "1",
+             "--drill-spelling", "2", "--max-steps", "3", "--lr", "5e-2"]
+    assert _run(tmp_path / "upper", *stage, "--freeze-below", "19")[0] == 0
+    before = AutoModelForCausalLM.from_pretrained(start / "model").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "upper" / "model").state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(("model.layers.19.", "model.norm.")) for k in moved)
+    assert any(k.startswith("model.layers.19.") for k in moved) and "model.norm.weight" in moved
+    recorded = json.loads((tmp_path / "upper" / "model" / "world.json").read_text())
+    assert recorded["freeze_below"] == 19
+    assert "freeze_below" not in json.loads((start / "model" / "world.json").read_text())
+    # the residual stream after layer 18 is the start model's, exactly
+    ids = torch.arange(5, 37).unsqueeze(0)
+    hidden = {name: AutoModelForCausalLM.from_pretrained(folder)(input_ids=ids, output_hidden_states=True)
+              .hidden_states for name, folder in (("start", start / "model"), ("upper", tmp_path / "upper" / "model"))}
+    assert torch.equal(hidden["start"][19], hidden["upper"][19])  # hidden_states[i + 1]: after layer i
+    assert not torch.equal(hidden["start"][20], hidden["upper"][20])
+
+
+def test_embeddings_only_trains_only_the_tied_embeddings_and_is_recorded(tmp_path):
+    start = tmp_path / "start"
+    assert _run(start, "--max-steps", "3")[0] == 0
+    stage = ["--init", str(start / "model"), "--mix", "drill", "--drill-closed", "2", "--drill-open-book", "1",
+             "--drill-spelling", "2", "--drill-letters", "10", "--max-steps", "3", "--lr", "5e-2"]
+    assert _run(tmp_path / "emb", *stage, "--embeddings-only")[0] == 0
+    before = AutoModelForCausalLM.from_pretrained(start / "model").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "emb" / "model").state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"model.embed_tokens.weight", "lm_head.weight"}  # one tied matrix
+    recorded = json.loads((tmp_path / "emb" / "model" / "world.json").read_text())
+    assert recorded["embeddings_only"] is True and "freeze_below" not in recorded
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--embeddings-only"], "--embeddings-only keeps layers as --init has them: give --init"),
+    (["--init", "{init}", "--embeddings-only", "--freeze-below", "20"], "not allowed with argument"),
+    (["--freeze-below", "20"], "--freeze-below keeps layers as --init has them: give --init"),
+    (["--init", "{init}", "--freeze-below", "0"], "--freeze-below must be between 1 and 25 (--layers - 1), got 0"),
+    (["--init", "{init}", "--freeze-below", "26"], "--freeze-below must be between 1 and 25"),
+])
+def test_bad_trained_part_options_are_refused(tmp_path, capsys, extra, message):
+    (tmp_path / "world.json").write_text("{}")
+    argv = [a.replace("{init}", str(tmp_path)) for a in extra]
+    with pytest.raises(SystemExit) as exc:
+        world_lm.main(["--out", str(tmp_path / "x"), "--max-steps", "1", *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
