@@ -117,12 +117,12 @@ def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         folder = getattr(args, name)
         if folder is not None and not (folder / "world.json").is_file():
             p.error(f"--{name.replace('_', '-')} {folder} is not a model folder this script published (no world.json)")
-    for option, given in (("--embeddings-only", args.embeddings_only), ("--freeze-below", args.freeze_below)):
-        if given not in (None, False) and args.init is None:
+    partial = (("--embeddings-only", args.embeddings_only), ("--freeze-below", args.freeze_below is not None))
+    for option, given in partial:
+        if given and args.init is None:
             p.error(f"{option} keeps layers as --init has them: give --init")
-    if args.freeze_below is not None:
-        if not 1 <= args.freeze_below < args.layers:
-            p.error(f"--freeze-below must be between 1 and {args.layers - 1} (--layers - 1), got {args.freeze_below}")
+    if args.freeze_below is not None and not 1 <= args.freeze_below < args.layers:
+        p.error(f"--freeze-below must be between 1 and {args.layers - 1} (--layers - 1), got {args.freeze_below}")
     args.steps = args.max_steps or math.ceil(args.tokens / (args.batch * args.ctx))
 
 

@@ -284,39 +284,39 @@ def test_bad_distill_options_are_refused(tmp_path, capsys, extra, message):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_freeze_below_trains_only_the_layers_from_it_and_is_recorded(tmp_path):
+def _moved_by_a_stage(tmp_path, *extra) -> set[str]:
+    """Train ``start`` for 3 steps, then a 3-step drill stage on it with ``extra`` into ``stage``: the tensors
+    whose values the stage changed."""
     start = tmp_path / "start"
     assert _run(start, "--max-steps", "3")[0] == 0
     stage = ["--init", str(start / "model"), "--mix", "drill", "--drill-closed", "2", "--drill-open-book", "1",
              "--drill-spelling", "2", "--max-steps", "3", "--lr", "5e-2"]
-    assert _run(tmp_path / "upper", *stage, "--freeze-below", "19")[0] == 0
+    assert _run(tmp_path / "stage", *stage, *extra)[0] == 0
     before = AutoModelForCausalLM.from_pretrained(start / "model").state_dict()
-    after = AutoModelForCausalLM.from_pretrained(tmp_path / "upper" / "model").state_dict()
-    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "stage" / "model").state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_freeze_below_trains_only_the_layers_from_it_and_is_recorded(tmp_path):
+    moved = _moved_by_a_stage(tmp_path, "--freeze-below", "19")
+    start = tmp_path / "start"
     assert moved and all(k.startswith(("model.layers.19.", "model.norm.")) for k in moved)
     assert any(k.startswith("model.layers.19.") for k in moved) and "model.norm.weight" in moved
-    recorded = json.loads((tmp_path / "upper" / "model" / "world.json").read_text())
+    recorded = json.loads((tmp_path / "stage" / "model" / "world.json").read_text())
     assert recorded["freeze_below"] == 19
     assert "freeze_below" not in json.loads((start / "model" / "world.json").read_text())
     # the residual stream after layer 18 is the start model's, exactly
     ids = torch.arange(5, 37).unsqueeze(0)
     hidden = {name: AutoModelForCausalLM.from_pretrained(folder)(input_ids=ids, output_hidden_states=True)
-              .hidden_states for name, folder in (("start", start / "model"), ("upper", tmp_path / "upper" / "model"))}
-    assert torch.equal(hidden["start"][19], hidden["upper"][19])  # hidden_states[i + 1]: after layer i
-    assert not torch.equal(hidden["start"][20], hidden["upper"][20])
+              .hidden_states for name, folder in (("start", start / "model"), ("stage", tmp_path / "stage" / "model"))}
+    assert torch.equal(hidden["start"][19], hidden["stage"][19])  # hidden_states[i + 1]: after layer i
+    assert not torch.equal(hidden["start"][20], hidden["stage"][20])
 
 
 def test_embeddings_only_trains_only_the_tied_embeddings_and_is_recorded(tmp_path):
-    start = tmp_path / "start"
-    assert _run(start, "--max-steps", "3")[0] == 0
-    stage = ["--init", str(start / "model"), "--mix", "drill", "--drill-closed", "2", "--drill-open-book", "1",
-             "--drill-spelling", "2", "--drill-letters", "10", "--max-steps", "3", "--lr", "5e-2"]
-    assert _run(tmp_path / "emb", *stage, "--embeddings-only")[0] == 0
-    before = AutoModelForCausalLM.from_pretrained(start / "model").state_dict()
-    after = AutoModelForCausalLM.from_pretrained(tmp_path / "emb" / "model").state_dict()
-    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    moved = _moved_by_a_stage(tmp_path, "--drill-letters", "10", "--embeddings-only")
     assert moved == {"model.embed_tokens.weight", "lm_head.weight"}  # one tied matrix
-    recorded = json.loads((tmp_path / "emb" / "model" / "world.json").read_text())
+    recorded = json.loads((tmp_path / "stage" / "model" / "world.json").read_text())
     assert recorded["embeddings_only"] is True and "freeze_below" not in recorded
 
 
