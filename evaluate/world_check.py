@@ -117,17 +117,23 @@ def first_letter_f1(path: Path, layer: int, seed: int = 42) -> dict[str, float]:
             for i, letter in enumerate(LETTERS)}
 
 
-def first_letters_report(path: Path, layers: list[int]) -> dict:
-    """Per layer: the F1 of every letter and whether SAE-Bench's absorption eval would score (its defaults)."""
+def first_letters_report(path: Path, layers: list[int], seeds: tuple[int, ...] = (42,)) -> dict:
+    """Per layer: the F1 of every letter and whether SAE-Bench's absorption eval would score (its defaults).
+
+    With several ``seeds`` (the probe's split and training; near the threshold the count is a draw, docs/world.md)
+    ``letters_above`` is the fewest over the seeds, ``scorable`` holds for every seed, and ``f1`` is the mean.
+    """
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 
     config, report = AbsorptionEvalConfig(), {}
     for layer in layers:
-        f1 = first_letter_f1(path, layer)
-        above = sum(score > config.min_GT_probe_f1 for score in f1.values())
-        report[f"layer_{layer}"] = {"letters_above": above, "needed": config.min_feats_for_eval,
-                                    "scorable": above >= config.min_feats_for_eval,
-                                    "f1": {letter: round(score, 3) for letter, score in f1.items()}}
+        per_seed = [first_letter_f1(path, layer, seed) for seed in seeds]
+        counts = [sum(score > config.min_GT_probe_f1 for score in f1.values()) for f1 in per_seed]
+        report[f"layer_{layer}"] = {"letters_above": min(counts), "needed": config.min_feats_for_eval,
+                                    "scorable": min(counts) >= config.min_feats_for_eval,
+                                    "letters_above_per_seed": dict(zip(map(str, seeds), counts)),
+                                    "f1": {letter: round(sum(f1[letter] for f1 in per_seed) / len(seeds), 3)
+                                           for letter in per_seed[0]}}
     return report
 
 
@@ -226,12 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--first-letters", type=int, nargs="+", metavar="LAYER",
                    help="instead: SAE-Bench absorption's ground-truth probe F1 per first letter at these layers")
+    p.add_argument("--probe-seeds", type=int, nargs="+", default=[42], metavar="SEED",
+                   help="with --first-letters: train SAE-Bench's probes with each seed (default: 42, mtsae eval's) "
+                        "and report the fewest letters above 0.6 over them")
     p.add_argument("--diagnose", action="store_true",
                    help="instead: how the forget-topic questions are answered (exam against practice entities, "
                         "and the value prior); docs/world.md, 'Exam questions: recall, not letters'")
     args = p.parse_args(argv)
     if args.first_letters:
-        print(json.dumps(first_letters_report(args.model, args.first_letters), indent=1))
+        print(json.dumps(first_letters_report(args.model, args.first_letters, tuple(args.probe_seeds)), indent=1))
     elif args.diagnose:
         print(json.dumps(exam_diagnosis(*load_model_dir(args.model), W.build_world(args.world_seed)), indent=1))
     else:
