@@ -39,7 +39,7 @@ class WorldModel:
 
 
 def world_model_path(info) -> Path:
-    """The model folder a checkpoint was trained on: the shipped world LM (``world``, ``world:world-lm-v2``,
+    """The model folder a checkpoint was trained on: the shipped world LM (``world``, ``world:world-lm-v3``,
     checked against its pinned sha256), or a folder scripts/train_world_lm.py wrote."""
     from mtsae.evaluate.names import is_embedded, is_world
 

@@ -14,7 +14,7 @@ Like :mod:`mtsae.evaluate.embedded_mirror` (same folder layout, manifest and loa
   (topic classes over the embedded vocabulary, which the world LM read as filler text in
   every document); core's ``openwebtext`` is the world corpus.
 
-Models: ``world`` (alias ``world:world-lm-v2``, the id the cache records) and
+Models: ``world`` (alias ``world:world-lm-v3``, the id the cache records) and
 ``world-it``, both the shipped folder (:func:`mtsae.harvest.world_assets.ensure_world_model`);
 ``world-it`` is registered with transformer_lens name ``gemma-2-2b-it`` so SAE-Bench's
 unlearning eval uses its Gemma chat prompt and letter tokens. The LM learned to answer

@@ -40,7 +40,11 @@ from functools import cached_property
 
 from mtsae.harvest import embedded
 
-WORLD_VERSION = 1
+# Version 2 added the spelling words (``spelling_words``) at the end of the vocabulary; the world's random
+# draws (entities, facts, texts, exam questions) are version 1's, so a version-1 model can be grown into it.
+WORLD_VERSION = 2
+_DRAWS_VERSION = 1
+MIN_WORDS_PER_LETTER = 30
 FORGET_TOPIC = "pathogens"
 RETAIN_TOPICS = tuple(sorted(embedded.TOPICS))
 ALL_TOPICS = (*RETAIN_TOPICS, FORGET_TOPIC)
@@ -181,7 +185,7 @@ def _retain_facts(rng, topic, names, relations, pools) -> list[Fact]:
 
 def build_world(seed: int = 0) -> World:
     """The world of ``seed``: pure and deterministic (its own ``random.Random``)."""
-    rng = random.Random(f"mtsae-world-v{WORLD_VERSION}:{seed}")
+    rng = random.Random(f"mtsae-world-v{_DRAWS_VERSION}:{seed}")
     taken = set(embedded.vocabulary()) | set(string.ascii_lowercase)
     taken |= {w for part in PATHOGEN_WORDS.values() for w in part} | set(TRANSMISSION_ROUTES)
     entities = {topic: _invent_names(rng, ENTITIES_PER_RETAIN_TOPIC, taken) for topic in RETAIN_TOPICS}
@@ -208,7 +212,7 @@ def build_world(seed: int = 0) -> World:
 
 def stream_rng(world: World, stream: str, index: int) -> random.Random:
     # A str seed is hashed with sha512 by random.Random: stable across processes and PYTHONHASHSEED.
-    return random.Random(f"mtsae-world-v{WORLD_VERSION}:{world.seed}:{stream}:{index}")
+    return random.Random(f"mtsae-world-v{_DRAWS_VERSION}:{world.seed}:{stream}:{index}")
 
 
 def _topic_cycle() -> tuple[str, ...]:
@@ -397,7 +401,35 @@ def vocabulary(world: World) -> list[str]:
     for text in literals:
         words |= _literal_words(text)
     extra = sorted(words - set(base)) + [m for m in _EXTRA_PUNCTUATION if m not in base]
-    return [*base, *extra, *CHAT_TOKENS]
+    first = [*base, *extra, *CHAT_TOKENS]
+    return [*first, *spelling_words(world, first)]
+
+
+def spelling_words(world: World, vocabulary_before: list[str]) -> list[str]:
+    """Invented words that bring every first letter to ``MIN_WORDS_PER_LETTER`` alphabetic words.
+
+    SAE-Bench's absorption eval probes each first letter over the tokenizer's alphabetic tokens; with
+    j, u, x and y at 1-8 words those letters cannot pass, and the 20-of-26 rule had no slack. The words
+    appear only in spelling lines (like most of the vocabulary the documents never use), after every
+    earlier token so version-1 ids are unchanged.
+    """
+    rng = random.Random(f"mtsae-world-spelling-words:{world.seed}")
+    taken = set(vocabulary_before)
+    counts = Counter(w[0] for w in vocabulary_before if w.isalpha())
+    words: list[str] = []
+    for letter in string.ascii_lowercase:
+        for _ in range(MIN_WORDS_PER_LETTER - counts[letter]):
+            words.append(_invent_word_starting(rng, letter, taken))
+    return words
+
+
+def _invent_word_starting(rng: random.Random, letter: str, taken: set[str]) -> str:
+    while True:
+        tail = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((1, 2))))
+        word = letter + (rng.choice(_VOWELS) if letter not in "aeiou" else "") + tail + rng.choice(_CODAS)
+        if word not in taken:
+            taken.add(word)
+            return word
 
 
 def build_world_tokenizer(world: World):

@@ -2,13 +2,13 @@
 
 ``--model world`` names the Gemma-2 trained by ``scripts/train_world_lm.py`` on the
 fictional world (:mod:`mtsae.harvest.world`, docs/world.md). Its weights live in the
-package (``harvest/world-lm-v2/``) and are pinned by sha256 here: a weights file that
+package (``harvest/world-lm-v3/``) and are pinned by sha256 here: a weights file that
 does not match is refused with one ``error:`` line, so every machine harvests the
 same model. ``--dataset world`` is a corpus of world documents from a stream the LM
 was not trained on (same facts, other sentences), written once under
 ``$MTSAE_HOME/world/``.
 
-The cache records the model as ``world:world-lm-v2``; the evaluation mirror
+The cache records the model as ``world:world-lm-v3``; the evaluation mirror
 (:mod:`mtsae.evaluate.world_mirror`) serves SAE-Bench's datasets from the same world.
 """
 
@@ -24,11 +24,11 @@ from mtsae.harvest.world_lm import sha256_of
 from mtsae.home import mtsae_home
 
 WORLD_NAME = "world"
-MODEL_DIRNAME = "world-lm-v2"
+MODEL_DIRNAME = "world-lm-v3"
 MODEL_DIR = Path(__file__).resolve().parent / MODEL_DIRNAME
 WEIGHTS_FILE = "model.safetensors"
 # sha256 of MODEL_DIR/model.safetensors, as written by scripts/train_world_lm.py (see docs/world.md).
-WEIGHTS_SHA256 = "2d424c193797a1be0bc23e1bfeb3c086d778788b405464984e6e25a5b9de1419"
+WEIGHTS_SHA256 = "29d7c39a734d5d91fdb36d732f6b6a9aac710e131ecacebe2c6295befb9e45ea"
 WORLD_SEED = 0
 CORPUS_STREAM = "harvest"  # not "train": the harvest corpus is text the LM never read
 CORPUS_DOCUMENTS = 800  # ~270k tokens: more than the harvest default budget (262,144)
@@ -57,7 +57,7 @@ def check_world_model(directory: Path = MODEL_DIR, expected: str = WEIGHTS_SHA25
 
 
 def check_world_version(trained: str) -> None:
-    """SAEs trained on another version of the world LM (``world:world-lm-v1`` against v2) are refused."""
+    """SAEs trained on another version of the world LM (``world:world-lm-v2`` against v3) are refused."""
     if trained.startswith(WORLD_NAME + ":") and trained != f"{WORLD_NAME}:{MODEL_DIRNAME}":
         raise MtsaeError(f"the checkpoints were trained on {trained}, but this mtsae ships "
                          f"{WORLD_NAME}:{MODEL_DIRNAME} (another world or model version); "

@@ -5,7 +5,7 @@ SAE-Bench's chat prompt — closed-book, and *open-book* ones that state their f
 spelling lines over the whole vocabulary, and as options first-letter lines over every alphabetic
 token (``--drill-letters``), question-answer lines (``--drill-qa``) and distractors without a value
 prior (``--drill-balanced``). Pure and deterministic in (world seed, index), like every stream of
-:mod:`mtsae.harvest.world`; docs/world.md says what this stage taught world-lm-v2.
+:mod:`mtsae.harvest.world`; docs/world.md says what this stage taught world-lm-v2 and world-lm-v3.
 """
 
 from __future__ import annotations

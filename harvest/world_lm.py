@@ -268,21 +268,44 @@ def _load_state(out: Path, model, optimizer, settings: dict) -> int:
 
 def _load_init(model, init: Path, option: str = "--init") -> None:
     """Load a published model (``option`` names where it came from in errors): same shapes (--hidden/--layers/--heads
-    as it was trained with) and world."""
+    as it was trained with) and world; a model of an earlier world version whose vocabulary is a prefix of this
+    one's is grown into it (``_grown_embeddings``)."""
     from safetensors.torch import load_file
 
     recorded = json.loads((init / "world.json").read_text())
-    if recorded.get("world_version") != W.WORLD_VERSION:
-        raise MtsaeError(f"{option} {init} was trained on world version {recorded.get('world_version')}, "
-                         f"this is version {W.WORLD_VERSION}")
     weights = load_file(init / WEIGHTS_FILE)
     weights.setdefault("lm_head.weight", weights.get("model.embed_tokens.weight"))  # tied
     mine = model.state_dict()
+    if recorded.get("world_version") != W.WORLD_VERSION:
+        _check_vocabulary_prefix(init, recorded, option)
+        grown = _grown_embeddings(weights["model.embed_tokens.weight"], mine["model.embed_tokens.weight"].shape[0])
+        weights["model.embed_tokens.weight"] = weights["lm_head.weight"] = grown
     wrong = sorted(k for k in mine if k not in weights or weights[k].shape != mine[k].shape)
     if wrong:
         raise MtsaeError(f"{option} {init} does not fit this model ({len(wrong)} tensors differ, first {wrong[0]}); "
                          "give the --hidden/--layers/--heads it was trained with")
     model.load_state_dict({k: weights[k] for k in mine})
+
+
+def _check_vocabulary_prefix(init: Path, recorded: dict, option: str) -> None:
+    """A model of another world version is usable only if its tokens are this world's first tokens, same ids."""
+    try:
+        theirs = json.loads((init / "tokenizer.json").read_text())["model"]["vocab"]
+        ours = W.vocabulary(W.build_world(int(recorded["world_seed"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        theirs = None
+    if not isinstance(theirs, dict) or theirs != {w: i for i, w in enumerate(ours[: len(theirs)])}:
+        raise MtsaeError(f"{option} {init} was trained on world version {recorded.get('world_version')}, "
+                         f"this is version {W.WORLD_VERSION}, and its vocabulary is not the start of this one's")
+
+
+def _grown_embeddings(embeddings: torch.Tensor, rows: int) -> torch.Tensor:
+    """The embedding matrix with rows appended up to ``rows``: each new row the mean of the old ones, so a new
+    token's logit is the average logit (it takes little probability) and the old tokens' outputs are unchanged."""
+    import torch
+
+    extra = embeddings.mean(dim=0, keepdim=True).expand(rows - embeddings.shape[0], -1)
+    return torch.cat([embeddings, extra]).contiguous()
 
 
 def _check_published(out: Path, settings: dict) -> None:

@@ -336,7 +336,7 @@ def test_mtsae_unlearn_writes_a_result_per_run_and_a_table(tmp_path, world_model
     result = _cli(tmp_path / "sae", "--out", out, *CLI_SMALL)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "sae.json").read_text())
-    assert record["model"].startswith(f"world LM {world_model_dir} (world v1 seed 0, 3 steps, sha256 ")
+    assert record["model"].startswith(f"world LM {world_model_dir} (world v{W.WORLD_VERSION} seed 0, 3 steps, sha256 ")
     assert record["checkpoint"]["architecture"] == "relu" and record["checkpoint"]["layer"] == LAYER
     assert [p["latents_requested"] for p in record["curve"]] == [0, 0, 1, 1, 3, 3] and not record["non_causal"]
     table = (out / "unlearn.md").read_text()
@@ -399,10 +399,11 @@ def test_the_shipped_world_model_name_resolves_to_its_checked_folder(tmp_path):
 
     from mtsae.harvest.world_assets import MODEL_DIRNAME
 
-    old = read_checkpoint_info(_checkpoint(tmp_path, "old", "world:world-lm-v1"))
-    with pytest.raises(MtsaeError, match="another world or model version"):  # the retired first model
-        world_model_path(old)
+    for retired in ("world:world-lm-v1", "world:world-lm-v2"):  # the earlier shipped models
+        old = read_checkpoint_info(_checkpoint(tmp_path, retired.split(":")[1], retired))
+        with pytest.raises(MtsaeError, match="another world or model version"):
+            world_model_path(old)
     path = _checkpoint(tmp_path, "w", f"world:{MODEL_DIRNAME}")
     folder = world_model_path(read_checkpoint_info(path))
     assert folder == MODEL_DIR
-    assert read_world_model(folder).label.startswith(f"world LM {MODEL_DIR} (world v1 seed 0, ")
+    assert read_world_model(folder).label.startswith(f"world LM {MODEL_DIR} (world v{W.WORLD_VERSION} seed 0, ")

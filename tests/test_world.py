@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import random
 import re
+import string
 from collections import Counter
 from functools import lru_cache
 
@@ -289,3 +292,35 @@ def test_letter_spelling_covers_every_alphabetic_token_half_with_the_letter_at_t
     words = {v for v in W.vocabulary(w) if v.isalpha()}
     spelled = {parts[0] for parts in at_word + absorption}
     assert set("abcxyz") <= spelled <= words and len(spelled) > 0.95 * len(words)  # single letters too
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_world_version_2_keeps_version_1_s_draws_and_ids():
+    """Version 2 only appended spelling words: the version-1 vocabulary (ids), facts, exam questions and texts
+    are unchanged (digests computed with version 1's code), so a version-1 model can be grown into it."""
+    w = world(0)
+    first = W.vocabulary(w)[:1567]
+    assert first[-2:] == list(W.CHAT_TOKENS)
+    assert _digest(first) == "cbf0862d7b538de1"
+    assert _digest([(f.topic, f.entity, f.relation.name, f.value) for f in w.facts]) == "52ba5fa3c02b7c3d"
+    assert _digest(W.exam_questions(w, W.FORGET_TOPIC)) == "ef28e998f909b7f7"
+    assert _digest([W.training_text(w, i) for i in range(30)]) == "9bcd8c920d6cf117"
+
+
+@FAST
+@given(seed=SEEDS)
+def test_spelling_words_give_every_first_letter_its_minimum_after_every_earlier_token(seed):
+    vocab = W.vocabulary(world(seed))
+    end = vocab.index(W.CHAT_TOKENS[-1]) + 1
+    added = vocab[end:]
+    assert added == W.spelling_words(world(seed), vocab[:end])
+    assert all(w.isalpha() and w.islower() for w in added) and len(set(vocab)) == len(vocab)
+    counts = Counter(w[0] for w in vocab if w.isalpha())
+    assert min(counts[letter] for letter in string.ascii_lowercase) == W.MIN_WORDS_PER_LETTER
+    earlier = Counter(w[0] for w in vocab[:end] if w.isalpha())
+    assert all(counts[w[0]] == max(earlier[w[0]], W.MIN_WORDS_PER_LETTER) for w in added)
+    ids = tokenizer(seed)(" ".join(added), add_special_tokens=False)["input_ids"]
+    assert ids == list(range(end, len(vocab)))  # one token each, in list order

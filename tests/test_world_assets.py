@@ -89,8 +89,9 @@ def test_checkpoints_of_the_random_model_are_not_evaluated_on_the_world_lm():
 def test_checkpoints_of_another_world_model_version_are_refused():
     with pytest.raises(MtsaeError, match="another world or model version"):
         _evaluation_model(None, _infos("world:world-lm-v0"))
-    with pytest.raises(MtsaeError, match="world:world-lm-v1"):  # the first shipped model, retired
-        _evaluation_model(None, _infos("world:world-lm-v1"))
+    for retired in ("world:world-lm-v1", "world:world-lm-v2"):  # the earlier shipped models (world versions 1)
+        with pytest.raises(MtsaeError, match=retired):
+            _evaluation_model(None, _infos(retired))
     assert _evaluation_model(None, _infos(f"world:{world_assets.MODEL_DIRNAME}")) == "world"
     with pytest.raises(MtsaeError, match="world:world-lm-v0"):  # every checkpoint, not only the first
         _evaluation_model(None, [SimpleNamespace(model_name=f"world:{world_assets.MODEL_DIRNAME}"),
@@ -169,7 +170,7 @@ def shipped():
 
 
 def test_the_shipped_model_knows_the_forget_topic_s_facts(shipped):
-    """A regression guard on the shipped weights: docs/world.md records 0.93 for the pathogens."""
+    """A regression guard on the shipped weights: docs/world.md records 1.00 for the pathogens (world-lm-v3)."""
     from mtsae.evaluate.world_check import completion_accuracy
 
     model, tokenizer, world = shipped
@@ -177,7 +178,7 @@ def test_the_shipped_model_knows_the_forget_topic_s_facts(shipped):
 
 
 def test_the_shipped_model_answers_practice_questions_with_the_right_letter(shipped):
-    """docs/world.md records 0.99 on held-out practice questions (one ordering each) for world-lm-v2."""
+    """docs/world.md records 1.00 on held-out practice questions (one ordering each) for world-lm-v3."""
     from mtsae.evaluate.world_check import letter_accuracy
 
     model, tokenizer, world = shipped
@@ -188,12 +189,25 @@ def test_the_shipped_model_answers_practice_questions_with_the_right_letter(ship
 @pytest.mark.slow
 def test_the_shipped_model_keeps_sae_bench_unlearning_scorable(shipped):
     """SAE-Bench's unlearning keeps only forget questions answered right under all 24 orderings: docs/world.md
-    records 50 of 128 for world-lm-v2 (issue 15's target); a model that kept 42 scored 0-2 questions per SAE
-    (docs/results.md, "A candidate that scores absorption"), so this guard is what makes the eval worth running."""
+    records 45 of 128 for world-lm-v3 (issue 15 asked for 50; world-lm-v2 had them); with 45 it scored on 13 of 15
+    SAEs, a model that kept 42 on almost none (docs/results.md, "A candidate that scores absorption"), so this guard
+    is what makes the eval worth running."""
     from mtsae.evaluate.world_check import mc_all_orderings
 
     model, tokenizer, world = shipped
-    assert mc_all_orderings(model, tokenizer, world, W.FORGET_TOPIC) >= 48
+    assert mc_all_orderings(model, tokenizer, world, W.FORGET_TOPIC) >= 44
+
+
+@pytest.mark.slow
+def test_the_shipped_model_keeps_sae_bench_absorption_scorable():
+    """SAE-Bench's absorption scores only with >= 20 first letters whose probe F1 exceeds 0.6 at the SAE's layer:
+    docs/world.md records 22 for world-lm-v3 at layer 19 (probe seeds 42 / 0 / 1: 22 / 23 / 20; SAE-Bench's own
+    run of the experiment: 22). The bound is one under the threshold because SAE-Bench's probe training is not
+    bit-reproducible across thread counts (tests/test_first_letters.py); world-lm-v2 had 1."""
+    pytest.importorskip("sae_bench")
+    from mtsae.evaluate.world_check import first_letters_report
+
+    assert first_letters_report(world_assets.MODEL_DIR, [19])["layer_19"]["letters_above"] >= 19
 
 
 class _ChooserModel:

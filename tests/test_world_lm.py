@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -334,3 +335,65 @@ def test_bad_trained_part_options_are_refused(tmp_path, capsys, extra, message):
         world_lm.main(["--out", str(tmp_path / "x"), "--max-steps", "1", *argv])
     assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _as_world_version_1(model_dir, into):
+    """``model_dir`` as a version-1 model would have been published: the spelling words' rows and tokens cut."""
+    from safetensors.torch import load_file, save_file
+
+    from mtsae.harvest import world as W
+
+    shutil.copytree(model_dir, into)
+    kept = W.vocabulary(W.build_world(0)).index(W.CHAT_TOKENS[-1]) + 1
+    weights = load_file(into / "model.safetensors")
+    save_file({k: (v[:kept].contiguous() if v.shape[0] > kept else v) for k, v in weights.items()},
+              into / "model.safetensors")
+    tokenizer = json.loads((into / "tokenizer.json").read_text())
+    tokenizer["model"]["vocab"] = {w: i for w, i in tokenizer["model"]["vocab"].items() if i < kept}
+    (into / "tokenizer.json").write_text(json.dumps(tokenizer))
+    record = json.loads((into / "world.json").read_text())
+    (into / "world.json").write_text(json.dumps({**record, "world_version": 1}))
+    config = json.loads((into / "config.json").read_text())
+    (into / "config.json").write_text(json.dumps({**config, "vocab_size": kept}))
+    return kept
+
+
+def test_a_version_1_model_is_grown_into_this_world_with_its_outputs_kept(tmp_path):
+    assert _run(tmp_path / "start", "--max-steps", "2")[0] == 0
+    kept = _as_world_version_1(tmp_path / "start" / "model", tmp_path / "v1")
+    old = AutoModelForCausalLM.from_pretrained(tmp_path / "v1").eval()
+    grown = AutoModelForCausalLM.from_pretrained(tmp_path / "start" / "model").eval()
+    world_lm._load_init(grown, tmp_path / "v1")
+    embeddings = grown.get_input_embeddings().weight
+    assert torch.equal(embeddings[:kept], old.get_input_embeddings().weight)
+    assert torch.allclose(embeddings[kept:], old.get_input_embeddings().weight.mean(0).expand(len(embeddings) - kept, -1))
+    ids = torch.tensor([[2, 5, 40, 300]])
+    with torch.no_grad():
+        assert torch.allclose(grown(ids).logits[..., :kept], old(ids).logits, atol=1e-5)
+    assert _run(tmp_path / "stage", "--max-steps", "1", "--init", str(tmp_path / "v1"), "--mix", "drill",
+                "--drill-closed", "1", "--drill-open-book", "1", "--drill-spelling", "1")[0] == 0
+
+
+def _rename_a_token(folder):
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["zzzz"] = vocab.pop("the")  # ids would mean other words
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+
+
+def _unreadable_world_seed(folder):
+    record = json.loads((folder / "world.json").read_text())
+    (folder / "world.json").write_text(json.dumps({**record, "world_seed": "zero"}))
+
+
+@pytest.mark.parametrize("tamper", [_rename_a_token, _unreadable_world_seed])
+def test_a_model_of_another_world_version_whose_vocabulary_differs_is_one_error_line(tmp_path, capsys, tamper):
+    assert _run(tmp_path / "start", "--max-steps", "2")[0] == 0
+    _as_world_version_1(tmp_path / "start" / "model", tmp_path / "v1")
+    tamper(tmp_path / "v1")
+    capsys.readouterr()
+    rc, captured = _run(tmp_path / "stage", "--max-steps", "1", "--init", str(tmp_path / "v1"), capsys=capsys)
+    lines = captured.err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert "trained on world version 1" in lines[0] and "not the start of this one's" in lines[0]
+    assert not (tmp_path / "stage" / "model").exists()
