@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, warmup then cosine)")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between state.pt writes")
     stage = p.add_argument_group("a second stage (docs/world.md): continue a published model on the drill stream")
-    stage.add_argument("--init", type=Path, help="a model folder this script published (OUT/model) to start from")
+    stage.add_argument("--init", type=Path, help="a model folder this script published (OUT/model) to start from; "
+                       "one of an earlier world version whose vocabulary this one extends is grown into it")
     stage.add_argument("--mix", choices=MIXES, default="documents",
                        help="documents: the world's documents with a practice question every 4th text; "
                             "drill: per document, --drill-closed practice and --drill-open-book open-book questions "
