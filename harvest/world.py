@@ -162,16 +162,22 @@ _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
 _CODAS = ("", "", "n", "r", "x", "l", "sk", "m")
 
 
+def _syllables(rng: random.Random, count: int) -> str:
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(count))
+
+
+def _unused_word(make, taken: set[str]) -> str:
+    """The first word ``make()`` draws that is not in ``taken``; added to it."""
+    while (word := make()) in taken:
+        pass
+    taken.add(word)
+    return word
+
+
 def _invent_names(rng: random.Random, count: int, taken: set[str]) -> tuple[str, ...]:
     """``count`` new pseudo-words (two or three syllables), none in ``taken``; adds them to it."""
-    names: list[str] = []
-    while len(names) < count:
-        syllables = rng.choice((2, 2, 3))
-        name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)) + rng.choice(_CODAS)
-        if name not in taken:
-            taken.add(name)
-            names.append(name)
-    return tuple(names)
+    return tuple(_unused_word(lambda: _syllables(rng, rng.choice((2, 2, 3))) + rng.choice(_CODAS), taken)
+                 for _ in range(count))
 
 
 def _retain_facts(rng, topic, names, relations, pools) -> list[Fact]:
@@ -418,18 +424,12 @@ def spelling_words(world: World, vocabulary_before: list[str]) -> list[str]:
     counts = Counter(w[0] for w in vocabulary_before if w.isalpha())
     words: list[str] = []
     for letter in string.ascii_lowercase:
-        for _ in range(MIN_WORDS_PER_LETTER - counts[letter]):
-            words.append(_invent_word_starting(rng, letter, taken))
+        def starting_with(letter=letter) -> str:  # a consonant is followed by a vowel, so the word is pronounceable
+            tail = _syllables(rng, rng.choice((1, 2)))  # drawn first: the order of draws is the shipped vocabulary's
+            return letter + (rng.choice(_VOWELS) if letter not in "aeiou" else "") + tail + rng.choice(_CODAS)
+
+        words += [_unused_word(starting_with, taken) for _ in range(MIN_WORDS_PER_LETTER - counts[letter])]
     return words
-
-
-def _invent_word_starting(rng: random.Random, letter: str, taken: set[str]) -> str:
-    while True:
-        tail = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((1, 2))))
-        word = letter + (rng.choice(_VOWELS) if letter not in "aeiou" else "") + tail + rng.choice(_CODAS)
-        if word not in taken:
-            taken.add(word)
-            return word
 
 
 def build_world_tokenizer(world: World):

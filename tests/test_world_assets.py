@@ -34,6 +34,13 @@ def test_the_shipped_weights_are_the_pinned_ones():
     assert recorded["weights_sha256"] == world_assets.WEIGHTS_SHA256
 
 
+def test_the_shipped_tokenizer_is_this_world_s_vocabulary_id_for_id():
+    """The world's words, spelling words included, come from seeded draws: a change in the order of the draws
+    would give ids the shipped model was not trained on."""
+    vocab = json.loads((world_assets.MODEL_DIR / "tokenizer.json").read_text())["model"]["vocab"]
+    assert vocab == {w: i for i, w in enumerate(W.vocabulary(W.build_world(world_assets.WORLD_SEED)))}
+
+
 def test_a_weights_file_that_does_not_match_is_refused_and_left_alone(model_copy):
     weights = model_copy / world_assets.WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
